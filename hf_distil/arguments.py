@@ -1,0 +1,76 @@
+"""`DistillationArguments`: `TrainingArguments` plus the distillation objective's knobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+HIDDEN_LOSSES = ("cosine", "mse")
+KD_POSITIONS = ("masked", "all")
+
+
+def _choice_error(name: str, value, allowed) -> ValueError:
+    return ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}.")
+
+
+@dataclass
+class DistillationArguments(TrainingArguments):
+    """Everything `Trainer` takes, plus the teacher and the weights of the three loss terms.
+
+    loss = alpha_kd · T² · KL(teacher ‖ student) + alpha_mlm · CE(student, labels) + alpha_hidden · align(h_s, h_t)
+    """
+
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Teacher masked LM: a local folder or a Hub id. Used when no teacher model is passed."},
+    )
+    teacher_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Teacher weights dtype: auto (bfloat16/float16 when --bf16/--fp16, else float32), "
+            "float32, bfloat16 or float16. The KL is always computed in float32."
+        },
+    )
+    temperature: float = field(
+        default=2.0, metadata={"help": "Softmax temperature T of the KL term (> 0); the term is scaled by T²."}
+    )
+    alpha_kd: float = field(
+        default=5.0, metadata={"help": "Weight of the KL term between teacher and student MLM distributions (>= 0)."}
+    )
+    alpha_mlm: float = field(default=2.0, metadata={"help": "Weight of the student's own masked-LM loss (>= 0)."})
+    alpha_hidden: float = field(
+        default=1.0, metadata={"help": "Weight of the last-hidden-state alignment loss (>= 0)."}
+    )
+    hidden_loss: str = field(
+        default="cosine", metadata={"help": "Hidden-state alignment: cosine (mean 1 - cos) or mse."}
+    )
+    kd_positions: str = field(
+        default="masked",
+        metadata={"help": "Positions of the KL term: masked (label != -100) or all (every non-padding token)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature!r} must be > 0 (the seed recipe uses 2.0).")
+        for name in ("alpha_kd", "alpha_mlm", "alpha_hidden"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"{name}={value!r} must be >= 0 (0 switches the term off).")
+        if self.alpha_kd == self.alpha_mlm == self.alpha_hidden == 0:
+            raise ValueError(
+                "alpha_kd, alpha_mlm and alpha_hidden are all 0: nothing to train; set at least one of them > 0."
+            )
+        if self.hidden_loss not in HIDDEN_LOSSES:
+            raise _choice_error("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
+        if self.kd_positions not in KD_POSITIONS:
+            raise _choice_error("kd_positions", self.kd_positions, KD_POSITIONS)
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise _choice_error("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether any loss term reads the teacher (when not, it is never run)."""
+        return self.alpha_kd > 0 or self.alpha_hidden > 0

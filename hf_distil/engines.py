@@ -1,0 +1,97 @@
+"""Prepare the frozen teacher for inference on whatever engine `Trainer` runs the student on.
+
+DDP / single device: the plain model on this rank's device (never wrapped: it has no gradients to sync).
+DeepSpeed: an inference engine (ZeRO-3 keeps the teacher sharded, other stages hold it whole, stage 0).
+FSDP 1 / 2: wrapped by the same FSDP plugin as the student, so a large teacher is sharded too.
+The prepared teacher is never registered with the accelerator, so no checkpoint ever holds it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from accelerate.utils import DistributedType
+from torch import nn
+
+
+def teacher_engine(accelerator) -> str:
+    """Which preparation the teacher gets: "deepspeed", "fsdp2", "fsdp1" or "device"."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return "deepspeed"
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return "fsdp2" if getattr(accelerator, "is_fsdp2", False) else "fsdp1"
+    return "device"
+
+
+def deepspeed_inference_config(train_config: dict, hidden_size: int | None) -> dict:
+    """The student's DeepSpeed config turned into one for a frozen model: no optimizer, no scheduler;
+    ZeRO-3 stays (the teacher is sharded), any other stage becomes 0 (the teacher is replicated)."""
+    config = copy.deepcopy(train_config)
+    config.pop("optimizer", None)
+    config.pop("scheduler", None)
+    zero = config.setdefault("zero_optimization", {})
+    if zero.get("stage", 0) == 3:
+        if hidden_size:
+            for key, value in (
+                ("reduce_bucket_size", hidden_size * hidden_size),
+                ("stage3_param_persistence_threshold", 10 * hidden_size),
+                ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
+            ):
+                if zero.get(key, "auto") == "auto":
+                    zero[key] = value
+        zero.pop("offload_optimizer", None)
+    else:
+        config["zero_optimization"] = {"stage": 0}
+    return config
+
+
+def _prepare_deepspeed(teacher: nn.Module, accelerator) -> nn.Module:
+    import deepspeed
+
+    train_config = accelerator.state.deepspeed_plugin.deepspeed_config
+    config = deepspeed_inference_config(train_config, getattr(teacher.config, "hidden_size", None))
+    engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    engine.eval()
+    return engine
+
+
+def _prepare_fsdp1(teacher: nn.Module, accelerator) -> nn.Module:
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    plugin = accelerator.state.fsdp_plugin
+    plugin.set_auto_wrap_policy(teacher)
+    wrapped = FSDP(
+        teacher,
+        sharding_strategy=plugin.sharding_strategy,
+        cpu_offload=plugin.cpu_offload,
+        auto_wrap_policy=plugin.auto_wrap_policy,
+        mixed_precision=plugin.mixed_precision_policy,
+        sync_module_states=plugin.sync_module_states,
+        backward_prefetch=plugin.backward_prefetch,
+        forward_prefetch=plugin.forward_prefetch,
+        use_orig_params=plugin.use_orig_params,
+        limit_all_gathers=plugin.limit_all_gathers,
+        device_id=accelerator.device,
+    )
+    wrapped.eval()
+    return wrapped
+
+
+def _prepare_fsdp2(teacher: nn.Module, accelerator) -> nn.Module:
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    prepared = fsdp2_prepare_model(accelerator, teacher)
+    prepared.eval()
+    return prepared
+
+
+def prepare_teacher(teacher: nn.Module, accelerator, device) -> nn.Module:
+    """The teacher, frozen and in eval mode, ready for inference beside the student on `accelerator`."""
+    engine = teacher_engine(accelerator)
+    if engine == "deepspeed":
+        return _prepare_deepspeed(teacher, accelerator)
+    if engine == "fsdp1":
+        return _prepare_fsdp1(teacher, accelerator)
+    if engine == "fsdp2":
+        return _prepare_fsdp2(teacher, accelerator)
+    return teacher.to(device)

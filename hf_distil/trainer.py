@@ -1,0 +1,302 @@
+"""`DistillationTrainer`: `Trainer` with a frozen teacher and the distillation objective of DESIGN.md."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+from transformers import AutoModelForMaskedLM, PreTrainedModel, Trainer
+
+from .arguments import DistillationArguments
+from .heads import forward_selected, unwrap
+from .losses import hidden_loss_sum, kd_loss_sum, mlm_loss_sum
+
+logger = logging.getLogger("hf_distil")
+
+TERMS = ("kd", "mlm", "hidden")
+# Row counts that normalise the terms: KL positions P, masked positions M, non-padding positions N.
+_P, _M, _N = 0, 1, 2
+# Streamed evaluation sums: the three term sums, the three counts, correct top-1, teacher-agreeing top-1.
+_EVAL_FIELDS = ("kd", "mlm", "hidden", "P", "M", "N", "correct", "agree")
+
+
+def _dtype_for(args: DistillationArguments, current: torch.dtype) -> torch.dtype:
+    if args.teacher_dtype == "auto":
+        return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else current
+    return getattr(torch, args.teacher_dtype)
+
+
+def load_teacher(name_or_path: str, args: DistillationArguments, **kwargs) -> PreTrainedModel:
+    """Load a masked-LM teacher from a local folder or the Hub, with a one-line error when that fails."""
+    dtype = _dtype_for(args, torch.float32)
+    try:
+        return AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+    except (OSError, EnvironmentError) as err:
+        where = "a local folder" if os.path.isdir(name_or_path) else "a local path or a Hub id reachable from here"
+        raise FileNotFoundError(
+            f"Teacher {name_or_path!r} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0]}): "
+            f"pass {where} holding config.json and weights of a masked LM (offline: HF_HUB_OFFLINE=1 needs it cached)."
+        ) from err
+    except ValueError as err:
+        raise ValueError(
+            f"Teacher {name_or_path!r} is not a masked-language model ({str(err).splitlines()[0]}); the KL term needs "
+            "an AutoModelForMaskedLM checkpoint (e.g. a BERT or RoBERTa *ForMaskedLM)."
+        ) from err
+
+
+def check_compatibility(student: nn.Module, teacher: nn.Module | None, args: DistillationArguments, tokenizer=None):
+    """Fail before any compute when teacher, student and tokenizer cannot be distilled together."""
+    s_cfg = unwrap(student).config
+    if tokenizer is not None and hasattr(tokenizer, "__len__"):
+        padded = s_cfg.vocab_size % 8 == 0 and 0 < s_cfg.vocab_size - len(tokenizer) < 128
+        if len(tokenizer) != s_cfg.vocab_size and not padded:
+            raise ValueError(
+                f"The tokenizer has {len(tokenizer)} tokens but the student's vocabulary has {s_cfg.vocab_size}: "
+                "use the tokenizer that belongs to the teacher (tokenizer_name / processing_class)."
+            )
+    if teacher is None:
+        return
+    t_cfg = unwrap(teacher).config
+    if t_cfg.vocab_size != s_cfg.vocab_size:
+        raise ValueError(
+            f"Teacher vocabulary ({t_cfg.vocab_size}) and student vocabulary ({s_cfg.vocab_size}) differ: "
+            "distillation compares distributions over the same tokens; build the student with create_student(teacher)."
+        )
+    if args.alpha_kd > 0 and unwrap(teacher).get_output_embeddings() is None:
+        raise ValueError(
+            f"The teacher ({type(unwrap(teacher)).__name__}) has no masked-LM head, so the KL term cannot be computed: "
+            "load it with AutoModelForMaskedLM, or set alpha_kd=0."
+        )
+    if args.alpha_hidden > 0 and t_cfg.hidden_size != s_cfg.hidden_size:
+        raise ValueError(
+            f"alpha_hidden > 0 aligns last hidden states, but the teacher's hidden size is {t_cfg.hidden_size} and the "
+            f"student's {s_cfg.hidden_size}: set alpha_hidden=0 or use a student of the same width."
+        )
+
+
+class DistillationTrainer(Trainer):
+    """A drop-in `Trainer` that distils `teacher_model` into `model` (see DESIGN.md for the objective).
+
+    The loss of each micro-batch is divided by the row counts of the whole accumulated (and, with
+    `average_tokens_across_devices`, global) batch, so it is already scaled for gradient accumulation.
+    """
+
+    loss_is_scaled_for_ga = True
+    # Apply the MLM heads only at the positions the loss needs (False: full logits, the reference path).
+    sparse_heads = True
+
+    def __init__(self, model=None, args: DistillationArguments | None = None, *trainer_args, teacher_model=None, **kw):
+        if args is None:
+            args = DistillationArguments(output_dir="trainer_output")
+        if not isinstance(args, DistillationArguments):
+            raise TypeError(
+                f"DistillationTrainer needs DistillationArguments, got {type(args).__name__}: build them with "
+                "DistillationArguments(...) (it takes every TrainingArguments field)."
+            )
+        if teacher_model is None:
+            teacher_model = args.teacher_model_name_or_path
+        if teacher_model is None and args.needs_teacher:
+            raise ValueError(
+                "No teacher: pass teacher_model=... or set teacher_model_name_or_path, "
+                "or set alpha_kd=0 and alpha_hidden=0 to train the student alone."
+            )
+        if isinstance(teacher_model, str):
+            teacher_model = load_teacher(teacher_model, args)
+        if model is not None:
+            check_compatibility(model, teacher_model, args, kw.get("processing_class"))
+
+        super().__init__(model, args, *trainer_args, **kw)
+        self.teacher = self._prepare_teacher(teacher_model) if teacher_model is not None else None
+        self._accumulated_counts: torch.Tensor | None = None
+        self._term_sums: dict[str, torch.Tensor] = {}
+        self._term_steps = 0
+        self._last_term_step = -1
+        self._eval_sums: torch.Tensor | None = None
+
+    # ---- teacher lifecycle -------------------------------------------------------------------------------------
+
+    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        """Freeze, set eval mode, cast and place the teacher; engines prepare it for inference."""
+        from .engines import prepare_teacher
+
+        teacher.requires_grad_(False)
+        teacher.eval()
+        dtype = _dtype_for(self.args, next(teacher.parameters()).dtype)
+        teacher.to(dtype=dtype)
+        return prepare_teacher(teacher, self.accelerator, self.args.device)
+
+    def _run_teacher(self, inputs, positions, need_hidden):
+        if self.teacher.training:  # someone called .train() on it: dropout must stay off
+            self.teacher.eval()
+        with torch.no_grad():
+            return forward_selected(self.teacher, inputs, positions, need_hidden, self.sparse_heads)
+
+    # ---- loss ----------------------------------------------------------------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Also count P, M and N over the whole accumulation window (and across ranks) for the loss denominators."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        counts = torch.zeros(3, dtype=torch.long, device=device)
+        for batch in batch_samples:
+            counts += self._row_counts(batch).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
+        self._accumulated_counts = counts
+        return batch_samples, num_items_in_batch
+
+    def _masks(self, inputs):
+        labels = inputs["labels"]
+        masked = labels != -100
+        attention = inputs.get("attention_mask")
+        non_pad = attention.bool() if attention is not None else torch.ones_like(masked)
+        kd_rows = masked if self.args.kd_positions == "masked" else (non_pad | masked)
+        return masked, non_pad, kd_rows
+
+    def _row_counts(self, inputs) -> torch.Tensor:
+        masked, non_pad, kd_rows = self._masks(inputs)
+        return torch.stack([kd_rows.sum(), masked.sum(), non_pad.sum()])
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """alpha_kd·kd + alpha_mlm·mlm + alpha_hidden·hidden; each term also kept for logging."""
+        if "labels" not in inputs:
+            raise ValueError(
+                "DistillationTrainer needs masked-LM labels in each batch: use "
+                "DataCollatorForLanguageModeling(tokenizer, mlm=True) as data_collator."
+            )
+        training = model.training
+        loss, terms, _ = self._distillation_loss(model, inputs, training, num_items_in_batch)
+        if training:
+            self._record_terms(terms)
+        return (loss, terms) if return_outputs else loss
+
+    def _distillation_loss(self, model, inputs, training, num_items_in_batch=None, want_stats=False):
+        """The objective on one micro-batch: (loss, {term: value}, eval sums or None)."""
+        args = self.args
+        masked, non_pad, kd_rows = self._masks(inputs)
+        # Rows needing logits: training asks only what a weighted term reads; evaluation always scores the student.
+        if args.alpha_kd > 0 or want_stats:
+            rows = kd_rows
+        elif args.alpha_mlm > 0:
+            rows = masked
+        else:
+            rows = torch.zeros_like(masked)
+        positions = rows.reshape(-1).nonzero().squeeze(1)
+        need_hidden = args.alpha_hidden > 0
+        run_teacher = self.teacher is not None and args.needs_teacher
+
+        student = forward_selected(model, inputs, positions, need_hidden, self.sparse_heads)
+        teacher = self._run_teacher(inputs, positions, need_hidden) if run_teacher else None
+
+        row_labels = inputs["labels"].reshape(-1).index_select(0, positions)
+        sums = {}
+        if teacher is not None and (args.alpha_kd > 0 or want_stats):
+            sums["kd"] = kd_loss_sum(student.logits, teacher.logits, args.temperature)
+        if args.alpha_mlm > 0 or want_stats:
+            sums["mlm"] = mlm_loss_sum(student.logits, row_labels)
+        if need_hidden:
+            sums["hidden"] = hidden_loss_sum(
+                student.last_hidden_state[non_pad], teacher.last_hidden_state[non_pad], args.hidden_loss
+            )
+
+        local = torch.stack([kd_rows.sum(), masked.sum(), non_pad.sum()])
+        counts, scale = local, 1.0
+        if training and self._accumulated_counts is not None:
+            counts = self._accumulated_counts
+            if args.average_tokens_across_devices and args.world_size > 1:
+                # DDP averages gradients over ranks; the global-count denominator wants their sum.
+                scale = float(self.accelerator.num_processes)
+        elif num_items_in_batch is not None:
+            counts = local.clone()
+            counts[_M] = num_items_in_batch
+            if args.kd_positions == "masked":
+                counts[_P] = num_items_in_batch
+        denominators = {"kd": counts[_P], "mlm": counts[_M], "hidden": counts[_N]}
+        alphas = {"kd": args.alpha_kd, "mlm": args.alpha_mlm, "hidden": args.alpha_hidden}
+
+        terms = {name: value / denominators[name].clamp(min=1) * scale for name, value in sums.items()}
+        loss = sum(alphas[name] * terms[name] for name in terms if alphas[name] > 0)
+        if not torch.is_tensor(loss):  # no weighted term produced a value (cannot happen with valid arguments)
+            raise RuntimeError("No loss term was computed; check alpha_kd / alpha_mlm / alpha_hidden.")
+
+        stats = None
+        if want_stats:
+            masked_rows = row_labels != -100
+            top1 = student.logits.argmax(-1)
+            stats = torch.zeros(len(_EVAL_FIELDS), dtype=torch.float64, device=local.device)
+            for i, name in enumerate(TERMS):
+                if name in sums:
+                    stats[i] = sums[name].detach().double()
+            stats[3:6] = local.double()
+            stats[6] = (top1 == row_labels)[masked_rows].sum()
+            if teacher is not None:
+                stats[7] = (top1 == teacher.logits.argmax(-1))[masked_rows].sum()
+        return loss, terms, stats
+
+    # ---- logging -------------------------------------------------------------------------------------------------
+
+    def _record_terms(self, terms: dict[str, torch.Tensor]):
+        if self.state.global_step != self._last_term_step:
+            self._last_term_step = self.state.global_step
+            self._term_steps += 1
+        for name, value in terms.items():
+            self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach().float()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add `kd_loss`, `mlm_loss`, `hidden_loss` (means over the logging window, over all ranks) to train logs."""
+        if "loss" in logs and self._term_steps > 0:
+            names = sorted(self._term_sums)
+            values = torch.stack([torch.as_tensor(self._term_sums[n], device=self.args.device) for n in names])
+            if self.args.world_size > 1:
+                values = self.accelerator.gather(values.unsqueeze(0)).mean(0)
+            for name, value in zip(names, values.tolist()):
+                logs[f"{name}_loss"] = value / self._term_steps
+            self._term_sums, self._term_steps = {}, 0
+        super().log(logs, start_time)
+
+    # ---- evaluation ----------------------------------------------------------------------------------------------
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Stream the distillation metrics; vocabulary-sized logits are only returned when `predict` asks."""
+        if "labels" not in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, _, stats = self._distillation_loss(model, inputs, training=False, want_stats=True)
+        self._eval_sums = stats if self._eval_sums is None else self._eval_sums + stats
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits = model(**{k: v for k, v in inputs.items() if k not in ("labels", "special_tokens_mask")}).logits
+        return loss.detach(), logits, inputs["labels"]
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        self._eval_sums = None
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self._eval_sums is not None:
+            sums = self._eval_sums
+            if self.args.world_size > 1:
+                sums = self.accelerator.reduce(sums, reduction="sum")
+            output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in self._eval_metrics(sums).items()})
+            self._eval_sums = None
+        return output
+
+    def _eval_metrics(self, sums: torch.Tensor) -> dict[str, float]:
+        """Token-weighted means over the whole evaluation set."""
+        s = dict(zip(_EVAL_FIELDS, sums.tolist()))
+        args = self.args
+        has_teacher = self.teacher is not None and args.needs_teacher
+        metrics = {"mlm_loss": s["mlm"] / max(s["M"], 1)}
+        if has_teacher:
+            metrics["kd_loss"] = s["kd"] / max(s["P"], 1)
+        if args.alpha_hidden > 0:
+            metrics["hidden_loss"] = s["hidden"] / max(s["N"], 1)
+        alphas = {"kd_loss": args.alpha_kd, "mlm_loss": args.alpha_mlm, "hidden_loss": args.alpha_hidden}
+        metrics["loss"] = sum(alphas[k] * v for k, v in metrics.items() if k in alphas)
+        metrics["perplexity"] = float(torch.exp(torch.tensor(min(metrics["mlm_loss"], 80.0))))
+        metrics["accuracy"] = s["correct"] / max(s["M"], 1)
+        if has_teacher:
+            metrics["teacher_agreement"] = s["agree"] / max(s["M"], 1)
+        return metrics

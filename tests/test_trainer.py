@@ -1,0 +1,355 @@
+"""DistillationTrainer: the objective to the formula, sparse = dense, accumulation, drop-in, lifecycle."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from transformers import DataCollatorForLanguageModeling, RobertaConfig, RobertaForMaskedLM, Trainer, \
+    TrainingArguments, default_data_collator, set_seed
+
+from hf_distil import DistillationArguments, DistillationTrainer, create_student
+from hf_distil.collator import ReproducibleMLMCollator
+from tiny import premasked_dataset, text_dataset, tiny_teacher
+
+
+def args_for(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, save_strategy="no",
+                eval_strategy="no", per_device_train_batch_size=4, learning_rate=1e-3, seed=0,
+                disable_tqdm=True, dataloader_num_workers=0)
+    base.update(kw)
+    return DistillationArguments(**base)
+
+
+def pair(dropout=0.0, seed=0):
+    teacher = tiny_teacher(seed=seed, dropout=dropout)
+    return teacher, create_student(teacher, 2)
+
+
+def batch_of(n=4, seed=0):
+    return default_data_collator([premasked_dataset(n, seed=seed)[i] for i in range(n)])
+
+
+def hand_objective(student, teacher, batch, a):
+    """The DESIGN.md objective written out densely, with per-batch means."""
+    s_out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    with torch.no_grad():
+        t_out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        output_hidden_states=True)
+    labels, attention = batch["labels"], batch["attention_mask"].bool()
+    masked = labels != -100
+    P = masked if a.kd_positions == "masked" else attention
+    T = a.temperature
+    kd = F.kl_div(F.log_softmax(s_out.logits[P] / T, -1), F.softmax(t_out.logits[P] / T, -1),
+                  reduction="batchmean") * T * T
+    mlm = F.cross_entropy(s_out.logits[masked], labels[masked])
+    hs, ht = s_out.hidden_states[-1][attention], t_out.hidden_states[-1][attention]
+    hidden = (1 - F.cosine_similarity(hs, ht, dim=-1)).mean() if a.hidden_loss == "cosine" else F.mse_loss(hs, ht)
+    return a.alpha_kd * kd + a.alpha_mlm * mlm + a.alpha_hidden * hidden, {"kd": kd, "mlm": mlm, "hidden": hidden}
+
+
+@pytest.mark.parametrize("kd_positions", ["masked", "all"])
+@pytest.mark.parametrize("hidden_loss", ["cosine", "mse"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_loss_equals_the_formula(tmp_path, kd_positions, hidden_loss, temperature):
+    teacher, student = pair()
+    a = args_for(tmp_path, kd_positions=kd_positions, hidden_loss=hidden_loss, temperature=temperature,
+                 alpha_kd=5.0, alpha_mlm=2.0, alpha_hidden=1.0)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=a)
+    batch = batch_of()
+    student.eval()  # no dropout, per-batch means
+    loss, terms = trainer.compute_loss(student, batch, return_outputs=True)
+    expected, parts = hand_objective(student, teacher, batch, a)
+    assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-6)
+    for name in ("kd", "mlm", "hidden"):
+        assert torch.allclose(terms[name], parts[name], rtol=1e-5, atol=1e-6), name
+    assert parts["kd"] > 0 and parts["hidden"] > 0
+
+
+def test_zero_weight_terms_are_not_computed_and_teacher_not_run(tmp_path):
+    teacher, student = pair()
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    a = args_for(tmp_path, alpha_kd=0.0, alpha_hidden=0.0, alpha_mlm=1.0)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=a)
+    student.eval()
+    loss, terms = trainer.compute_loss(student, batch_of(), return_outputs=True)
+    assert set(terms) == {"mlm"} and not calls
+    a2 = args_for(tmp_path, alpha_kd=1.0, alpha_hidden=0.0, alpha_mlm=0.0)
+    loss2, terms2 = DistillationTrainer(model=student, teacher_model=teacher, args=a2).compute_loss(
+        student, batch_of(), return_outputs=True)
+    assert set(terms2) == {"kd"} and calls and torch.allclose(loss2, terms2["kd"])
+
+
+def _loss_and_grads(trainer, student, batch):
+    student.zero_grad()
+    loss = trainer.compute_loss(student, batch)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+@pytest.mark.parametrize("kd_positions", ["masked", "all"])
+def test_sparse_heads_give_the_dense_loss_and_gradients(tmp_path, family, kd_positions):
+    if family == "bert":
+        teacher, student = pair()
+    else:
+        torch.manual_seed(0)
+        teacher = RobertaForMaskedLM(RobertaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=4,
+                                                   num_attention_heads=2, intermediate_size=64,
+                                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                                   pad_token_id=1))
+        student = create_student(teacher, 2)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args_for(tmp_path, kd_positions=kd_positions))
+    batch = batch_of(6, seed=3)
+    trainer.sparse_heads = True
+    sparse_loss, sparse_grads = _loss_and_grads(trainer, student, batch)
+    trainer.sparse_heads = False
+    dense_loss, dense_grads = _loss_and_grads(trainer, student, batch)
+    assert torch.allclose(sparse_loss, dense_loss, rtol=1e-5, atol=1e-6)
+    assert sparse_grads.keys() == dense_grads.keys() and len(sparse_grads) > 10
+    for name in dense_grads:
+        assert torch.allclose(sparse_grads[name], dense_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_sparse_head_really_skips_unselected_rows(tmp_path):
+    teacher, student = pair()
+    shapes = []
+    student.cls.predictions.decoder.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args_for(tmp_path))
+    batch = batch_of()
+    trainer.compute_loss(student, batch)
+    assert shapes == [(int((batch["labels"] != -100).sum()), 64)]
+
+
+def test_unknown_architecture_falls_back_to_the_full_forward(tmp_path):
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, hidden_dim=64, dropout=0.0,
+                           attention_dropout=0.0, max_position_embeddings=64)
+    teacher, student = DistilBertForMaskedLM(cfg), DistilBertForMaskedLM(cfg)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args_for(tmp_path))
+    batch = {k: v for k, v in batch_of().items()}
+    loss_sparse, _ = _loss_and_grads(trainer, student, batch)
+    trainer.sparse_heads = False
+    loss_dense, _ = _loss_and_grads(trainer, student, batch)
+    assert torch.isfinite(loss_sparse) and torch.allclose(loss_sparse, loss_dense)
+
+
+def _train(tmp_path, name, model, teacher, dataset, **kw):
+    a = args_for(tmp_path / name, **kw)
+    trainer = DistillationTrainer(model=model, teacher_model=teacher, args=a, train_dataset=dataset,
+                                  data_collator=default_data_collator)
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize("kd_positions", ["masked", "all"])
+def test_gradient_accumulation_equals_one_big_batch(tmp_path, kd_positions):
+    data = premasked_dataset(8, seed=1)
+    counts = [sum(1 for x in data[i]["labels"] if x != -100) for i in range(8)]
+    assert sum(counts[:4]) != sum(counts[4:])  # micro-batches hold different numbers of masked tokens
+    teacher, student = pair()
+    one = _train(tmp_path, "one", copy.deepcopy(student), teacher, data, per_device_train_batch_size=8,
+                 gradient_accumulation_steps=1, max_steps=1, kd_positions=kd_positions, optim="sgd",
+                 lr_scheduler_type="constant")
+    acc = _train(tmp_path, "acc", copy.deepcopy(student), teacher, data, per_device_train_batch_size=4,
+                 gradient_accumulation_steps=2, max_steps=1, kd_positions=kd_positions, optim="sgd",
+                 lr_scheduler_type="constant")
+    moved = 0.0
+    for (n, p1), p2, p0 in zip(one.model.named_parameters(), acc.model.parameters(), student.parameters()):
+        assert torch.allclose(p1, p2, rtol=1e-5, atol=1e-7), n
+        moved += float((p1 - p0).detach().abs().sum())
+    assert moved > 1e-3
+    assert math.isclose(one.state.log_history[0]["train_loss"], acc.state.log_history[0]["train_loss"], rel_tol=1e-5)
+
+
+def test_drop_in_equivalence_with_trainer(tmp_path, tokenizer):
+    """Teacher terms weighted 0: same weights as the stock Trainer after several steps, dropout on."""
+    data = text_dataset(tokenizer, 48)
+    collator = DataCollatorForLanguageModeling(tokenizer)
+    teacher = tiny_teacher(dropout=0.1, initializer_range=0.02)
+    start = create_student(teacher, 2)
+    common = dict(report_to=[], use_cpu=True, save_strategy="no", per_device_train_batch_size=8, max_steps=6,
+                  learning_rate=1e-3, seed=7, disable_tqdm=True, logging_steps=2)
+    set_seed(7)
+    ours = DistillationTrainer(model=copy.deepcopy(start), teacher_model=teacher,
+                               args=DistillationArguments(output_dir=str(tmp_path / "a"), alpha_kd=0.0,
+                                                          alpha_hidden=0.0, alpha_mlm=1.0, **common),
+                               train_dataset=data, data_collator=collator, processing_class=tokenizer)
+    ours.train()
+    set_seed(7)
+    stock = Trainer(model=copy.deepcopy(start), args=TrainingArguments(output_dir=str(tmp_path / "b"), **common),
+                    train_dataset=data, data_collator=collator, processing_class=tokenizer)
+    stock.train()
+    for (n, p1), p2, p0 in zip(ours.model.named_parameters(), stock.model.parameters(), start.parameters()):
+        if n.endswith("key.bias"):
+            continue  # its gradient is 0 in exact arithmetic (softmax shift); AdamW magnifies float noise there
+        assert torch.allclose(p1, p2, rtol=1e-4, atol=1e-6), n
+    assert not torch.equal(ours.model.bert.encoder.layer[0].output.dense.weight,
+                           start.bert.encoder.layer[0].output.dense.weight)
+    ours_losses = [h["loss"] for h in ours.state.log_history if "loss" in h]
+    stock_losses = [h["loss"] for h in stock.state.log_history if "loss" in h]
+    assert ours_losses == pytest.approx(stock_losses, rel=1e-4)
+
+
+def test_terms_are_logged_and_combine_to_the_loss(tmp_path, tokenizer):
+    data = text_dataset(tokenizer, 32)
+    teacher, student = pair(dropout=0.1)
+    a = args_for(tmp_path, max_steps=4, logging_steps=2, per_device_train_batch_size=8)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=a, train_dataset=data,
+                                  data_collator=DataCollatorForLanguageModeling(tokenizer), processing_class=tokenizer)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2
+    for h in logs:
+        combined = 5.0 * h["kd_loss"] + 2.0 * h["mlm_loss"] + 1.0 * h["hidden_loss"]
+        assert math.isclose(h["loss"], combined, rel_tol=1e-4)
+        assert h["kd_loss"] > 0 and h["mlm_loss"] > 0 and h["hidden_loss"] > 0
+
+
+def test_teacher_frozen_in_eval_mode_and_never_saved(tmp_path, tokenizer):
+    data = text_dataset(tokenizer, 32)
+    teacher, student = pair(dropout=0.1)
+    before = {n: p.clone() for n, p in teacher.named_parameters()}
+    a = args_for(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, per_device_train_batch_size=8)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=a, train_dataset=data,
+                                  data_collator=DataCollatorForLanguageModeling(tokenizer), processing_class=tokenizer)
+    trainer.train()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(p, before[n]) for n, p in teacher.named_parameters())
+    optimizer_params = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not optimizer_params & {id(p) for p in teacher.parameters()}
+    trainer.save_model(str(tmp_path / "final"))
+    student_keys = set(student.state_dict())
+    for folder in (tmp_path / "out" / "checkpoint-2", tmp_path / "out" / "checkpoint-4", tmp_path / "final"):
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            keys = set(f.keys())
+        assert keys <= student_keys and not any(k.startswith("bert.encoder.layer.2") for k in keys)
+        config = json.loads((folder / "config.json").read_text())
+        assert config["num_hidden_layers"] == 2 and config["distil_teacher_layers"] == [1, 3]
+
+
+def test_teacher_dropout_stays_off_even_if_switched_on(tmp_path):
+    teacher, student = pair(dropout=0.5)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args_for(tmp_path))
+    teacher.train()
+    student.eval()
+    batch = batch_of()
+    first = trainer.compute_loss(student, batch)
+    second = trainer.compute_loss(student, batch)
+    assert torch.equal(first, second) and not teacher.training
+
+
+def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path, tokenizer):
+    """Masks seeded per batch (ReproducibleMLMCollator) + Trainer's RNG restore: an exact continuation."""
+    data = text_dataset(tokenizer, 48)
+    collator = ReproducibleMLMCollator(tokenizer, seed=1)
+    teacher, student = pair(dropout=0.1)
+
+    def run(name, max_steps, resume=None, output=None):
+        a = args_for(tmp_path, output_dir=str(output or tmp_path / name), max_steps=6, save_strategy="steps",
+                     save_steps=3, per_device_train_batch_size=8)
+        trainer = DistillationTrainer(model=copy.deepcopy(student), teacher_model=teacher, args=a,
+                                      train_dataset=data, data_collator=collator, processing_class=tokenizer)
+        if max_steps < 6:
+            trainer.add_callback(_StopAt(max_steps))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    full = run("full", 6)
+    run("cut", 3)
+    resumed = run("cut", 6, resume=str(tmp_path / "cut" / "checkpoint-3"))
+    for (n, p1), p2 in zip(full.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(p1, p2), n
+
+
+class _StopAt:
+    """A callback that ends training after `step` optimizer steps (the 'interruption')."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __getattr__(self, name):
+        if name.startswith("on_"):
+            return lambda args, state, control, **kw: self._maybe_stop(state, control)
+        raise AttributeError(name)
+
+    def _maybe_stop(self, state, control):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
+def test_evaluation_streams_the_metrics(tmp_path):
+    teacher, student = pair()
+    data = premasked_dataset(12, seed=5)
+    a = args_for(tmp_path, per_device_eval_batch_size=5)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=a, eval_dataset=data,
+                                  data_collator=default_data_collator)
+    metrics = trainer.evaluate()
+    full = default_data_collator([data[i] for i in range(12)])
+    student.eval()
+    with torch.no_grad():
+        _, parts = hand_objective(student, teacher, full, a)
+        s_logits = student(input_ids=full["input_ids"], attention_mask=full["attention_mask"]).logits
+        t_logits = teacher(input_ids=full["input_ids"], attention_mask=full["attention_mask"]).logits
+    masked = full["labels"] != -100
+    accuracy = float((s_logits.argmax(-1)[masked] == full["labels"][masked]).float().mean())
+    agreement = float((s_logits.argmax(-1)[masked] == t_logits.argmax(-1)[masked]).float().mean())
+    assert metrics["eval_kd_loss"] == pytest.approx(float(parts["kd"]), rel=1e-4)
+    assert metrics["eval_mlm_loss"] == pytest.approx(float(parts["mlm"]), rel=1e-4)
+    assert metrics["eval_hidden_loss"] == pytest.approx(float(parts["hidden"]), rel=1e-4)
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_mlm_loss"]), rel=1e-6)
+    assert metrics["eval_accuracy"] == pytest.approx(accuracy)
+    assert metrics["eval_teacher_agreement"] == pytest.approx(agreement)
+    assert metrics["eval_loss"] == pytest.approx(5 * metrics["eval_kd_loss"] + 2 * metrics["eval_mlm_loss"]
+                                                 + metrics["eval_hidden_loss"], rel=1e-6)
+    # a student identical to its teacher agrees everywhere and has no KL
+    clone = create_student(teacher, 4, [0, 1, 2, 3])
+    same = DistillationTrainer(model=clone, teacher_model=teacher, args=a, eval_dataset=data,
+                               data_collator=default_data_collator).evaluate()
+    assert same["eval_teacher_agreement"] == 1.0 and same["eval_kd_loss"] < 1e-5
+    assert metrics["eval_kd_loss"] > 1e-2 and metrics["eval_teacher_agreement"] < 1.0
+    # predict still returns the student's logits
+    out = trainer.predict(data.select(range(3)))
+    assert out.predictions.shape == (3, 16, 64) and "test_kd_loss" in out.metrics
+
+
+def test_vocabulary_and_width_mismatches_fail_before_training(tmp_path, tokenizer):
+    teacher = tiny_teacher()
+    other = tiny_teacher(vocab=80)
+    with pytest.raises(ValueError, match=r"Teacher vocabulary \(64\) and student vocabulary \(80\)"):
+        DistillationTrainer(model=other, teacher_model=teacher, args=args_for(tmp_path))
+    narrow = tiny_teacher(hidden=16, layers=2)
+    with pytest.raises(ValueError, match="hidden size is 32 and the student's 16"):
+        DistillationTrainer(model=narrow, teacher_model=teacher, args=args_for(tmp_path))
+    DistillationTrainer(model=narrow, teacher_model=teacher, args=args_for(tmp_path, alpha_hidden=0.0))
+    odd = tiny_teacher(vocab=70)
+    with pytest.raises(ValueError, match="tokenizer has 64 tokens but the student's vocabulary has 70"):
+        DistillationTrainer(model=create_student(odd, 2), teacher_model=odd, args=args_for(tmp_path),
+                            processing_class=tokenizer)
+    padded = tiny_teacher(vocab=72)  # embeddings padded to a multiple of 8 beyond the tokenizer: allowed
+    DistillationTrainer(model=create_student(padded, 2), teacher_model=padded, args=args_for(tmp_path),
+                        processing_class=tokenizer)
+
+
+def test_teacher_from_a_path_and_clear_errors(tmp_path):
+    teacher = tiny_teacher()
+    teacher.save_pretrained(tmp_path / "teacher")
+    student = create_student(teacher, 2)
+    a = args_for(tmp_path, teacher_model_name_or_path=str(tmp_path / "teacher"), teacher_dtype="bfloat16")
+    trainer = DistillationTrainer(model=student, args=a)
+    assert trainer.teacher.dtype == torch.bfloat16 and not trainer.teacher.training
+    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    assert torch.isfinite(trainer.compute_loss(student, batch_of()))
+    with pytest.raises(FileNotFoundError, match="no/such/teacher"):
+        DistillationTrainer(model=student, args=args_for(tmp_path, teacher_model_name_or_path="no/such/teacher"))
+    with pytest.raises(ValueError, match="No teacher"):
+        DistillationTrainer(model=student, args=args_for(tmp_path))
+    with pytest.raises(TypeError, match="DistillationArguments"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=TrainingArguments(output_dir="x"))

@@ -1,0 +1,59 @@
+"""Tiny models, a tiny tokenizer and pre-masked data shared by the tests."""
+
+import torch
+from datasets import Dataset
+from transformers import BertConfig, BertForMaskedLM
+
+WORDS = [f"w{i}" for i in range(59)]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS  # 64 tokens
+
+
+def bert_config(layers=4, hidden=32, vocab=64, dropout=0.1, **kw):
+    return BertConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=2 * hidden, max_position_embeddings=64, hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout, initializer_range=kw.pop("initializer_range", 0.3), **kw,
+    )
+
+
+def tiny_teacher(seed=0, **kw):
+    torch.manual_seed(seed)
+    return BertForMaskedLM(bert_config(**kw))
+
+
+def random_texts(n, seed=0, min_len=4, max_len=20):
+    g = torch.Generator().manual_seed(seed)
+    texts = []
+    for _ in range(n):
+        length = int(torch.randint(min_len, max_len, (1,), generator=g))
+        texts.append(" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (length,), generator=g)))
+    return texts
+
+
+def text_dataset(tokenizer, n=64, seed=0):
+    texts = random_texts(n, seed)
+    return Dataset.from_dict({"text": texts}).map(
+        lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"]
+    )
+
+
+def premasked_dataset(n=16, length=16, seed=0, vocab=64):
+    """Fixed-length examples with padding and labels already drawn, so batch splits do not change the masks."""
+    g = torch.Generator().manual_seed(seed)
+    rows = {"input_ids": [], "attention_mask": [], "labels": []}
+    for i in range(n):
+        real = int(torch.randint(6, length + 1, (1,), generator=g))
+        ids = torch.randint(5, vocab, (length,), generator=g)
+        ids[0], ids[real - 1] = 2, 3
+        ids[real:] = 0
+        attention = (torch.arange(length) < real).long()
+        labels = torch.full((length,), -100)
+        n_masked = 1 + (i * 7) % max(1, real - 3)  # deliberately uneven masked counts
+        picks = torch.randperm(real - 2, generator=g)[:n_masked] + 1
+        labels[picks] = ids[picks]
+        ids = ids.clone()
+        ids[picks] = 4
+        rows["input_ids"].append(ids.tolist())
+        rows["attention_mask"].append(attention.tolist())
+        rows["labels"].append(labels.tolist())
+    return Dataset.from_dict(rows)
