@@ -114,6 +114,9 @@ class DistillationTrainer(Trainer):
         self._term_steps = 0
         self._last_term_step = -1
         self._eval_sums: torch.Tensor | None = None
+        # What the card cannot learn from the model or the arguments; the recipe fills it in.
+        self.card_info: dict = {"dataset_name": None, "dataset_ids": None, "data_use_note": None,
+                                "license": "apache-2.0", "language": "en", "tags": None}
 
     # ---- teacher lifecycle -------------------------------------------------------------------------------------
 
@@ -300,3 +303,60 @@ class DistillationTrainer(Trainer):
         if has_teacher:
             metrics["teacher_agreement"] = s["agree"] / max(s["M"], 1)
         return metrics
+
+    # ---- output --------------------------------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the student (never the teacher) and the arguments as readable JSON (tokens redacted).
+
+        Trainer's pickled `training_args.bin` is replaced by `distillation_args.json`: nothing reads it back, and a
+        Hub-ready folder should hold no pickles.
+        """
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            folder = output_dir or self.args.output_dir
+            with open(os.path.join(folder, "distillation_args.json"), "w", encoding="utf-8") as f:
+                f.write(self.args.to_json_string())
+            pickled = os.path.join(folder, "training_args.bin")
+            if os.path.exists(pickled):
+                os.remove(pickled)
+
+    def teacher_name(self) -> str | None:
+        if self.args.teacher_model_name_or_path:
+            return self.args.teacher_model_name_or_path
+        return getattr(unwrap(self.teacher).config, "_name_or_path", None) if self.teacher is not None else None
+
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
+                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None) -> None:
+        """Write the distilled model's card (README.md) and loss plot into `output_dir`; `push_to_hub` uploads them."""
+        from .card import build_model_card
+
+        if not self.is_world_process_zero():
+            return
+        info = self.card_info
+        metrics = {}
+        for entry in self.state.log_history:  # the latest value of each eval metric
+            metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+        extra_tags = [tags] if isinstance(tags, str) else list(tags or info.get("tags") or [])
+        dataset_ids = [dataset] if isinstance(dataset, str) else dataset
+        args = self.args
+        os.makedirs(args.output_dir, exist_ok=True)
+        card = build_model_card(
+            self.model,
+            args,
+            teacher_name=finetuned_from or self.teacher_name(),
+            total_train_batch_size=args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps,
+            world_size=args.world_size,
+            dataset_name=info.get("dataset_name") or (dataset_ids[0] if dataset_ids else None),
+            dataset_ids=dataset_ids or info.get("dataset_ids"),
+            metrics=metrics or None,
+            log_history=self.state.log_history,
+            epochs_completed=self.state.epoch,
+            license=license or info.get("license") or "apache-2.0",
+            language=language or info.get("language") or "en",
+            extra_tags=extra_tags or None,
+            data_use_note=info.get("data_use_note"),
+            plot_path=os.path.join(args.output_dir, "loss_terms.png"),
+            model_name=model_name,
+        )
+        card.save(os.path.join(args.output_dir, "README.md"))

@@ -353,3 +353,36 @@ def test_teacher_from_a_path_and_clear_errors(tmp_path):
         DistillationTrainer(model=student, args=args_for(tmp_path))
     with pytest.raises(TypeError, match="DistillationArguments"):
         DistillationTrainer(model=student, teacher_model=teacher, args=TrainingArguments(output_dir="x"))
+
+
+def test_saved_folder_is_hub_ready_and_runs_fill_mask(tmp_path, tokenizer):
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
+
+    data = text_dataset(tokenizer, 32)
+    teacher, student = pair(dropout=0.1)
+    a = args_for(tmp_path, max_steps=4, logging_steps=2, per_device_train_batch_size=8, eval_strategy="steps",
+                 eval_steps=2, hub_token="hf_FAKEtoken123")
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=a, train_dataset=data,
+                                  eval_dataset=data, data_collator=ReproducibleMLMCollator(tokenizer, seed=0),
+                                  processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model()
+    trainer.create_model_card()
+    out = tmp_path / "out"
+    saved = json.loads((out / "distillation_args.json").read_text())
+    assert saved["alpha_kd"] == 5.0 and saved["temperature"] == 2.0
+    for name in ("README.md", "distillation_args.json", "config.json"):
+        assert "hf_FAKEtoken123" not in (out / name).read_text()
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "fill-mask"
+    assert "layers 1, 3" in card.text and (out / "loss_terms.png").exists()
+    last_eval = [h for h in trainer.state.log_history if "eval_accuracy" in h][-1]
+    assert f"{last_eval['eval_accuracy']:.4f}" in card.text
+    model = AutoModelForMaskedLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2 and not (out / "pytorch_model.bin").exists()
+    fill = pipeline("fill-mask", model=model, tokenizer=tok, top_k=3)
+    guesses = fill("w1 w2 [MASK] w4")
+    assert len(guesses) == 3 and all(g["token_str"].startswith("w") or g["token_str"].startswith("[")
+                                     for g in guesses)
