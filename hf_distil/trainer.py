@@ -7,7 +7,7 @@ import os
 
 import torch
 from torch import nn
-from transformers import AutoModelForMaskedLM, PreTrainedModel, Trainer
+from transformers import AutoModelForMaskedLM, PreTrainedModel, Trainer, TrainerCallback
 
 from .arguments import DistillationArguments
 from .heads import forward_selected, unwrap
@@ -76,6 +76,20 @@ def check_compatibility(student: nn.Module, teacher: nn.Module | None, args: Dis
         )
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or inf during training (nan_policy="stop")."""
+
+
+class CollatorEpochCallback(TrainerCallback):
+    """Tell a collator with an `epoch` field (ReproducibleMLMCollator) which epoch it is masking for."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(state.epoch or 0)
+
+
 class DistillationTrainer(Trainer):
     """A drop-in `Trainer` that distils `teacher_model` into `model` (see DESIGN.md for the objective).
 
@@ -108,6 +122,8 @@ class DistillationTrainer(Trainer):
             check_compatibility(model, teacher_model, args, kw.get("processing_class"))
 
         super().__init__(model, args, *trainer_args, **kw)
+        if hasattr(self.data_collator, "epoch"):
+            self.add_callback(CollatorEpochCallback(self.data_collator))
         self.teacher = self._prepare_teacher(teacher_model) if teacher_model is not None else None
         self._accumulated_counts: torch.Tensor | None = None
         self._term_sums: dict[str, torch.Tensor] = {}
@@ -171,8 +187,29 @@ class DistillationTrainer(Trainer):
         training = model.training
         loss, terms, _ = self._distillation_loss(model, inputs, training, num_items_in_batch)
         if training:
-            self._record_terms(terms)
+            if not bool(torch.isfinite(torch.stack([v.detach() for v in terms.values()])).all()):
+                loss = self._non_finite(model, terms)
+            else:
+                self._record_terms(terms)
         return (loss, terms) if return_outputs else loss
+
+    def _non_finite(self, model, terms) -> torch.Tensor:
+        """Stop with the term and step named, or (nan_policy="skip") return a zero loss that still reaches every
+        trainable parameter, so DDP ranks stay in step and the micro-batch adds nothing to the update."""
+        bad = ", ".join(f"{k}_loss={float(v):g}" for k, v in terms.items() if not torch.isfinite(v.detach()))
+        step = self.state.global_step + 1
+        if self.args.nan_policy == "stop":
+            from .recipe import latest_complete_checkpoint
+
+            last = latest_complete_checkpoint(self.args.output_dir)
+            raise NonFiniteLossError(
+                f"Non-finite loss term ({bad}) at step {step}; training stopped, nothing was saved after it "
+                f"(last good checkpoint: {last or 'none yet'}). Lower the learning rate, use bf16 rather than fp16, "
+                "check the data, or pass --nan_policy skip."
+            )
+        logger.warning("Skipping a micro-batch at step %d: %s", step, bad)
+        self._nan_skipped = getattr(self, "_nan_skipped", 0) + 1
+        return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
 
     def _distillation_loss(self, model, inputs, training, num_items_in_batch=None, want_stats=False):
         """The objective on one micro-batch: (loss, {term: value}, eval sums or None)."""
@@ -237,6 +274,24 @@ class DistillationTrainer(Trainer):
                 stats[7] = (top1 == teacher.logits.argmax(-1))[masked_rows].sum()
         return loss, terms, stats
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Trainer's step, with an out-of-memory error on the first step turned into advice that keeps the batch."""
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        except torch.OutOfMemoryError as err:
+            if self.state.global_step > 0:
+                raise
+            a = self.args
+            per_device, accumulation = a.per_device_train_batch_size, a.gradient_accumulation_steps
+            total = per_device * accumulation * a.world_size
+            raise torch.OutOfMemoryError(
+                f"Out of memory on the first step with per_device_train_batch_size={per_device} × "
+                f"gradient_accumulation_steps={accumulation} × {a.world_size} device(s) = {total}. Keep the total "
+                f"batch with --per_device_train_batch_size {max(1, per_device // 2)} --gradient_accumulation_steps "
+                f"{accumulation * 2 if per_device > 1 else accumulation}, or save memory with --bf16 / "
+                "--gradient_checkpointing / --teacher_dtype bfloat16."
+            ) from err
+
     # ---- logging -------------------------------------------------------------------------------------------------
 
     def _record_terms(self, terms: dict[str, torch.Tensor]):
@@ -256,6 +311,8 @@ class DistillationTrainer(Trainer):
             for name, value in zip(names, values.tolist()):
                 logs[f"{name}_loss"] = value / self._term_steps
             self._term_sums, self._term_steps = {}, 0
+        if "loss" in logs and getattr(self, "_nan_skipped", 0):
+            logs["nan_skipped"] = self._nan_skipped
         super().log(logs, start_time)
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
@@ -324,7 +381,8 @@ class DistillationTrainer(Trainer):
     def teacher_name(self) -> str | None:
         if self.args.teacher_model_name_or_path:
             return self.args.teacher_model_name_or_path
-        return getattr(unwrap(self.teacher).config, "_name_or_path", None) if self.teacher is not None else None
+        name = getattr(unwrap(self.teacher).config, "_name_or_path", None) if self.teacher is not None else None
+        return name or None
 
     def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
                           tasks=None, dataset_tags=None, dataset=None, dataset_args=None) -> None:
