@@ -9,6 +9,7 @@ from transformers import TrainingArguments
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 HIDDEN_LOSSES = ("cosine", "mse")
 KD_POSITIONS = ("masked", "all")
+NAN_POLICIES = ("stop", "skip")
 
 
 def _choice_error(name: str, value, allowed) -> ValueError:
@@ -51,6 +52,14 @@ class DistillationArguments(TrainingArguments):
         metadata={"help": "Positions of the KL term: masked (label != -100) or all (every non-padding token)."},
     )
 
+    nan_policy: str = field(
+        default="stop",
+        metadata={
+            "help": "A NaN/inf loss term: stop (raise, naming the term and step; checkpoints stay as they are) "
+            "or skip (the micro-batch contributes nothing; skips are counted in the logs as nan_skipped)."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if not self.temperature > 0:
@@ -69,6 +78,8 @@ class DistillationArguments(TrainingArguments):
             raise _choice_error("kd_positions", self.kd_positions, KD_POSITIONS)
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise _choice_error("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
+        if self.nan_policy not in NAN_POLICIES:
+            raise _choice_error("nan_policy", self.nan_policy, NAN_POLICIES)
 
     @property
     def needs_teacher(self) -> bool:
