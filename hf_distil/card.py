@@ -318,9 +318,9 @@ def validate_model_card(card: ModelCard) -> None:
 def _teacher(name: str | None) -> tuple[str, str | None]:
     """(how the card names the teacher, front-matter base_model): links and base_model only for Hub ids."""
     if name is None:
-        return "an unrecorded teacher model", None
+        return "an unrecorded teacher", None
     if _is_hub_id(name):
-        return f"[{name}](https://huggingface.co/{name})", name
+        return f"the [{name}](https://huggingface.co/{name}) model", name
     return f"the local model `{_local_name(name)}`", None
 
 
@@ -388,7 +388,7 @@ def build_model_card(
         total_train_batch_size = args.per_device_train_batch_size * world_size * args.gradient_accumulation_steps
 
     description = (
-        f"{model_name} is a distilled version of the {teacher_display} model, distilled for"
+        f"{model_name} is a distilled version of {teacher_display}, distilled for"
         f" {_run_length(args, epochs_completed)} using a total batch size of {total_train_batch_size}"
         f" on {dataset_display}."
     )

@@ -378,7 +378,7 @@ def test_saved_folder_is_hub_ready_and_runs_fill_mask(tmp_path, tokenizer):
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "fill-mask"
     assert "layers 1, 3" in card.text and (out / "loss_terms.png").exists()
     last_eval = [h for h in trainer.state.log_history if "eval_accuracy" in h][-1]
-    assert f"{last_eval['eval_accuracy']:.4f}" in card.text
+    assert f"| {round(last_eval['eval_perplexity'], 4)} |" in card.text
     model = AutoModelForMaskedLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.num_hidden_layers == 2 and not (out / "pytorch_model.bin").exists()

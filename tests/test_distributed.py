@@ -1,0 +1,77 @@
+"""torchrun with 2 CPU processes (gloo) trains the same student as 1 process with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import BertTokenizerFast
+
+from tiny import VOCAB, random_texts, tiny_teacher
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(cmd, cwd, env_extra=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           **(env_extra or {})}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    work = tmp_path_factory.mktemp("ddp")
+    (work / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(work / "vocab.txt"))
+    teacher = tiny_teacher(dropout=0.0)  # no dropout: ranks draw different dropout masks than one process
+    teacher.save_pretrained(work / "teacher")
+    tokenizer.save_pretrained(work / "teacher")
+    with open(work / "corpus.jsonl", "w") as f:
+        for text in random_texts(96, seed=2, min_len=8, max_len=40):
+            f.write(json.dumps({"text": text}) + "\n")
+    config = {
+        "teacher_model_name_or_path": str(work / "teacher"), "student_num_layers": 2, "line_by_line": True,
+        "train_file": str(work / "corpus.jsonl"), "validation_split_percentage": 10, "max_seq_length": 48,
+        "max_steps": 5, "logging_steps": 1, "learning_rate": 0.05, "optim": "sgd",  # SGD: update ∝ gradient
+        "eval_strategy": "no", "save_strategy": "no", "report_to": "none", "use_cpu": True, "disable_tqdm": True,
+        "dataloader_num_workers": 0, "seed": 11, "evaluate_before_training": False,
+    }
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    script = os.path.join(ROOT, "recipes", "run_distil.py")
+    single = _run([sys.executable, script, str(work / "config.yaml"), "--output_dir", str(work / "one"),
+                   "--per_device_train_batch_size", "8"], cwd=work)
+    multi = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                  script, str(work / "config.yaml"), "--output_dir", str(work / "two"),
+                  "--per_device_train_batch_size", "4", "--ddp_backend", "gloo"], cwd=work)
+    return work, single, multi
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(two_runs):
+    work, _, _ = two_runs
+    one = load_file(work / "one" / "model.safetensors")
+    two = load_file(work / "two" / "model.safetensors")
+    start = tiny_teacher(dropout=0.0)
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], rtol=1e-4, atol=1e-6), name
+    assert not torch.allclose(one["bert.encoder.layer.0.output.dense.weight"],
+                              start.bert.encoder.layer[1].output.dense.weight)
+
+
+def test_logged_losses_are_global_means_and_only_rank0_writes(two_runs):
+    work, _, multi = two_runs
+    logs = {}
+    for name in ("one", "two"):
+        state = json.loads((work / name / "trainer_state.json").read_text())
+        logs[name] = [h for h in state["log_history"] if "loss" in h]
+    assert len(logs["one"]) == len(logs["two"]) == 5
+    for a, b in zip(logs["one"], logs["two"]):
+        for key in ("loss", "kd_loss", "mlm_loss", "hidden_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+    assert multi.stdout.count("hf-distil summary") == 1
