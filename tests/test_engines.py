@@ -1,0 +1,82 @@
+"""Which preparation the teacher gets on which engine (CPU CI cannot run DeepSpeed/FSDP themselves)."""
+
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from accelerate.utils import DistributedType
+
+from hf_distil import engines
+from tiny import tiny_teacher
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "configs")
+
+
+def fake_accelerator(kind, fsdp2=False):
+    return SimpleNamespace(distributed_type=kind, is_fsdp2=fsdp2, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "kind, fsdp2, expected",
+    [
+        (DistributedType.NO, False, "device"),
+        (DistributedType.MULTI_GPU, False, "device"),   # DDP: the teacher is never wrapped
+        (DistributedType.MULTI_CPU, False, "device"),
+        (DistributedType.DEEPSPEED, False, "deepspeed"),
+        (DistributedType.FSDP, False, "fsdp1"),
+        (DistributedType.FSDP, True, "fsdp2"),
+    ],
+)
+def test_engine_choice(kind, fsdp2, expected):
+    assert engines.teacher_engine(fake_accelerator(kind, fsdp2)) == expected
+
+
+@pytest.mark.parametrize("kind, fsdp2, branch", [(DistributedType.DEEPSPEED, False, "_prepare_deepspeed"),
+                                                  (DistributedType.FSDP, False, "_prepare_fsdp1"),
+                                                  (DistributedType.FSDP, True, "_prepare_fsdp2")])
+def test_prepare_teacher_dispatches(monkeypatch, kind, fsdp2, branch):
+    calls = []
+    for name in ("_prepare_deepspeed", "_prepare_fsdp1", "_prepare_fsdp2"):
+        monkeypatch.setattr(engines, name, lambda model, acc, name=name: calls.append(name) or model)
+    teacher = tiny_teacher()
+    assert engines.prepare_teacher(teacher, fake_accelerator(kind, fsdp2), "cpu") is teacher
+    assert calls == [branch]
+
+
+def test_ddp_teacher_is_only_moved():
+    teacher = tiny_teacher()
+    assert engines.prepare_teacher(teacher, fake_accelerator(DistributedType.MULTI_CPU), "cpu") is teacher
+
+
+def test_zero3_config_keeps_sharding_and_drops_optimizer():
+    with open(os.path.join(CONFIGS, "ds_zero3.json")) as f:
+        train = json.load(f)
+    train["optimizer"] = {"type": "AdamW", "params": {"lr": 5e-4}}
+    train["scheduler"] = {"type": "WarmupLR"}
+    train["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+    config = engines.deepspeed_inference_config(train, hidden_size=768)
+    zero = config["zero_optimization"]
+    assert zero["stage"] == 3 and "optimizer" not in config and "scheduler" not in config
+    assert "offload_optimizer" not in zero
+    assert zero["reduce_bucket_size"] == 768 * 768 and zero["stage3_param_persistence_threshold"] == 7680
+    assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 768 * 768)
+    assert train["zero_optimization"]["reduce_bucket_size"] == "auto"  # the student's config is untouched
+
+
+def test_zero2_config_replicates_the_teacher():
+    with open(os.path.join(CONFIGS, "ds_zero2.json")) as f:
+        train = json.load(f)
+    config = engines.deepspeed_inference_config(train, hidden_size=768)
+    assert config["zero_optimization"] == {"stage": 0}
+    assert config["bf16"] == train["bf16"]
+
+
+def test_shipped_accelerate_configs_name_their_engines():
+    for name, engine in (("accelerate_fsdp2.yaml", "FSDP"), ("accelerate_fsdp1.yaml", "FSDP"),
+                         ("accelerate_deepspeed_zero3.yaml", "DEEPSPEED")):
+        with open(os.path.join(CONFIGS, name)) as f:
+            config = yaml.safe_load(f)
+        assert config["distributed_type"] == engine
+    assert os.path.exists(os.path.join(CONFIGS, "ds_zero3.json"))
