@@ -19,8 +19,8 @@ import yaml
 from transformers import AutoModelForMaskedLM, AutoTokenizer, HfArgumentParser
 
 from .arguments import DistillationArguments
-from .collator import ReproducibleMLMCollator
-from .data import DataArguments, effective_max_seq_length, is_noteevents, load_raw_corpus, tokenize_corpus
+from .data import DataArguments, effective_max_seq_length, is_noteevents, load_raw_corpus, make_collator, \
+    tokenize_corpus
 from .student import create_student
 from .trainer import DistillationTrainer, load_teacher
 
@@ -197,7 +197,8 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
 def describe_dataset(data_args: DataArguments) -> tuple[str | None, list[str] | None, str | None]:
     """(name shown on the card, Hub dataset ids, data-use note) — never any text of the corpus."""
     path = data_args.train_file
-    if path and os.path.isfile(path) and is_noteevents(path):
+    files = [os.path.join(path, f) for f in sorted(os.listdir(path))] if path and os.path.isdir(path) else [path]
+    if path and any(os.path.isfile(f) and f.endswith((".csv", ".csv.gz")) and is_noteevents(f) for f in files):
         return "MIMIC-III clinical notes (NOTEEVENTS)", None, MIMIC_DATA_USE_NOTE
     if data_args.dataset_name:
         return data_args.dataset_name, [data_args.dataset_name], None
@@ -210,18 +211,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
     """Distil, evaluate, save the student, tokenizer, arguments, results and card; returns the final metrics."""
     resume = resolve_resume(training_args, run_args)
     teacher, student, tokenizer = build_models(model_args, training_args)
-    raw = load_raw_corpus(data_args, cache_dir=model_args.cache_dir, seed=training_args.seed)
     max_len = effective_max_seq_length(data_args.max_seq_length, tokenizer, teacher.config)
-    with training_args.main_process_first(desc="tokenising the corpus"):
+    with training_args.main_process_first(desc="reading and tokenising the corpus"):  # rank 0 fills the cache
+        raw = load_raw_corpus(data_args, cache_dir=model_args.cache_dir, seed=training_args.seed)
         tokenized = tokenize_corpus(raw, tokenizer, data_args, max_len)
     train_ds, eval_ds = tokenized["train"], tokenized.get("validation")
-    if data_args.max_train_samples is not None:
-        train_ds = train_ds.select(range(min(data_args.max_train_samples, len(train_ds))))
-    if eval_ds is not None and data_args.max_eval_samples is not None:
-        eval_ds = eval_ds.select(range(min(data_args.max_eval_samples, len(eval_ds))))
-    collator = ReproducibleMLMCollator(
-        tokenizer, mlm_probability=data_args.mlm_probability, pad_to_multiple_of=8, seed=training_args.seed
-    )
+    collator = make_collator(tokenizer, data_args, seed=training_args.seed)
     if training_args.push_to_hub and training_args.hub_private_repo is None:
         training_args.hub_private_repo = True  # clinical data: private unless asked otherwise
 
