@@ -1,0 +1,67 @@
+"""SIGKILL the recipe after a checkpoint, resume with `--resume_from_checkpoint auto`, land on the same weights."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import BertTokenizerFast
+
+from tiny import VOCAB, random_texts, tiny_teacher
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "run_distil.py")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    teacher = tiny_teacher(dropout=0.1)
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    with open(tmp_path / "corpus.jsonl", "w") as f:
+        for text in random_texts(200, seed=4, min_len=10, max_len=40):
+            f.write(json.dumps({"text": text}) + "\n")
+    config = {
+        "teacher_model_name_or_path": str(tmp_path / "teacher"), "student_num_layers": 2, "line_by_line": True,
+        "train_file": str(tmp_path / "corpus.jsonl"), "validation_split_percentage": 5, "max_seq_length": 48,
+        "per_device_train_batch_size": 8, "max_steps": 16, "save_strategy": "steps", "save_steps": 2,
+        "logging_steps": 2, "learning_rate": 1e-3, "eval_strategy": "no", "report_to": "none", "use_cpu": True,
+        "disable_tqdm": True, "dataloader_num_workers": 0, "seed": 5, "evaluate_before_training": False,
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cfg = str(tmp_path / "config.yaml")
+
+    subprocess.run([sys.executable, SCRIPT, cfg, "--output_dir", str(tmp_path / "full")], env=ENV, check=True,
+                   capture_output=True, timeout=600)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, SCRIPT, cfg, "--output_dir", str(cut)], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (cut / "checkpoint-4" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "model.safetensors").exists()  # it really died mid-training
+    # a checkpoint half-written at the moment of a kill: weights but no trainer_state.json
+    (cut / "checkpoint-14").mkdir()
+    (cut / "checkpoint-14" / "model.safetensors").write_bytes(b"partial")
+
+    done = subprocess.run([sys.executable, SCRIPT, cfg, "--output_dir", str(cut), "--resume_from_checkpoint",
+                           "auto"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Skipping incomplete checkpoint" in done.stderr and "checkpoint-14" in done.stderr
+
+    full = load_file(tmp_path / "full" / "model.safetensors")
+    resumed = load_file(cut / "model.safetensors")
+    for name in full:
+        assert torch.equal(full[name], resumed[name]), name
+    state = json.loads((cut / "trainer_state.json").read_text())
+    assert state["global_step"] == 16
