@@ -386,3 +386,18 @@ def test_saved_folder_is_hub_ready_and_runs_fill_mask(tmp_path, tokenizer):
     guesses = fill("w1 w2 [MASK] w4")
     assert len(guesses) == 3 and all(g["token_str"].startswith("w") or g["token_str"].startswith("[")
                                      for g in guesses)
+
+
+def test_half_precision_teacher_keeps_the_kl_in_float32(tmp_path):
+    teacher, student = pair()
+    batch = batch_of(6, seed=2)
+    student.eval()
+    exact = DistillationTrainer(model=student, teacher_model=copy.deepcopy(teacher),
+                                args=args_for(tmp_path, alpha_mlm=0.0, alpha_hidden=0.0))
+    half = DistillationTrainer(model=student, teacher_model=copy.deepcopy(teacher),
+                               args=args_for(tmp_path, alpha_mlm=0.0, alpha_hidden=0.0, teacher_dtype="bfloat16"))
+    assert half.teacher.dtype == torch.bfloat16
+    _, terms = half.compute_loss(student, batch, return_outputs=True)
+    _, reference = exact.compute_loss(student, batch, return_outputs=True)
+    assert terms["kd"].dtype == torch.float32
+    assert torch.allclose(terms["kd"], reference["kd"], rtol=5e-2)
