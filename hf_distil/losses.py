@@ -1,7 +1,7 @@
 """Pure tensor functions for the distillation objective.
 
-Every function returns a *sum* over the selected rows, so the caller decides the denominator: the rows of this
-batch (a per-batch mean) or the rows of the whole accumulated (and, across ranks, global) batch.
+Every function returns one value per selected row; the caller sums them and chooses the denominator: the rows of
+this batch (a per-batch mean) or the rows of the whole accumulated (and, across ranks, global) batch.
 """
 
 from __future__ import annotations
@@ -10,26 +10,26 @@ import torch
 import torch.nn.functional as F
 
 
-def kd_loss_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T² · Σ_rows KL(softmax(t/T) ‖ softmax(s/T)), KL summed over the vocabulary; computed in float32."""
+def kd_loss_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(softmax(t/T) ‖ softmax(s/T)) per row, KL summed over the vocabulary; computed in float32."""
     s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return F.kl_div(s, t, log_target=True, reduction="sum") * temperature**2
+    return F.kl_div(s, t, log_target=True, reduction="none").sum(-1) * temperature**2
 
 
-def mlm_loss_sum(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Σ_rows cross-entropy of the student's logits against the labels (rows labelled -100 count zero)."""
-    return F.cross_entropy(student_logits.float(), labels, ignore_index=-100, reduction="sum")
+def mlm_loss_rows(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the student's logits against the labels per row (rows labelled -100 give 0)."""
+    return F.cross_entropy(student_logits.float(), labels, ignore_index=-100, reduction="none")
 
 
-def hidden_loss_sum(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, kind: str) -> torch.Tensor:
-    """Σ over rows of (1 - cos) for "cosine", or of the per-row mean squared error for "mse".
+def hidden_loss_rows(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per row (token position): 1 - cos for "cosine", the mean squared error over the features for "mse".
 
-    Rows are the token positions; dividing by their number gives mean(1 - cos) or the element-wise MSE.
+    Averaged over rows these give mean(1 - cos) and the element-wise MSE.
     """
     s, t = student_hidden.float(), teacher_hidden.float()
     if kind == "cosine":
-        return (1.0 - F.cosine_similarity(s, t, dim=-1)).sum()
+        return 1.0 - F.cosine_similarity(s, t, dim=-1)
     if kind == "mse":
-        return F.mse_loss(s, t, reduction="none").mean(dim=-1).sum()
+        return F.mse_loss(s, t, reduction="none").mean(dim=-1)
     raise ValueError(f"hidden_loss={kind!r} is not supported; choose 'cosine' or 'mse'.")

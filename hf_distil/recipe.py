@@ -11,6 +11,7 @@ import difflib
 import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,9 +103,10 @@ def parse_arguments(argv: list[str] | None = None):
     if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml", ".json")):
         config_path, argv = argv[0], argv[1:]
         config = _read_config(config_path)
-    unknown = [a for a in argv if a.startswith("--") and a[2:].split("=", 1)[0] not in _field_names()]
-    if unknown and unknown[0] not in ("--help", "-h"):
-        key = unknown[0][2:].split("=", 1)[0]
+    flags = {option for action in parser._actions for option in action.option_strings}
+    unknown = [a for a in argv if a.startswith("--") and a.split("=", 1)[0] not in flags]
+    if unknown:
+        key = unknown[0][2:].split("=", 1)[0].replace("-", "_")
         close = difflib.get_close_matches(key, sorted(_field_names()), n=1)
         raise RecipeError(f"Unknown flag {unknown[0]!r}." + (f" Did you mean '--{close[0]}'?" if close else ""))
     parser.set_defaults(**config)
@@ -113,9 +115,11 @@ def parse_arguments(argv: list[str] | None = None):
     return tuple(parser.parse_args_into_dataclasses(args=argv))
 
 
-def parse_layers(spec: str):
-    """'every_other' / 'distilbert' / '1,3,5' → what create_student takes."""
-    spec = spec.strip()
+def parse_layers(spec):
+    """'every_other' / 'distilbert' / '1,3,5' / [1, 3, 5] (from YAML) → what create_student takes."""
+    if isinstance(spec, (list, tuple)):
+        spec = ",".join(str(i) for i in spec)
+    spec = str(spec).strip()
     if spec in ("every_other", "distilbert"):
         return spec
     try:
@@ -158,18 +162,24 @@ def resolve_resume(training_args: DistillationArguments, run_args: RunArguments)
     """What to resume from, and a refusal to clobber a non-empty output_dir by accident."""
     resume = training_args.resume_from_checkpoint
     out = training_args.output_dir
-    if resume in ("auto", "latest", "True", "true"):
+    if resume is True or resume in ("auto", "latest", "True", "true"):
         found = latest_complete_checkpoint(out)
         if found is None:
             logger.info("resume_from_checkpoint=auto: no complete checkpoint in %s, starting fresh.", out)
         resume = found
     elif resume and not os.path.isdir(resume):
         raise RecipeError(f"resume_from_checkpoint={resume!r} is not a folder: pass a checkpoint-N folder or 'auto'.")
-    if resume is None and os.path.isdir(out) and any(Path(out).iterdir()) and not run_args.overwrite_output_dir:
-        raise RecipeError(
-            f"output_dir {out!r} is not empty: pass --resume_from_checkpoint auto to continue it, "
-            "--overwrite_output_dir true to write over it, or choose another output_dir."
-        )
+    if resume is None and os.path.isdir(out) and any(Path(out).iterdir()):
+        if not run_args.overwrite_output_dir:
+            raise RecipeError(
+                f"output_dir {out!r} is not empty: pass --resume_from_checkpoint auto to continue it, "
+                "--overwrite_output_dir true to write over it, or choose another output_dir."
+            )
+        if training_args.process_index == 0:
+            # Old checkpoints would mix with the new run's (resume auto, save_total_limit rotation).
+            for old in Path(out).glob("checkpoint-*"):
+                logger.warning("overwrite_output_dir: removing the previous run's %s", old)
+                shutil.rmtree(old, ignore_errors=True)
     return resume
 
 
@@ -227,7 +237,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
     dataset_name, dataset_ids, note = describe_dataset(data_args)
     trainer.card_info.update(dataset_name=dataset_name, dataset_ids=dataset_ids, data_use_note=note,
                              license=run_args.card_license,
-                             language=[c.strip() for c in run_args.card_language.split(",") if c.strip()])
+                             language=_codes(run_args.card_language))
 
     before = {}
     if eval_ds is not None and run_args.evaluate_before_training and resume is None:
@@ -247,6 +257,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
     if trainer.is_world_process_zero():
         print(summary(metrics, training_args.output_dir))
     return metrics
+
+
+def _codes(value) -> list[str]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(c).strip() for c in items if str(c).strip()]
 
 
 def summary(metrics: dict, output_dir: str) -> str:

@@ -11,7 +11,7 @@ from transformers import AutoModelForMaskedLM, PreTrainedModel, Trainer, Trainer
 
 from .arguments import DistillationArguments
 from .heads import forward_selected, unwrap
-from .losses import hidden_loss_sum, kd_loss_sum, mlm_loss_sum
+from .losses import hidden_loss_rows, kd_loss_rows, mlm_loss_rows
 
 logger = logging.getLogger("hf_distil")
 
@@ -124,6 +124,11 @@ class DistillationTrainer(Trainer):
         super().__init__(model, args, *trainer_args, **kw)
         if hasattr(self.data_collator, "epoch"):
             self.add_callback(CollatorEpochCallback(self.data_collator))
+            if args.dataloader_num_workers > 0 and args.dataloader_persistent_workers:
+                logger.warning(
+                    "dataloader_persistent_workers keeps each worker's copy of the collator, so masks repeat every "
+                    "epoch (static masking); turn persistent workers off for fresh masks per epoch."
+                )
         self.teacher = self._prepare_teacher(teacher_model) if teacher_model is not None else None
         self._accumulated_counts: torch.Tensor | None = None
         self._term_sums: dict[str, torch.Tensor] = {}
@@ -151,6 +156,12 @@ class DistillationTrainer(Trainer):
             self.teacher.eval()
         with torch.no_grad():
             return forward_selected(self.teacher, inputs, positions, need_hidden, self.sparse_heads)
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # later compute_loss calls outside training must not reuse the last window's counts
+            self._accumulated_counts = None
 
     # ---- loss ----------------------------------------------------------------------------------------------------
 
@@ -226,19 +237,23 @@ class DistillationTrainer(Trainer):
         need_hidden = args.alpha_hidden > 0
         run_teacher = self.teacher is not None and args.needs_teacher
 
-        student = forward_selected(model, inputs, positions, need_hidden, self.sparse_heads)
+        # nn.DataParallel replicas share the hook dict and see only their slice: use the full forward there.
+        sparse = self.sparse_heads and not isinstance(model, nn.DataParallel)
+        student = forward_selected(model, inputs, positions, need_hidden, sparse)
         teacher = self._run_teacher(inputs, positions, need_hidden) if run_teacher else None
 
         row_labels = inputs["labels"].reshape(-1).index_select(0, positions)
-        sums = {}
+        per_row = {}  # term -> (values per row, flat position of each row)
         if teacher is not None and (args.alpha_kd > 0 or want_stats):
-            sums["kd"] = kd_loss_sum(student.logits, teacher.logits, args.temperature)
+            per_row["kd"] = (kd_loss_rows(student.logits, teacher.logits, args.temperature), positions)
         if args.alpha_mlm > 0 or want_stats:
-            sums["mlm"] = mlm_loss_sum(student.logits, row_labels)
+            per_row["mlm"] = (mlm_loss_rows(student.logits, row_labels), positions)
         if need_hidden:
-            sums["hidden"] = hidden_loss_sum(
+            hidden_rows = non_pad.reshape(-1).nonzero().squeeze(1)
+            per_row["hidden"] = (hidden_loss_rows(
                 student.last_hidden_state[non_pad], teacher.last_hidden_state[non_pad], args.hidden_loss
-            )
+            ), hidden_rows)
+        sums = {name: values.sum() for name, (values, _) in per_row.items()}
 
         local = torch.stack([kd_rows.sum(), masked.sum(), non_pad.sum()])
         counts, scale = local, 1.0
@@ -261,17 +276,21 @@ class DistillationTrainer(Trainer):
             raise RuntimeError("No loss term was computed; check alpha_kd / alpha_mlm / alpha_hidden.")
 
         stats = None
-        if want_stats:
-            masked_rows = row_labels != -100
-            top1 = student.logits.argmax(-1)
-            stats = torch.zeros(len(_EVAL_FIELDS), dtype=torch.float64, device=local.device)
+        if want_stats:  # per example, so DDP evaluation can drop the duplicates that pad its last batch
+            batch_size, length = masked.shape
+            stats = torch.zeros(batch_size, len(_EVAL_FIELDS), dtype=torch.float64, device=masked.device)
             for i, name in enumerate(TERMS):
-                if name in sums:
-                    stats[i] = sums[name].detach().double()
-            stats[3:6] = local.double()
-            stats[6] = (top1 == row_labels)[masked_rows].sum()
+                if name in per_row:
+                    values, flat = per_row[name]
+                    stats[:, i].index_add_(0, flat // length, values.detach().double())
+            for i, mask in zip((3, 4, 5), (kd_rows, masked, non_pad)):
+                stats[:, i] = mask.sum(1).double()
+            example = positions // length
+            is_masked = (row_labels != -100).double()
+            top1 = student.logits.argmax(-1)
+            stats[:, 6].index_add_(0, example, (top1 == row_labels).double() * is_masked)
             if teacher is not None:
-                stats[7] = (top1 == teacher.logits.argmax(-1))[masked_rows].sum()
+                stats[:, 7].index_add_(0, example, (top1 == teacher.logits.argmax(-1)).double() * is_masked)
         return loss, terms, stats
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -279,13 +298,14 @@ class DistillationTrainer(Trainer):
         try:
             return super().training_step(model, inputs, num_items_in_batch)
         except torch.OutOfMemoryError as err:
-            if self.state.global_step > 0:
+            if self.state.global_step > 0 or self.args.auto_find_batch_size:  # accelerate parses the original
                 raise
             a = self.args
             per_device, accumulation = a.per_device_train_batch_size, a.gradient_accumulation_steps
             total = per_device * accumulation * a.world_size
             raise torch.OutOfMemoryError(
-                f"Out of memory on the first step with per_device_train_batch_size={per_device} × "
+                f"{str(err).splitlines()[0] if str(err) else 'Out of memory'} — on the first step with "
+                f"per_device_train_batch_size={per_device} × "
                 f"gradient_accumulation_steps={accumulation} × {a.world_size} device(s) = {total}. Keep the total "
                 f"batch with --per_device_train_batch_size {max(1, per_device // 2)} --gradient_accumulation_steps "
                 f"{accumulation * 2 if per_device > 1 else accumulation}, or save memory with --bf16 / "
@@ -299,21 +319,35 @@ class DistillationTrainer(Trainer):
             self._last_term_step = self.state.global_step
             self._term_steps += 1
         for name, value in terms.items():
-            self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach().float()
+            self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach().double()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add `kd_loss`, `mlm_loss`, `hidden_loss` (means over the logging window, over all ranks) to train logs."""
-        if "loss" in logs and self._term_steps > 0:
-            names = sorted(self._term_sums)
-            values = torch.stack([torch.as_tensor(self._term_sums[n], device=self.args.device) for n in names])
+        """Add `kd_loss`, `mlm_loss`, `hidden_loss` (means over the logging window, over all ranks) to train logs.
+
+        Every rank gathers the same fixed vector, even one that skipped all its micro-batches (nan_policy=skip),
+        so the collective never mismatches.
+        """
+        if "loss" in logs and self.state.global_step > 0 and self.model.training is not None:
+            names = [n for n in TERMS if self._term_weight(n) > 0]
+            local = [float(self._term_sums.get(n, 0.0)) for n in names] + [float(self._term_steps)]
+            values = torch.tensor(local, dtype=torch.float64, device=self.args.device)
             if self.args.world_size > 1:
-                values = self.accelerator.gather(values.unsqueeze(0)).mean(0)
-            for name, value in zip(names, values.tolist()):
-                logs[f"{name}_loss"] = value / self._term_steps
+                gathered = self.accelerator.gather(values.unsqueeze(0))
+                values = torch.cat([gathered[:, :-1].mean(0), gathered[:, -1:].max(0).values])
+            steps = float(values[-1])
+            if steps > 0:
+                for name, value in zip(names, values[:-1].tolist()):
+                    logs[f"{name}_loss"] = value / steps
             self._term_sums, self._term_steps = {}, 0
-        if "loss" in logs and getattr(self, "_nan_skipped", 0):
-            logs["nan_skipped"] = self._nan_skipped
+            if getattr(self, "_nan_skipped", 0):
+                logs["nan_skipped"] = self._nan_skipped
         super().log(logs, start_time)
+
+    def _term_weight(self, name: str) -> float:
+        """The weight of a term that training computes (teacher terms need a teacher)."""
+        if name != "mlm" and self.teacher is None:
+            return 0.0
+        return {"kd": self.args.alpha_kd, "mlm": self.args.alpha_mlm, "hidden": self.args.alpha_hidden}[name]
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
 
@@ -324,6 +358,9 @@ class DistillationTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, _, stats = self._distillation_loss(model, inputs, training=False, want_stats=True)
+        if self.args.world_size > 1:
+            stats = self.accelerator.gather_for_metrics(stats)
+        stats = stats.sum(0)
         self._eval_sums = stats if self._eval_sums is None else self._eval_sums + stats
         if prediction_loss_only:
             return loss.detach(), None, None
@@ -334,11 +371,17 @@ class DistillationTrainer(Trainer):
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):
         self._eval_sums = None
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        epoch = getattr(self.data_collator, "epoch", None)
+        if epoch is not None:  # score every evaluation on the same masks, so before/after numbers compare
+            self.data_collator.epoch = 0
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+        finally:
+            if epoch is not None:
+                self.data_collator.epoch = epoch
         if self._eval_sums is not None:
             sums = self._eval_sums
-            if self.args.world_size > 1:
-                sums = self.accelerator.reduce(sums, reduction="sum")
             output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in self._eval_metrics(sums).items()})
             self._eval_sums = None
         return output

@@ -41,6 +41,7 @@ def two_runs(tmp_path_factory):
         "max_steps": 5, "logging_steps": 1, "learning_rate": 0.05, "optim": "sgd",  # SGD: update ∝ gradient
         "eval_strategy": "no", "save_strategy": "no", "report_to": "none", "use_cpu": True, "disable_tqdm": True,
         "dataloader_num_workers": 0, "seed": 11, "evaluate_before_training": False,
+        "per_device_eval_batch_size": 4,  # 10 validation texts over 2 ranks: the last batch is padded
     }
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     script = os.path.join(ROOT, "recipes", "run_distil.py")
@@ -75,3 +76,12 @@ def test_logged_losses_are_global_means_and_only_rank0_writes(two_runs):
         for key in ("loss", "kd_loss", "mlm_loss", "hidden_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-4), key
     assert multi.stdout.count("hf-distil summary") == 1
+
+
+def test_distributed_evaluation_drops_the_padding_duplicates(two_runs):
+    work, _, _ = two_runs
+    one = json.loads((work / "one" / "all_results.json").read_text())
+    two = json.loads((work / "two" / "all_results.json").read_text())
+    for key in ("eval_loss", "eval_kd_loss", "eval_mlm_loss", "eval_hidden_loss", "eval_accuracy",
+                "eval_teacher_agreement"):
+        assert one[key] == pytest.approx(two[key], rel=1e-4), key

@@ -80,6 +80,20 @@ def test_flags_override_the_config_and_unknown_keys_fail(workspace):
         parse_arguments([str(workspace / "bad.yaml")])
     with pytest.raises(recipe.RecipeError, match="Unknown flag '--temprature'.*--temperature"):
         parse_arguments([str(workspace / "config.yaml"), "--temprature", "3"])
+    # every spelling HfArgumentParser accepts: dashes, --no_ booleans
+    _, _, dashed, run_args = parse_arguments([str(workspace / "config.yaml"), "--per-device-train-batch-size", "2",
+                                              "--no_evaluate_before_training"])
+    assert dashed.per_device_train_batch_size == 2 and run_args.evaluate_before_training is False
+
+
+def test_yaml_lists_and_booleans(workspace):
+    config = yaml.safe_load((workspace / "config.yaml").read_text())
+    config.update(student_layers=[0, 3], card_language=["en", "fr"], resume_from_checkpoint=True)
+    (workspace / "lists.yaml").write_text(yaml.safe_dump(config))
+    model_args, _, train_args, run_args = parse_arguments([str(workspace / "lists.yaml")])
+    assert recipe.parse_layers(model_args.student_layers) == [0, 3]
+    assert recipe._codes(run_args.card_language) == ["en", "fr"]
+    assert recipe.resolve_resume(train_args, run_args) is None  # True means auto; nothing to resume yet
 
 
 def _error_of(capsys, argv):
@@ -118,7 +132,10 @@ def test_non_empty_output_dir_needs_resume_or_overwrite(workspace, capsys):
     (workspace / "out" / "notes.txt").write_text("keep me")
     err = _error_of(capsys, [str(workspace / "config.yaml")])
     assert "not empty" in err and "--overwrite_output_dir" in err and "resume_from_checkpoint auto" in err
-    assert main([str(workspace / "config.yaml"), "--overwrite_output_dir", "true", "--max_steps", "2"]) == 0
+    (workspace / "out" / "checkpoint-500").mkdir()  # a previous run's: must not mix with the new one's
+    assert main([str(workspace / "config.yaml"), "--overwrite_output_dir", "true", "--max_steps", "2",
+                 "--save_steps", "2"]) == 0
+    assert sorted(p.name for p in (workspace / "out").glob("checkpoint-*")) == ["checkpoint-2"]
 
 
 def test_latest_complete_checkpoint_skips_half_written_ones(tmp_path):

@@ -166,6 +166,8 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, kd_positions):
         moved += float((p1 - p0).detach().abs().sum())
     assert moved > 1e-3
     assert math.isclose(one.state.log_history[0]["train_loss"], acc.state.log_history[0]["train_loss"], rel_tol=1e-5)
+    # after train(), compute_loss on a batch (even in train mode) is its own per-batch mean again
+    assert acc._accumulated_counts is None
 
 
 def test_drop_in_equivalence_with_trainer(tmp_path, tokenizer):
