@@ -42,18 +42,7 @@ LANGUAGE_RE = re.compile(r"^([a-z]{2,3}(-[A-Za-z0-9]{2,8})*|code|multilingual)$"
 LICENSE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 
 
-def _is_hub_id(name: str | None) -> bool:
-    """`owner/name` that the Hub would accept and that is not a folder on this machine."""
-    if not name or name.count("/") != 1 or os.path.exists(name):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def _is_dataset_id(name: str) -> bool:
+def _is_dataset_id(name: str | None) -> bool:
     """A Hub dataset id (`name` or `owner/name`), not a local file or folder."""
     if not name or os.path.exists(name):
         return False
@@ -62,6 +51,11 @@ def _is_dataset_id(name: str) -> bool:
     except HFValidationError:
         return False
     return True
+
+
+def _is_hub_id(name: str | None) -> bool:
+    """`owner/name` that the Hub would accept and that is not a folder on this machine."""
+    return bool(name) and name.count("/") == 1 and _is_dataset_id(name)
 
 
 def _local_name(name: str) -> str:

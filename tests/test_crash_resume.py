@@ -10,23 +10,15 @@ import time
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import BertTokenizerFast
 
-from tiny import VOCAB, random_texts, tiny_teacher
+from tiny import write_workspace
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "run_distil.py")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
 def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
-    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
-    teacher = tiny_teacher(dropout=0.1)
-    teacher.save_pretrained(tmp_path / "teacher")
-    tokenizer.save_pretrained(tmp_path / "teacher")
-    with open(tmp_path / "corpus.jsonl", "w") as f:
-        for text in random_texts(200, seed=4, min_len=10, max_len=40):
-            f.write(json.dumps({"text": text}) + "\n")
+    write_workspace(tmp_path, n_texts=200, seed=4)
     config = {
         "teacher_model_name_or_path": str(tmp_path / "teacher"), "student_num_layers": 2, "line_by_line": True,
         "train_file": str(tmp_path / "corpus.jsonl"), "validation_split_percentage": 5, "max_seq_length": 48,

@@ -9,9 +9,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import BertTokenizerFast
 
-from tiny import VOCAB, random_texts, tiny_teacher
+from tiny import tiny_teacher, write_workspace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,14 +26,8 @@ def _run(cmd, cwd, env_extra=None):
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     work = tmp_path_factory.mktemp("ddp")
-    (work / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(work / "vocab.txt"))
-    teacher = tiny_teacher(dropout=0.0)  # no dropout: ranks draw different dropout masks than one process
-    teacher.save_pretrained(work / "teacher")
-    tokenizer.save_pretrained(work / "teacher")
-    with open(work / "corpus.jsonl", "w") as f:
-        for text in random_texts(96, seed=2, min_len=8, max_len=40):
-            f.write(json.dumps({"text": text}) + "\n")
+    # no dropout: ranks draw different dropout masks than one process
+    write_workspace(work, n_texts=96, seed=2, min_len=8, dropout=0.0)
     config = {
         "teacher_model_name_or_path": str(work / "teacher"), "student_num_layers": 2, "line_by_line": True,
         "train_file": str(work / "corpus.jsonl"), "validation_split_percentage": 10, "max_seq_length": 48,

@@ -9,7 +9,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, BertTokenizerFast,
 
 from hf_distil import recipe
 from hf_distil.recipe import latest_complete_checkpoint, main, parse_arguments
-from tiny import VOCAB, random_texts, tiny_teacher
+from tiny import write_workspace
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -17,14 +17,7 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 @pytest.fixture
 def workspace(tmp_path):
     """A saved tiny teacher with its tokenizer, a jsonl corpus, and a base config."""
-    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
-    teacher = tiny_teacher(dropout=0.1)
-    teacher.save_pretrained(tmp_path / "teacher")
-    tokenizer.save_pretrained(tmp_path / "teacher")
-    with open(tmp_path / "corpus.jsonl", "w") as f:
-        for text in random_texts(120, seed=1, min_len=10, max_len=40):
-            f.write(json.dumps({"text": text}) + "\n")
+    write_workspace(tmp_path)
     config = {
         "teacher_model_name_or_path": str(tmp_path / "teacher"), "student_num_layers": 2,
         "train_file": str(tmp_path / "corpus.jsonl"), "validation_split_percentage": 20, "max_seq_length": 32,

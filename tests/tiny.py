@@ -1,8 +1,10 @@
 """Tiny models, a tiny tokenizer and pre-masked data shared by the tests."""
 
+import json
+
 import torch
 from datasets import Dataset
-from transformers import BertConfig, BertForMaskedLM
+from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
 WORDS = [f"w{i}" for i in range(59)]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS  # 64 tokens
@@ -57,3 +59,15 @@ def premasked_dataset(n=16, length=16, seed=0, vocab=64):
         rows["attention_mask"].append(attention.tolist())
         rows["labels"].append(labels.tolist())
     return Dataset.from_dict(rows)
+
+
+def write_workspace(folder, n_texts=120, seed=1, min_len=10, max_len=40, dropout=0.1):
+    """A saved tiny teacher with its tokenizer (folder/teacher) and a jsonl corpus (folder/corpus.jsonl)."""
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"))
+    tiny_teacher(dropout=dropout).save_pretrained(folder / "teacher")
+    tokenizer.save_pretrained(folder / "teacher")
+    with open(folder / "corpus.jsonl", "w") as f:
+        for text in random_texts(n_texts, seed=seed, min_len=min_len, max_len=max_len):
+            f.write(json.dumps({"text": text}) + "\n")
+    return folder
