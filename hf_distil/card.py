@@ -37,7 +37,8 @@ METRIC_NAMES = {
     "accuracy": "Masked-token accuracy",
     "teacher_agreement": "Top-1 agreement with the teacher",
 }
-SKIPPED_METRICS = {"runtime", "samples_per_second", "steps_per_second", "epoch", "step", "total_flos"}
+SKIPPED_METRICS = {"runtime", "samples_per_second", "steps_per_second", "epoch", "step", "total_flos",
+                   "model_preparation_time"}
 LANGUAGE_RE = re.compile(r"^([a-z]{2,3}(-[A-Za-z0-9]{2,8})*|code|multilingual)$")
 LICENSE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 
