@@ -86,7 +86,7 @@ def test_teacher_beats_unigram_baseline_on_held_out_notes(teacher):
     # The best single constant guess for exactly these positions: a unigram baseline that saw the answers.
     unigram = labels.bincount().max().item() / labels.numel()
     assert labels.numel() > 250
-    assert accuracy > unigram + 0.15, f"teacher accuracy {accuracy:.3f} vs unigram {unigram:.3f}"
+    assert accuracy > unigram + 0.25, f"teacher accuracy {accuracy:.3f} vs unigram {unigram:.3f}"
 
 
 def test_teacher_fill_mask_knows_the_corpus_regularities(teacher):
@@ -94,4 +94,6 @@ def test_teacher_fill_mask_knows_the_corpus_regularities(teacher):
     fill = pipeline("fill-mask", model=model, tokenizer=tokenizer, top_k=3)
     frequencies = {"bid", "tid", "qid", "daily", "qd", "qhs", "prn", "once", "twice", "weekly"}
     assert frequencies & {p["token_str"] for p in fill("apixaban 5 mg po [MASK].")}
-    assert "mg" == fill("atorvastatin 40 [MASK] po qhs")[0]["token_str"]
+    assert "mg" == fill("atorvastatin 40 [MASK] po qhs")[0]["token_str"]  # the unit after a dose
+    assert "po" == fill("metoprolol tartrate 25 mg [MASK] bid")[0]["token_str"]  # the route after the unit
+    assert "urine" == fill("Foley draining clear yellow [MASK].")[0]["token_str"]
