@@ -46,7 +46,7 @@ class PretrainArguments:
     num_train_epochs: float = 12.0
     learning_rate: float = 1e-3
     per_device_train_batch_size: int = 32
-    mlm_probability: float = field(default=0.3, metadata={"help": "Masking rate for training (scoring uses 15 %)."})
+    mlm_probability: float = field(default=0.3, metadata={"help": "Masking rate for training; the held-out scoring masks 0.15."})
     warmup_steps: float = field(default=0.06, metadata={"help": "Warmup steps, or a fraction of all steps if < 1."})
     logging_steps: int = 50
     eval_steps: int = 250
