@@ -74,3 +74,20 @@ def test_bench_step_rejects_unknown_contenders(capsys):
     with pytest.raises(SystemExit):
         bench_step.parse_args(["--contenders", "ours,teacher_only"])
     assert "unknown ['teacher_only']" in capsys.readouterr().err
+
+
+def test_bench_collator_smoke_reports_both_collators_on_the_same_batches(tmp_path, capsys):
+    import bench_collator
+
+    out = tmp_path / "collator.json"
+    report = bench_collator.main(["--smoke", "--json", str(out)])
+    assert json.loads(out.read_text()) == report
+    assert report["examples"] == 16 and report["config"]["repeats"] == 2
+    for shape in ("no_column", "with_column"):
+        rates, fig = report["rates"][shape], report["summary"][shape]
+        assert len(rates["ours"]) == len(rates["stock"]) == 2 and min(rates["ours"] + rates["stock"]) > 0
+        assert fig["ratio"] == pytest.approx(fig["ours_examples_per_s"] / fig["stock_examples_per_s"])
+        assert fig["ours_examples_per_s"] == pytest.approx(sum(rates["ours"]) / 2)  # median of two
+    for share in report["masked_share"].values():  # both mask ~15 % of the real tokens ([CLS]/[SEP] included)
+        assert 0.08 < share < 0.2
+    assert "ours / stock" in capsys.readouterr().out
