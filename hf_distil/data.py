@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.exceptions import DatasetGenerationError
+from datasets.fingerprint import Hasher
 from datasets.packaged_modules.generator.generator import Generator
 from tokenizers import Tokenizer
 from transformers import DataCollatorForLanguageModeling
@@ -121,6 +122,9 @@ class DataArguments:
     overwrite_cache: bool = field(default=False, metadata={"help": "Rebuild the cached corpus and tokenised datasets."})
 
     def __post_init__(self):
+        for name in ("train_file", "validation_file", "dataset_name", "dataset_path"):
+            if isinstance(getattr(self, name), str) and not getattr(self, name).strip():
+                setattr(self, name, None)  # `--validation_file ""` unsets a config's value
         sources = [f"--{n}" for n in ("train_file", "dataset_name", "dataset_path") if getattr(self, n) is not None]
         if not sources:
             raise DataError("no corpus given: pass one of --train_file, --dataset_name or --dataset_path")
@@ -136,8 +140,8 @@ class DataArguments:
         if self.max_seq_length < 1:
             raise DataError(f"--max_seq_length must be positive, got {self.max_seq_length}")
         for name in ("max_train_samples", "max_eval_samples"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise DataError(f"--{name} must be >= 0, got {getattr(self, name)}")
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise DataError(f"--{name} must be >= 1 (unset: every example), got {getattr(self, name)}")
         if self.preprocessing_num_workers is not None and self.preprocessing_num_workers < 1:
             raise DataError(f"--preprocessing_num_workers must be >= 1, got {self.preprocessing_num_workers}")
         if self.note_categories is not None and not self.categories:
@@ -165,17 +169,23 @@ def load_raw_corpus(data_args: DataArguments, cache_dir: str | None = None, seed
     `seed`) are held out.
     """
     download_mode = "force_redownload" if data_args.overwrite_cache else None
+    if data_args.categories is not None and not noteevents_inputs(data_args):
+        given = [p for p in (data_args.train_file, data_args.validation_file) if p is not None]
+        source = " and ".join(given) if given else data_args.dataset_name or data_args.dataset_path
+        raise DataError(
+            f"--note_categories applies to MIMIC NOTEEVENTS.csv only, and {source} is not one; drop the flag"
+        )
     validation = None
     if data_args.train_file is not None:
         train = _load_files(data_args.train_file, "--train_file", data_args, cache_dir, download_mode)
     elif data_args.dataset_name is not None:
         train, validation = _load_hub(data_args, cache_dir, download_mode)
     else:
-        train, validation = _load_disk(data_args)
+        train, validation = _load_disk(data_args, cache_dir)
     if data_args.validation_file is not None:
         validation = _load_files(data_args.validation_file, "--validation_file", data_args, cache_dir, download_mode)
     if validation is None:
-        train, validation = _split_validation(train, data_args.validation_split_percentage, seed)
+        train, validation = _split_validation(train, data_args.validation_split_percentage, seed, cache_dir)
     return datasets.DatasetDict({"train": train, "validation": validation})
 
 
@@ -189,16 +199,22 @@ def _load_files(path: str, flag: str, data_args: DataArguments, cache_dir, downl
         if any(is_notes):
             raise DataError(f"{path} mixes NOTEEVENTS and other CSV files; keep one kind per folder")
     if data_args.categories is not None:
-        raise DataError(f"--note_categories applies to MIMIC NOTEEVENTS.csv only, and {path} is not one; drop the flag")
+        logger.info("%s is not NOTEEVENTS: --note_categories does not apply to it, all its rows are used", path)
     if all(os.path.getsize(f) == 0 for f in files):
         raise DataError(f"{path} is empty (no rows); point {flag} at a corpus with text")
+    options = {"encoding": "utf-8-sig"} if builder == "text" else {}  # a byte-order mark is not text
     try:
         ds = datasets.load_dataset(
-            builder, data_files=files, split="train", cache_dir=cache_dir, download_mode=download_mode
+            builder, data_files=files, split="train", cache_dir=cache_dir, download_mode=download_mode, **options
         )
     except (DatasetGenerationError, ValueError) as error:
-        raise DataError(f"could not read {path} as {builder}: {_first_line(_root_cause(error))}") from error
-    return _text_only(ds, data_args.text_column or "text", path)
+        cause = _root_cause(error)
+        if isinstance(cause, UnicodeDecodeError):
+            raise DataError(_not_utf8_message(files) or f"{path} is not UTF-8 text; re-encode it as UTF-8") from error
+        if "corresponds to no data" in str(cause):
+            raise DataError(f"{path} has no rows (a header only?); point {flag} at a corpus with text") from error
+        raise DataError(f"could not read {path} as {builder}: {_first_line(cause)}") from error
+    return _text_only(ds, data_args.text_column or "text", path, cache_dir, files)
 
 
 def _load_hub(data_args: DataArguments, cache_dir, download_mode):
@@ -212,10 +228,10 @@ def _load_hub(data_args: DataArguments, cache_dir, download_mode):
             f"could not load dataset {name!r}: {_first_line(error)}; check --dataset_name/--dataset_config_name "
             "(Hub datasets need a connection or a local cache)"
         ) from error
-    return _pick_splits(splits, name, data_args)
+    return _pick_splits(splits, name, data_args, cache_dir)
 
 
-def _load_disk(data_args: DataArguments):
+def _load_disk(data_args: DataArguments, cache_dir=None):
     path = data_args.dataset_path
     if not os.path.exists(path):
         raise DataFileNotFoundError(f"{path} does not exist; point --dataset_path at a folder written by save_to_disk")
@@ -226,18 +242,18 @@ def _load_disk(data_args: DataArguments):
             f"{path} is not a folder written by save_to_disk ({_first_line(error)}); check --dataset_path"
         ) from error
     if isinstance(loaded, datasets.Dataset):
-        return _text_only(loaded, data_args.text_column or "text", path), None
-    return _pick_splits(loaded, path, data_args)
+        return _text_only(loaded, data_args.text_column or "text", path, cache_dir), None
+    return _pick_splits(loaded, path, data_args, cache_dir)
 
 
-def _pick_splits(splits: datasets.DatasetDict, source: str, data_args: DataArguments):
+def _pick_splits(splits: datasets.DatasetDict, source: str, data_args: DataArguments, cache_dir=None):
     if "train" not in splits:
         raise DataError(f"{source} has no 'train' split (splits found: {', '.join(splits)})")
     column = data_args.text_column or "text"
-    train = _text_only(splits["train"], column, f"{source}[train]")
+    train = _text_only(splits["train"], column, f"{source}[train]", cache_dir)
     validation = None
     if "validation" in splits and data_args.validation_file is None:
-        validation = _text_only(splits["validation"], column, f"{source}[validation]")
+        validation = _text_only(splits["validation"], column, f"{source}[validation]", cache_dir)
     return train, validation
 
 
@@ -272,8 +288,11 @@ def _builder_for(path: str) -> str | None:
     return _BUILDERS.get(ext)
 
 
-def _text_only(ds: datasets.Dataset, column: str, source: str) -> datasets.Dataset:
-    """Keep `column` as "text" (string), drop rows whose text is empty, log the counts."""
+def _text_only(ds: datasets.Dataset, column: str, source: str, cache_dir=None, files=()) -> datasets.Dataset:
+    """Keep `column` as "text" (string), drop rows whose text is empty, log the counts.
+
+    `files` (the source files, if any) locate text that is not UTF-8: the json reader lets such bytes through.
+    """
     if len(ds) == 0:
         raise DataError(f"{source} is empty (no rows); give a corpus with text")
     if column not in ds.column_names:
@@ -288,14 +307,20 @@ def _text_only(ds: datasets.Dataset, column: str, source: str) -> datasets.Datas
         ds = ds.cast_column(column, datasets.Value("string"))
     if column != "text":
         ds = ds.rename_column(column, "text")
-    blank = _blank_mask(ds)
+    try:
+        blank = _blank_mask(ds)
+    except pa.ArrowInvalid as error:  # invalid UTF-8 inside a string column
+        raise DataError(
+            _not_utf8_message(files) or f"{source} holds text that is not UTF-8 ({error}); re-encode it as UTF-8"
+        ) from None
     n_blank = int(blank.sum())
     if n_blank == len(ds):
         raise DataError(
             f"{source}: all {len(ds):,} rows have empty {column!r}; point --text_column at the column holding the text"
         )
     if n_blank:
-        ds = ds.select(np.flatnonzero(~blank))
+        keep = np.flatnonzero(~blank)
+        ds = ds.select(keep, indices_cache_file_name=_cache_file(ds, cache_dir, "select", keep))
     logger.info(
         "%s: kept %s of %s rows (%s with empty text dropped)", source, f"{len(ds):,}", f"{len(blank):,}", f"{n_blank:,}"
     )
@@ -307,12 +332,13 @@ def _blank_mask(ds: datasets.Dataset, column: str = "text") -> np.ndarray:
     parts = [np.zeros(0, dtype=bool)]
     for table in ds.select_columns([column]).with_format("arrow").iter(batch_size=_SCAN_BATCH):
         text = table.column(0)
+        text.validate(full=True)
         blank = pc.or_kleene(pc.equal(pc.utf8_length(text), 0), pc.utf8_is_space(text))
         parts.append(pc.fill_null(blank, True).to_numpy(zero_copy_only=False))
     return np.concatenate(parts)
 
 
-def _split_validation(train: datasets.Dataset, percentage: int, seed: int):
+def _split_validation(train: datasets.Dataset, percentage: int, seed: int, cache_dir=None):
     """Hold out ceil(percentage % of rows), shuffled with `seed`."""
     n = len(train)
     n_val = math.ceil(n * percentage / 100)
@@ -323,9 +349,59 @@ def _split_validation(train: datasets.Dataset, percentage: int, seed: int):
             f"the training corpus has only {n} row(s), too few to hold out {percentage}% for validation; "
             "pass --validation_file or lower --validation_split_percentage"
         )
-    parts = train.train_test_split(test_size=n_val, shuffle=True, seed=seed)
+    parts = train.train_test_split(
+        test_size=n_val,
+        shuffle=True,
+        seed=seed,
+        train_indices_cache_file_name=_cache_file(train, cache_dir, "split-train", n_val, seed),
+        test_indices_cache_file_name=_cache_file(train, cache_dir, "split-test", n_val, seed),
+    )
     logger.info("held out %s of %s rows (%s%%) for validation", f"{n_val:,}", f"{n:,}", percentage)
     return parts["train"], parts["test"]
+
+
+def _cache_file(ds: datasets.Dataset, cache_dir: str | None, *key) -> str | None:
+    """A cache file under `cache_dir` for an operation on `ds`, or None (datasets' choice: beside `ds`'s files) when
+    `ds` lives there already or no cache_dir is given. A save_to_disk folder would otherwise get the derived files."""
+    if cache_dir is None or not ds.cache_files:
+        return None  # no cache_dir, or in memory (datasets writes nothing)
+    root = os.path.realpath(cache_dir)
+    if all(os.path.realpath(f["filename"]).startswith(root + os.sep) for f in ds.cache_files):
+        return None
+    folder = os.path.join(root, "hf_distil")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"{key[0]}-{Hasher.hash((ds._fingerprint, *key))}.arrow")
+
+
+def _not_utf8_message(files) -> str | None:
+    """One line naming the first file, line and byte that are not UTF-8, and the fix; None if all decode."""
+    for path in files:
+        with gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb") as handle:
+            line, carry = 1, b""
+            while True:
+                chunk = handle.read(1 << 20)
+                data, carry, bad = carry + chunk, b"", None
+                try:
+                    data.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    if chunk and error.reason == "unexpected end of data" and error.end == len(data):
+                        data, carry = data[: error.start], data[error.start :]  # a character cut by the chunk end
+                    else:
+                        bad = error.start
+                if bad is not None:
+                    line += data.count(b"\n", 0, bad)
+                    plain = path[:-3] if path.lower().endswith(".gz") else path
+                    stem, ext = os.path.splitext(plain)
+                    fix = f"iconv -f latin1 -t utf-8 {plain} > {stem}.utf8{ext}"
+                    fix += " (gunzip it first)" if plain != path else ""
+                    return (
+                        f"{path} is not UTF-8: line {line} has byte 0x{data[bad]:02x}; re-encode it, e.g. {fix} "
+                        "(-f cp1252 for Windows/Excel files)"
+                    )
+                line += data.count(b"\n")
+                if not chunk:
+                    break
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,16 +409,17 @@ def _split_validation(train: datasets.Dataset, percentage: int, seed: int):
 
 
 def _open_text(path: str):
+    """UTF-8 text; "utf-8-sig" drops the byte-order mark that spreadsheets' "CSV UTF-8" puts before the header."""
     if path.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 def _csv_header(path: str) -> list[str]:
     """The first CSV record's fields, read from the first line only (later bytes may be anything)."""
     try:
         with gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb") as handle:
-            line = handle.readline(1 << 16).decode("utf-8", errors="replace")
+            line = handle.readline(1 << 16).decode("utf-8-sig", errors="replace")
         return next(csv.reader([line]), [])
     except (OSError, csv.Error, EOFError):
         return []  # not a readable CSV: the csv builder reports it
@@ -355,6 +432,21 @@ def is_noteevents(path: str) -> bool:
 
 
 _is_noteevents = is_noteevents  # the name hf_distil.recipe imported first
+
+
+def noteevents_inputs(data_args: DataArguments) -> list[str]:
+    """The --train_file/--validation_file paths that hold NOTEEVENTS (a file, or a folder with one at any depth)."""
+    found = []
+    for path in (data_args.train_file, data_args.validation_file):
+        if path is None or not os.path.exists(path):
+            continue
+        try:
+            builder, files = _resolve_files(path, "")
+        except DataError:
+            continue
+        if builder == "csv" and any(is_noteevents(f) for f in files):
+            found.append(path)
+    return found
 
 
 _NOTES_FEATURES = datasets.Features(
@@ -439,7 +531,8 @@ def _noteevents_rows(files, text_column: str, stop_on_malformed: bool, version: 
                         "text": text,
                     }
             except UnicodeDecodeError as error:
-                raise DataError(f"{path} is not UTF-8 text ({error.reason}); re-encode it as UTF-8") from error
+                message = _not_utf8_message([path]) or f"{path} is not UTF-8 text ({error.reason}); re-encode it"
+                raise DataError(message) from error
 
 
 def _load_noteevents(
@@ -541,7 +634,7 @@ def effective_max_seq_length(requested: int, tokenizer, model_config) -> int:
 
 
 def tokenize_corpus(
-    raw: datasets.DatasetDict, tokenizer, data_args: DataArguments, max_seq_length: int
+    raw: datasets.DatasetDict, tokenizer, data_args: DataArguments, max_seq_length: int, cache_dir: str | None = None
 ) -> datasets.DatasetDict:
     """Tokenise every split with one batched, cached `datasets.map`.
 
@@ -549,6 +642,7 @@ def tokenize_corpus(
     concatenated and cut into blocks of exactly `max_seq_length`; the remainder of each batch is
     dropped. `line_by_line`: one truncated example per non-empty line, padding left to the collator.
     Columns: input_ids, attention_mask, special_tokens_mask (+ token_type_ids if the tokenizer makes them).
+    The blocks are cached beside the corpus's Arrow files, or under `cache_dir` when the corpus is elsewhere.
     """
     with_types = "token_type_ids" in tokenizer.model_input_names
     if data_args.line_by_line:
@@ -572,6 +666,7 @@ def tokenize_corpus(
             fn_kwargs=fn_kwargs,
             features=features,
             load_from_cache_file=not data_args.overwrite_cache,
+            cache_file_name=_cache_file(ds, cache_dir, "tokenised", function.__name__, fn_kwargs, features),
             desc=f"Tokenising {split}" + ("" if data_args.line_by_line else f" into blocks of {max_seq_length}"),
         )
     if "train" in out and len(out["train"]) == 0 and len(raw["train"]) > 0:
@@ -580,6 +675,11 @@ def tokenize_corpus(
         raise DataError(
             f"the training corpus gives no block of {max_seq_length} tokens; add text, lower --max_seq_length "
             "or pass --line_by_line"
+        )
+    if "validation" in out and len(out["validation"]) == 0 and len(raw["validation"]) > 0:
+        raise DataError(
+            f"the validation corpus gives no example of {max_seq_length} tokens; give more validation text, "
+            "lower --max_seq_length or pass --line_by_line"
         )
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if limit is not None and split in out and len(out[split]) > limit:

@@ -21,8 +21,10 @@ from hf_distil.data import (
     DataArguments,
     DataError,
     effective_max_seq_length,
+    is_noteevents,
     load_raw_corpus,
     make_collator,
+    noteevents_inputs,
     tokenize_corpus,
 )
 
@@ -323,7 +325,7 @@ def test_noteevents_text_column_empty_and_encoding_errors(tmp_path):
     with pytest.raises(DataError, match="has a header but no notes"):
         load_raw_corpus(args(train_file=str(tmp_path / "NOTEEVENTS.csv")), cache_dir=str(tmp_path))
     (tmp_path / "latin1.csv").write_bytes((HEADER + note_row(1, "fine") + note_row(2, "caf\xe9")).encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin1.csv is not UTF-8 text \(invalid continuation byte\); re-encode it"):
+    with pytest.raises(DataError, match=r"latin1.csv is not UTF-8: line 3 has byte 0xe9; re-encode it"):
         load_raw_corpus(args(train_file=str(tmp_path / "latin1.csv")), cache_dir=str(tmp_path))
 
 
@@ -537,3 +539,151 @@ def test_collator_masks_mlm_probability_and_pads_to_multiple_of_8(wordpiece):
     assert padded["input_ids"].shape == (9, 16)  # longest row 13 tokens, padded to 16
     pads = padded["attention_mask"] == 0
     assert (padded["input_ids"][pads] == wordpiece.pad_token_id).all() and (padded["labels"][pads] == -100).all()
+
+
+# ---------------------------------------------------------------------------------------------- files as saved
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def test_noteevents_with_byte_order_mark_crlf_upper_case_gz_and_nested(tmp_path, caplog):
+    """Excel's "CSV UTF-8" (BOM, CRLF), a .CSV name and a gzipped copy deep in a folder are all NOTEEVENTS."""
+    saved = BOM + FIXTURE.read_bytes().replace(b"\n", b"\r\n")
+    (tmp_path / "NOTEEVENTS.CSV").write_bytes(saved)
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "deep" / "er" / "notes.csv.gz").write_bytes(gzip.compress(saved))
+    caplog.set_level(logging.INFO, logger="hf_distil")
+    for path in (tmp_path / "NOTEEVENTS.CSV", tmp_path / "deep"):
+        assert noteevents_inputs(args(train_file=str(path))) == [str(path)]
+        raw = load_raw_corpus(args(train_file=str(path), note_categories="Physician"), cache_dir=str(tmp_path / "c"))
+        notes = texts(raw["train"])
+        assert len(notes) == 4 and NOTE_103.replace("\n", "\r\n") in notes  # quoted line ends kept as saved
+        assert not any("\ufeff" in n for n in notes)
+    assert is_noteevents(str(tmp_path / "NOTEEVENTS.CSV"))
+    assert "kept 15 of 20 notes" not in caplog.text and "kept 4 of 20 notes; dropped 3 with ISERROR=1" in caplog.text
+    raw = load_raw_corpus(args(train_file=str(tmp_path / "NOTEEVENTS.CSV")), cache_dir=str(tmp_path / "c"))
+    assert len(raw["train"]) == 15 and ERROR_NOTE.replace("\n", "\r\n") not in texts(raw["train"])
+    # The BOM is not part of the first column name nor of the first ROW_ID.
+    (tmp_path / "bad.csv").write_bytes(BOM + (HEADER + note_row(1, "x", iserror="maybe")).encode())
+    with pytest.raises(DataError, match=r"row 1 \(line 2, ROW_ID 1\): ISERROR is 'maybe'"):
+        load_raw_corpus(args(train_file=str(tmp_path / "bad.csv")), cache_dir=str(tmp_path / "c"))
+
+
+def test_note_categories_filter_the_noteevents_inputs_and_leave_the_others(tmp_path, caplog):
+    (tmp_path / "v.txt").write_text("validation one\nvalidation two\n")
+    caplog.set_level(logging.INFO, logger="hf_distil")
+    both = args(train_file=str(FIXTURE), validation_file=str(tmp_path / "v.txt"), note_categories="Physician")
+    raw = load_raw_corpus(both, cache_dir=str(tmp_path))
+    assert len(raw["train"]) == 4 and texts(raw["validation"]) == ["validation one", "validation two"]
+    assert "v.txt is not NOTEEVENTS: --note_categories does not apply to it, all its rows are used" in caplog.text
+    swapped = args(train_file=str(tmp_path / "v.txt"), validation_file=str(FIXTURE), note_categories="Physician")
+    raw = load_raw_corpus(swapped, cache_dir=str(tmp_path))
+    assert len(raw["train"]) == 2 and len(raw["validation"]) == 4
+    (tmp_path / "t.txt").write_text("a\nb\n")
+    plain = args(train_file=str(tmp_path / "t.txt"), validation_file=str(tmp_path / "v.txt"), note_categories="Ecg")
+    with pytest.raises(DataError, match=r"--note_categories applies to MIMIC NOTEEVENTS.csv only, and .*t.txt and "
+                       r".*v.txt is not one; drop the flag"):
+        load_raw_corpus(plain, cache_dir=str(tmp_path))
+    datasets.Dataset.from_dict({"text": ["x", "y"]}).save_to_disk(str(tmp_path / "disk"))
+    with pytest.raises(DataError, match="--note_categories applies to MIMIC NOTEEVENTS.csv only"):  # was ignored
+        load_raw_corpus(args(dataset_path=str(tmp_path / "disk"), note_categories="Ecg"))
+
+
+@pytest.mark.parametrize(
+    "name,content,line",
+    [
+        ("notes.txt", "first\nsecond caf\xe9\nthird\n", 2),
+        ("notes.txt.gz", "first\r\nsecond\r\ncaf\xe9\r\n", 3),
+        ("notes.csv", "id,text\n1,fine\n2,\"two\nlines\"\n3,na\xefve\n", 5),
+        ("notes.jsonl", '{"text": "fine"}\n{"text": "caf\xe9"}\n', 2),
+        ("NOTEEVENTS.csv", HEADER + note_row(1, "fine\nnote") + note_row(2, "caf\xe9"), 4),
+    ],
+)
+def test_latin1_file_names_the_file_line_and_byte_and_the_fix(tmp_path, name, content, line):
+    data = content.encode("latin-1")
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    byte = f"0x{[b for b in data if b > 0x7F][0]:02x}"
+    with pytest.raises(DataError) as error:
+        load_raw_corpus(args(train_file=str(tmp_path / name)), cache_dir=str(tmp_path / "c"))
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / name} is not UTF-8: line {line} has byte {byte}; re-encode it, e.g. ")
+    assert "iconv -f latin1 -t utf-8 " in message and "\n" not in message
+    assert message.endswith("(gunzip it first) (-f cp1252 for Windows/Excel files)") == name.endswith(".gz")
+
+
+def test_utf8_check_reads_across_chunk_boundaries(tmp_path):
+    """A multi-byte character cut by the 1 MiB read boundary is fine; a stray byte far in is found on its line."""
+    head = "x" * (2**20 - 1) + "\n"  # the 2-byte "é" below straddles the first chunk's end
+    good = "é" + "\n".join(["ok"] * 10) + "\n"
+    (tmp_path / "big.txt").write_bytes((head + good).encode() + b"tail \x93quoted\x94\n")
+    with pytest.raises(DataError, match=r"big.txt is not UTF-8: line 12 has byte 0x93"):
+        load_raw_corpus(args(train_file=str(tmp_path / "big.txt")), cache_dir=str(tmp_path / "c"))
+
+
+def test_files_as_people_save_them(tmp_path):
+    """CRLF, a BOM, an upper-case extension, .txt.gz, a trailing blank line, quoted newlines: same text as clean."""
+    lines = ["the patient with chest pain", "plan: ct", "no pain"]
+    variants = {
+        "crlf.txt": ("\r\n".join(lines) + "\r\n\r\n").encode(),
+        "bom.txt": BOM + ("\n".join(lines) + "\n").encode(),
+        "UPPER.TXT": ("\n".join(lines) + "\n\n").encode(),
+        "zipped.txt.gz": gzip.compress(("\n".join(lines) + "\n").encode()),
+        "bom.csv": BOM + ("text,id\r\n" + "".join(f'"{t}",{i}\r\n' for i, t in enumerate(lines))).encode(),
+        "upper.CSV": ("text\n" + "\n".join(lines) + "\n\n").encode(),
+        "bom.jsonl": BOM + "".join(json.dumps({"text": t}) + "\n" for t in lines).encode() + b"\n",
+    }
+    for name, data in variants.items():
+        (tmp_path / name).write_bytes(data)
+        raw = load_raw_corpus(args(train_file=str(tmp_path / name)), cache_dir=str(tmp_path / "c"))
+        assert texts(raw["train"]) == lines, name
+    (tmp_path / "quoted.csv").write_bytes(b'id,text\r\n1,"line one\r\nline two"\r\n2,"say ""hi"""\r\n')
+    raw = load_raw_corpus(args(train_file=str(tmp_path / "quoted.csv")), cache_dir=str(tmp_path / "c"))
+    assert texts(raw["train"]) == ["line one\r\nline two", 'say "hi"']
+    (tmp_path / "header.csv").write_text("id,text\n")
+    with pytest.raises(DataError, match=r"header.csv has no rows \(a header only\?\); point --train_file at a corpus"):
+        load_raw_corpus(args(train_file=str(tmp_path / "header.csv")), cache_dir=str(tmp_path / "c"))
+    # `--validation_file ""` on the command line unsets a config's validation_file instead of "does not exist".
+    unset = args(train_file=str(tmp_path / "crlf.txt"), validation_file="", validation_split_percentage=33)
+    assert unset.validation_file is None
+    assert len(load_raw_corpus(unset, cache_dir=str(tmp_path / "c"))["validation"]) == 1
+
+
+def test_validation_text_too_short_for_one_block_is_an_error(wordpiece):
+    raw = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": ["the patient with chest pain " * 20]}),
+            "validation": datasets.Dataset.from_dict({"text": ["no pain"]}),
+        }
+    )
+    with pytest.raises(DataError, match="the validation corpus gives no example of 32 tokens; give more validation"):
+        tokenize_corpus(raw, wordpiece, args(train_file="x"), 32)
+
+
+def test_cache_dir_holds_every_file_written(wordpiece, tmp_path):
+    """Parsed notes, held-out indices and tokenised blocks all land under cache_dir, never in the corpus's folder."""
+    cache = tmp_path / "cache"
+    datasets.Dataset.from_dict({"body": ["the patient with chest pain " * 9, "", "plan ct " * 20] * 10}).save_to_disk(
+        str(tmp_path / "disk")
+    )
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "NOTEEVENTS.csv").write_bytes(FIXTURE.read_bytes())
+    (tmp_path / "notes" / "more.txt.gz").write_bytes(gzip.compress(b"the patient\nno pain\n" * 30))
+    outside = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    sources = [
+        args(dataset_path=str(tmp_path / "disk"), text_column="body", validation_split_percentage=20),
+        args(train_file=str(tmp_path / "notes" / "NOTEEVENTS.csv"), validation_split_percentage=20),
+        args(train_file=str(tmp_path / "notes" / "more.txt.gz"), validation_split_percentage=20),
+    ]
+    for data_args in sources:
+        for _ in range(2):  # the second run reuses the cached files
+            raw = load_raw_corpus(data_args, cache_dir=str(cache))
+            blocks = tokenize_corpus(raw, wordpiece, data_args, 16, cache_dir=str(cache))
+            files = {Path(f["filename"]) for ds in (*raw.values(), *blocks.values()) for f in ds.cache_files}
+            written = files - set(outside)  # the save_to_disk corpus's own Arrow file is read, not written
+            assert written and all(Path(f).is_relative_to(cache) for f in written), written
+            assert all(len(ds) > 0 for ds in blocks.values())
+    now = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(cache)}
+    assert now == outside  # nothing new or rewritten beside the corpora
+    tokenised = sorted(cache.rglob("hf_distil/tokenised-*.arrow"))
+    assert len(tokenised) == 2  # the disk corpus's train and validation blocks, written once each
