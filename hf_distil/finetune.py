@@ -21,6 +21,11 @@ from typing import Any
 
 import torch
 from datasets import Dataset, DatasetDict
+from transformers import Trainer
+
+from .checkpoints import OutputFolderError, check_output_dir, expected_save_bytes, probe_output_dir
+from .errors import DistillationConfigError
+from .hub import NoPickleHubMixin, check_push_to_hub
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +34,17 @@ CONLL_SUFFIXES = (".conll", ".conll03", ".bio", ".iob", ".iob2", ".txt")
 JSON_SUFFIXES = (".json", ".jsonl")
 TABLE_SUFFIXES = (".csv", ".tsv")
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+# Written beside each fine-tuned model: what made it, and the output_dir that may overwrite it.
+FINETUNE_MARKER = "finetune_args.json"
 # Attention query/value projection names by family, tried when peft knows no default for the model type.
 _QV_CANDIDATES = (("query", "value"), ("q_lin", "v_lin"), ("q_proj", "v_proj"), ("Wqkv",), ("qkv",))
 
 
-class FinetuneDataError(ValueError):
+class FinetuneDataError(DistillationConfigError):
     """A data file or column that cannot be used as given; the message says how to fix it."""
 
 
-class FinetuneFileNotFoundError(FileNotFoundError):
+class FinetuneFileNotFoundError(FinetuneDataError, FileNotFoundError):
     """A file or folder named in the arguments does not exist."""
 
 
@@ -112,6 +119,11 @@ class FinetuneArguments:
     )
     speed_min_seconds: float = field(
         default=1.0, metadata={"help": "Repeat the timed batches until at least this many seconds have passed."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow writing into a non-empty output_dir. A model that an earlier run_finetune did not "
+                  "write there, and the models being fine-tuned or compared, are never overwritten."},
     )
 
     def __post_init__(self):
@@ -220,10 +232,24 @@ def read_conll(path: str | os.PathLike) -> Dataset:
 
 def _read_table(path: Path) -> Dataset:
     suffix = path.suffix.lower()
-    if suffix in JSON_SUFFIXES:
-        return Dataset.from_json(str(path))
-    if suffix in TABLE_SUFFIXES:
-        return Dataset.from_csv(str(path), sep="\t" if suffix == ".tsv" else ",")
+    if suffix in JSON_SUFFIXES + TABLE_SUFFIXES:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            if not f.read(65536).strip():
+                raise FinetuneDataError(f"{path} is empty: give it examples (one row per example).")
+    if suffix in JSON_SUFFIXES + TABLE_SUFFIXES:
+        try:
+            if suffix in JSON_SUFFIXES:
+                ds = Dataset.from_json(str(path))
+            else:
+                ds = Dataset.from_csv(str(path), sep="\t" if suffix == ".tsv" else ",")
+        except ValueError as err:  # datasets: 'Instruction "train" corresponds to no data!'
+            if "no data" not in str(err):
+                raise
+            ds = None
+        if ds is None or len(ds) == 0:
+            what = "holds no rows" if suffix in JSON_SUFFIXES else "has a header but no rows"
+            raise FinetuneDataError(f"{path} {what}: give it examples (one row per example).")
+        return ds
     raise FinetuneDataError(
         f"{path}: unsupported file type {suffix!r}; use {', '.join(CONLL_SUFFIXES + JSON_SUFFIXES + TABLE_SUFFIXES)}."
     )
@@ -313,7 +339,25 @@ def load_splits(args: FinetuneArguments) -> tuple[DatasetDict, str, list[str]]:
             {k: load_classification_split(v, args.text_column, args.label_column, args.text_pair_column)
              for k, v in files.items()}
         )
+    _check_labels_seen_in_training(raw, task, files)
     return raw, task, build_label_list(raw, task)
+
+
+def _check_labels_seen_in_training(raw: DatasetDict, task: str, files: dict[str, str]) -> None:
+    """A label only in validation/test would add a head row that training never updates: refuse, naming them."""
+    def labels(split):
+        return {t for row in split["tags"] for t in row} if task == "ner" else set(split["label"])
+
+    seen = labels(raw["train"])
+    for name in ("validation", "test"):
+        if name in raw:
+            unseen = sorted(labels(raw[name]) - seen)
+            if unseen:
+                shown = ", ".join(map(repr, unseen[:10])) + (f" and {len(unseen) - 10} more" * (len(unseen) > 10))
+                raise FinetuneDataError(
+                    f"{files[name]} has labels that train_file {files['train']} never uses: {shown}; the model "
+                    f"cannot learn them: add training examples with them, or fix/remove those rows of {name}_file."
+                )
 
 
 def tokenize_and_align_labels(examples: dict, tokenizer, label2id: dict[str, int], max_length: int) -> dict:
@@ -518,6 +562,10 @@ def display_name(model_name_or_path: str) -> str:
     return path.resolve().name if path.is_dir() else str(model_name_or_path)
 
 
+class FinetuneTrainer(NoPickleHubMixin, Trainer):
+    """`Trainer` whose saves and pushes hold no pickle and no Hub token (arguments as training_args.json)."""
+
+
 def finetune_model(model_name_or_path: str, raw: DatasetDict, task: str, label_list: list[str],
                    args: FinetuneArguments, training_args, model=None) -> FinetuneResult:
     """Fine-tune one checkpoint with ``Trainer``, evaluate, save, and time inference.
@@ -535,10 +583,19 @@ def finetune_model(model_name_or_path: str, raw: DatasetDict, task: str, label_l
     )
 
     set_seed(training_args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    except OSError as err:
+        raise FinetuneFileNotFoundError(
+            f"{model_name_or_path} could not be loaded ({str(err).strip().splitlines()[0]}): pass a folder with "
+            "config.json, weights and tokenizer files, or a Hub id reachable from here."
+        ) from err
     data = preprocess(raw, tokenizer, task, label_list, args.max_seq_length)
     if model is None:
         model = build_model(model_name_or_path, task, label_list, args)
+    if training_args.should_save:  # an unwritable or too small output_dir fails now, not after training
+        probe_output_dir(training_args.output_dir, expected_save_bytes(
+            model, checkpoint=training_args.save_strategy != "no", optimizer=not training_args.save_only_model))
     trainable, total = count_parameters(model)
     print(f"{display_name(model_name_or_path)}: trainable params: {trainable:,d} || all params: {total:,d} "
           f"|| trainable%: {100 * trainable / total:.4f}")
@@ -546,7 +603,7 @@ def finetune_model(model_name_or_path: str, raw: DatasetDict, task: str, label_l
     collator = (DataCollatorForTokenClassification(tokenizer) if task == "ner"
                 else DataCollatorWithPadding(tokenizer))
     eval_split = "test" if "test" in data else "validation"
-    trainer = Trainer(
+    trainer = FinetuneTrainer(
         model=model, args=training_args, data_collator=collator,
         train_dataset=data["train"], eval_dataset=data["validation"], processing_class=tokenizer,
         compute_metrics=build_compute_metrics(task, label_list),
@@ -556,6 +613,9 @@ def finetune_model(model_name_or_path: str, raw: DatasetDict, task: str, label_l
     metrics = trainer.evaluate(data[eval_split], metric_key_prefix=eval_split)
     trainer.save_metrics(eval_split, metrics)
     trainer.save_model()
+    if trainer.is_world_process_zero():
+        marker = {"output_dir": str(training_args.output_dir), **dataclasses.asdict(args)}
+        (Path(training_args.output_dir) / FINETUNE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
     deployed = trainer.model
     merged = None
@@ -586,15 +646,43 @@ def finetune_model(model_name_or_path: str, raw: DatasetDict, task: str, label_l
     )
 
 
+def check_finetune_output_dir(args: FinetuneArguments, training_args) -> None:
+    """Raise OutputFolderError before any work when output_dir (or its compare_with/) is the folder of a model this
+    run reads, holds a model an earlier run_finetune did not write, or is not empty without overwrite_output_dir."""
+    sources = {"--model_name_or_path": args.model_name_or_path, "--compare_with": args.compare_with,
+               "--update_card": args.update_card}
+    out = str(training_args.output_dir)
+    for folder in [out] + ([os.path.join(out, "compare_with")] if args.compare_with else []):
+        check_output_dir(folder, sources, marker=FINETUNE_MARKER)
+    if os.path.isdir(out) and any(Path(out).iterdir()) and not args.overwrite_output_dir:
+        raise OutputFolderError(
+            f"output_dir {out!r} is not empty: pass --overwrite_output_dir true to write over it, or choose another "
+            "output_dir."
+        )
+
+
 def run_finetune(args: FinetuneArguments, training_args) -> list[FinetuneResult]:
-    """The whole recipe: fine-tune, optionally the comparison model too, write the table, update the card."""
+    """The whole recipe: fine-tune, optionally the comparison model too, write the table, update the card.
+
+    With push_to_hub the repository is private unless hub_private_repo says otherwise; only the first model is pushed.
+    """
+    check_push_to_hub(training_args)
+    for flag, path in (("model_name_or_path", args.model_name_or_path), ("compare_with", args.compare_with)):
+        if path and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+            raise FinetuneFileNotFoundError(
+                f"--{flag} {path} has no config.json: pass the folder that save_pretrained wrote."
+            )
+    if training_args.push_to_hub and training_args.hub_private_repo is None:
+        training_args.hub_private_repo = True
+    check_finetune_output_dir(args, training_args)
     raw, task, label_list = load_splits(args)
     dataset_name = args.dataset_name or default_dataset_name(args.train_file)
     logger.info("task=%s, %d labels: %s", task, len(label_list), label_list)
     runs = [(args.model_name_or_path, training_args)]
     if args.compare_with:
         compare_dir = str(Path(training_args.output_dir) / "compare_with")
-        runs.append((args.compare_with, dataclasses.replace(training_args, output_dir=compare_dir)))
+        runs.append((args.compare_with,
+                     dataclasses.replace(training_args, output_dir=compare_dir, push_to_hub=False)))
     results = []
     for path, run_args in runs:
         result = finetune_model(path, raw, task, label_list, args, run_args)

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import yaml
@@ -77,3 +78,20 @@ def test_round_trips_through_to_dict():
     (back,) = parser.parse_dict({k: v for k, v in d.items() if k in {f.name for f in a.__dataclass_fields__.values()
                                                                       if f.init}})
     assert back.to_dict() == d
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"temperature": float("inf")}, "temperature=inf must be a finite number > 0"),
+    ({"temperature": float("nan")}, "temperature=nan must be a finite number > 0"),
+    ({"alpha_kd": float("inf")}, "alpha_kd=inf must be a finite number >= 0"),
+    ({"alpha_mlm": float("nan")}, "alpha_mlm=nan must be a finite number >= 0"),
+    ({"per_device_train_batch_size": 0}, "per_device_train_batch_size=0 must be a positive integer"),
+    ({"per_device_eval_batch_size": 0}, "per_device_eval_batch_size=0 must be a positive integer"),
+    ({"gradient_accumulation_steps": -1}, "gradient_accumulation_steps=-1 must be a positive integer"),
+])
+def test_non_finite_and_non_positive_values_raise_our_argument_error(kw, words):
+    from hf_distil.errors import ArgumentError, DistillationConfigError
+
+    with pytest.raises(ArgumentError, match=re.escape(words)) as caught:
+        make(**kw)
+    assert isinstance(caught.value, DistillationConfigError) and isinstance(caught.value, ValueError)

@@ -42,6 +42,11 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (cut / "model.safetensors").exists()  # it really died mid-training
+    # the newest saved checkpoint lost its optimizer state: resuming from it would silently restart AdamW and the
+    # schedule, so auto must fall back to the checkpoint before it
+    saved = [p for p in cut.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    newest = max(saved, key=lambda p: int(p.name.split("-")[1]))
+    (newest / "optimizer.pt").unlink()
     # a checkpoint half-written at the moment of a kill: weights but no trainer_state.json
     (cut / "checkpoint-14").mkdir()
     (cut / "checkpoint-14" / "model.safetensors").write_bytes(b"partial")
@@ -50,6 +55,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
                            "auto"], env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Skipping incomplete checkpoint" in done.stderr and "checkpoint-14" in done.stderr
+    assert f"{newest} (missing optimizer.pt)" in done.stderr
 
     full = load_file(tmp_path / "full" / "model.safetensors")
     resumed = load_file(cut / "model.safetensors")

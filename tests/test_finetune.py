@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -260,6 +261,13 @@ def test_recipe_compares_with_teacher_and_updates_the_card(tiny_models, tmp_path
     assert table[1]["parameters"] > table[0]["parameters"] and all(r["tokens_per_second"] > 0 for r in table)
     markdown = (tmp_path / "out" / "comparison.md").read_text()
     assert "| `student` | " in markdown and "| `teacher` | " in markdown
+    # The run marks its folders as its own, so a re-run with overwrite_output_dir may replace them.
+    from hf_distil.finetune import check_finetune_output_dir
+
+    assert json.loads((tmp_path / "out" / "finetune_args.json").read_text())["output_dir"] == str(tmp_path / "out")
+    again = FinetuneArguments(model_name_or_path=str(student), compare_with=str(teacher), train_file="t.csv",
+                              validation_file="v.csv", overwrite_output_dir=True)
+    check_finetune_output_dir(again, _training_args(tmp_path / "out"))
 
     card = ModelCard.load(card_dir / "README.md")
     found = {(e.metric_type, e.metric_value) for e in card.data.eval_results}
@@ -277,6 +285,36 @@ def test_recipe_compares_with_teacher_and_updates_the_card(tiny_models, tmp_path
     assert len(card.data.eval_results) == 5
     assert card.text.count("### synthetic-assertion") == 1 and card.text.count("### synthetic-ner") == 1
     assert card.text.index("Model Card for") < card.text.index("## Downstream evaluation")
+
+
+def test_output_dir_never_replaces_the_models_it_reads(tiny_models, tmp_path, monkeypatch):
+    from hf_distil.checkpoints import OutputFolderError
+    from hf_distil.finetune import check_finetune_output_dir, run_finetune
+
+    student, teacher = tiny_models
+    before = {p.name: p.read_bytes() for p in student.iterdir()}
+    args = FinetuneArguments(model_name_or_path=str(student), train_file=str(FIXTURES / "assertion_train.csv"),
+                             validation_file=str(FIXTURES / "assertion_validation.csv"), overwrite_output_dir=True)
+    monkeypatch.chdir(student.parent)
+    for spelling in ("./student/", str(student), "../" + student.parent.name + "/student"):
+        with pytest.raises(OutputFolderError, match="is the folder of the model given as --model_name_or_path"):
+            run_finetune(args, _training_args(spelling))
+    assert {p.name: p.read_bytes() for p in student.iterdir()} == before
+    compare = FinetuneArguments(**{**vars(args), "compare_with": str(teacher)})
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "compare_with").symlink_to(teacher)  # where the teacher's fine-tuned copy would be written
+    with pytest.raises(OutputFolderError, match="the model given as --compare_with"):
+        check_finetune_output_dir(compare, _training_args(tmp_path / "cmp"))
+    # Non-empty: only with overwrite_output_dir, and never over a model no run_finetune wrote there.
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("keep")
+    with pytest.raises(OutputFolderError, match="not empty: pass --overwrite_output_dir true"):
+        check_finetune_output_dir(FinetuneArguments(**{**vars(args), "overwrite_output_dir": False}),
+                                  _training_args(tmp_path / "out"))
+    check_finetune_output_dir(args, _training_args(tmp_path / "out"))
+    shutil.copytree(student, tmp_path / "theirs")
+    with pytest.raises(OutputFolderError, match="no finetune_args.json naming this output_dir"):
+        check_finetune_output_dir(args, _training_args(tmp_path / "theirs"))
 
 
 def test_card_update_on_a_plain_text_card(tmp_path):
@@ -314,3 +352,89 @@ def test_real_bert_tiny_learns_the_ner_fixture(tmp_path):
                             _training_args(tmp_path, num_train_epochs=3, learning_rate=5e-3))
     # Predicting "O" everywhere scores entity F1 0; the templated entities are easy for a pretrained encoder.
     assert result.metrics["f1"] > 0.6, result.metrics
+
+
+# ------------------------------------------------------------------------------ command-line errors and the Hub
+
+
+def _finetune_cli_error(capsys, argv):
+    from hf_distil.finetune_cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert stopped.value.code == 2 and len(lines) == 1 and lines[0].startswith("hf-distil-finetune: error: "), lines
+    return lines[0]
+
+
+def test_cli_data_errors_are_one_line_naming_the_file(tiny_models, tmp_path, capsys):
+    student, _ = tiny_models
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\nno pain .,absent\npain .,present\n", encoding="utf-8")
+    base = ["--model_name_or_path", str(student), "--train_file", str(train), "--output_dir", str(tmp_path / "out"),
+            "--report_to", "none"]
+
+    def error_with(validation_text):
+        validation = tmp_path / "validation.csv"
+        validation.write_text(validation_text, encoding="utf-8")
+        return _finetune_cli_error(capsys, base + ["--validation_file", str(validation)])
+
+    err = error_with("text,category\npain .,present\n")
+    assert "no column 'label'" in err and "--label_column" in err
+    err = error_with("")
+    assert f"{tmp_path / 'validation.csv'} is empty" in err
+    err = error_with("text,label\n")
+    assert f"{tmp_path / 'validation.csv'} has a header but no rows" in err
+    err = error_with("text,label\npain .,present\nmaybe pain .,possible\nfever ?,hypothetical\n")
+    assert "'hypothetical', 'possible'" in err and str(train) in err and "validation.csv" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_takes_a_config_plus_overriding_flags(tmp_path, capsys):
+    from hf_distil.finetune_cli import parse_args
+
+    config = {"model_name_or_path": "m", "train_file": "a.conll", "validation_file": "b.conll",
+              "output_dir": str(tmp_path / "out"), "num_train_epochs": 3, "learning_rate": "1e-3", "lora_r": 4}
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    args, training_args = parse_args([str(tmp_path / "ft.yaml"), "--num_train_epochs", "1", "--lora_r", "16"])
+    assert (args.model_name_or_path, args.lora_r) == ("m", 16)
+    assert (training_args.num_train_epochs, training_args.learning_rate) == (1, 1e-3)
+    assert "Unknown flag '--lora_rank'" in _finetune_cli_error(capsys, [str(tmp_path / "ft.yaml"), "--lora_rank", "4"])
+    (tmp_path / "bad.yaml").write_text("train_file: a.conll\n  lora_r: 4\n", encoding="utf-8")
+    assert f"{tmp_path / 'bad.yaml'}:2:" in _finetune_cli_error(capsys, [str(tmp_path / "bad.yaml")])
+
+
+def test_finetune_push_is_private_and_uploads_no_pickle_and_no_token(tiny_models, tmp_path, monkeypatch, capsys):
+    from hub_fake import files_containing, go_online, pickles, record_uploads, tree_containing
+
+    from hf_distil.finetune_cli import main
+
+    student, teacher = tiny_models
+    go_online(monkeypatch)
+    uploads = record_uploads(monkeypatch)
+    token = "hf_FAKEfinetuneToken333"
+    main(["--model_name_or_path", str(student), "--compare_with", str(teacher), "--train_file", str(NER_TRAIN),
+          "--validation_file", str(NER_VAL), "--output_dir", str(tmp_path / "out"), "--max_steps", "2",
+          "--save_strategy", "steps", "--save_steps", "1", "--per_device_train_batch_size", "8",
+          "--report_to", "none", "--speed_batches", "1", "--speed_min_seconds", "0", "--push_to_hub",
+          "--hub_model_id", "me/ner", "--hub_token", token])
+    assert uploads["repos"] == [{"repo_id": "me/ner", "private": True}]  # the compared model is not pushed
+    assert {"model.safetensors", "config.json", "training_args.json"} <= set(uploads["files"])
+    assert pickles(uploads["files"]) == [] and files_containing(uploads["files"], token) == []
+    assert (tmp_path / "out" / "checkpoint-2" / "optimizer.pt").exists()
+    assert tree_containing(tmp_path / "out", token) == [] and not list((tmp_path / "out").rglob("training_args.bin"))
+
+
+def test_hf_distil_finetune_command_exits_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    command = Path(sys.executable).parent / "hf-distil-finetune"
+    if not command.exists():
+        pytest.skip("package not installed with its console scripts (pip install -e .)")
+    done = subprocess.run([str(command), "--model_name_or_path", str(tmp_path), "--train_file", str(NER_TRAIN),
+                           "--validation_file", str(tmp_path / "missing.conll"), "--output_dir", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("hf-distil-finetune: error: ")
+    assert "Traceback" not in done.stderr

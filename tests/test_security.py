@@ -3,7 +3,10 @@
 import pathlib
 import re
 
+import pytest
+
 from hf_distil import recipe
+from hf_distil.errors import HubError
 from hf_distil.recipe import parse_arguments
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "hf_distil"
@@ -36,3 +39,38 @@ def test_no_unsafe_torch_load_in_the_package():
     for path in PACKAGE.rglob("*.py"):
         for call in re.findall(r"torch\.load\([^)]*\)", path.read_text()):
             assert "weights_only=True" in call, f"{path}: {call}"
+
+
+def _tiny_trainer(tmp_path, **overrides):
+    import torch
+
+    from hf_distil import DistillationArguments, DistillationTrainer
+    from hf_distil.student import create_student
+    from tiny import premasked_dataset, tiny_teacher
+
+    teacher = tiny_teacher()
+    torch.manual_seed(0)
+    args = DistillationArguments(
+        output_dir=str(tmp_path / "out"), max_steps=2, save_steps=1, save_strategy="steps", report_to=[],
+        per_device_train_batch_size=4, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, **overrides)
+    return DistillationTrainer(model=create_student(teacher, 2), teacher_model=teacher, args=args,
+                               train_dataset=premasked_dataset(8))
+
+
+def test_python_api_push_to_hub_uploads_no_pickle_and_no_token(tmp_path, monkeypatch):
+    from hub_fake import files_containing, go_online, pickles, record_uploads, tree_containing
+
+    go_online(monkeypatch)
+    uploads = record_uploads(monkeypatch)
+    trainer = _tiny_trainer(tmp_path, push_to_hub=True, hub_model_id="me/api", hub_token="hf_FAKEapiToken555")
+    trainer.train()
+    trainer.push_to_hub()
+    assert uploads["commits"] == 3  # after each of the 2 saves, and the explicit push
+    assert "model.safetensors" in uploads["files"] and "distillation_args.json" in uploads["files"]
+    assert pickles(uploads["files"]) == [] and files_containing(uploads["files"], "hf_FAKEapiToken555") == []
+    assert tree_containing(tmp_path / "out", "hf_FAKEapiToken555") == []
+
+    (tmp_path / "out" / "notes.pkl").write_bytes(b"\x80\x04N.")  # a pickle the user left in the folder
+    with pytest.raises(HubError, match=r"notes\.pkl.*move them out"):
+        trainer.push_to_hub()
+    assert uploads["commits"] == 3
