@@ -9,6 +9,7 @@ The prepared teacher is never registered with the accelerator, so no checkpoint 
 from __future__ import annotations
 
 import copy
+import os
 
 from accelerate.utils import DistributedType
 from torch import nn
@@ -21,6 +22,32 @@ def teacher_engine(accelerator) -> str:
     if accelerator.distributed_type == DistributedType.FSDP:
         return "fsdp2" if getattr(accelerator, "is_fsdp2", False) else "fsdp1"
     return "device"
+
+
+def deepspeed_on_cpu() -> bool:
+    """Whether DeepSpeed runs on its CPU accelerator (DS_ACCELERATOR=cpu, or no GPU found)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name() == "cpu"
+
+
+def align_cpu_deepspeed_state(state) -> bool:
+    """Take rank and world size from the process group DeepSpeed started, when accelerate saw none.
+
+    On DeepSpeed's CPU accelerator accelerate finds no backend, reports one process and rank 0 on every rank, and
+    `train_batch_size` ("auto") is filled for one process: "train_batch_size is not equal to ... 32 != 32 * 1 * 2".
+    """
+    import torch.distributed as dist
+
+    if state.distributed_type != DistributedType.DEEPSPEED or state.backend is not None:
+        return False
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return False
+    state.backend = dist.get_backend()
+    state.num_processes = dist.get_world_size()
+    state.process_index = dist.get_rank()
+    state.local_process_index = int(os.environ.get("LOCAL_RANK", state.process_index))
+    return True
 
 
 def deepspeed_inference_config(train_config: dict, hidden_size: int | None) -> dict:
@@ -55,10 +82,35 @@ def _prepare_deepspeed(teacher: nn.Module, accelerator) -> nn.Module:
     return engine
 
 
+def teacher_fsdp_plugin(plugin, teacher: nn.Module):
+    """A copy of the student's FSDP plugin whose auto-wrap policy is built for the teacher's own layer classes.
+
+    `set_auto_wrap_policy` fixes the plugin's policy to the classes of the first model it sees: called on the shared
+    plugin with the teacher it would leave a DistilBERT student of a BERT teacher unwrapped (FSDP1) or make FSDP2
+    raise "Could not find the transformer layer class". The shared plugin stays as the user configured it.
+    """
+    from accelerate.utils.dataclasses import get_module_class_from_name
+
+    own = copy.copy(plugin)
+    names = plugin.transformer_cls_names_to_wrap
+    if names is not None:
+        found = [name for name in names if get_module_class_from_name(teacher, name) is not None]
+        if not found:  # the configured classes are the student's: wrap the teacher per encoder layer
+            found = list(getattr(teacher, "_no_split_modules", None) or []) or _encoder_layer_class(teacher)
+        own.transformer_cls_names_to_wrap = found
+    return own
+
+
+def _encoder_layer_class(model: nn.Module) -> list[str]:
+    base = getattr(model, getattr(model, "base_model_prefix", ""), model)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    return [type(layers[0]).__name__] if isinstance(layers, nn.ModuleList) and len(layers) else []
+
+
 def _prepare_fsdp1(teacher: nn.Module, accelerator) -> nn.Module:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    plugin = accelerator.state.fsdp_plugin
+    plugin = teacher_fsdp_plugin(accelerator.state.fsdp_plugin, teacher)
     plugin.set_auto_wrap_policy(teacher)
     wrapped = FSDP(
         teacher,
@@ -80,7 +132,13 @@ def _prepare_fsdp1(teacher: nn.Module, accelerator) -> nn.Module:
 def _prepare_fsdp2(teacher: nn.Module, accelerator) -> nn.Module:
     from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
-    prepared = fsdp2_prepare_model(accelerator, teacher)
+    state = accelerator.state
+    shared = state.fsdp_plugin
+    state.fsdp_plugin = teacher_fsdp_plugin(shared, teacher)  # fsdp2_prepare_model reads the plugin from the state
+    try:
+        prepared = fsdp2_prepare_model(accelerator, teacher)
+    finally:
+        state.fsdp_plugin = shared
     prepared.eval()
     return prepared
 

@@ -5,6 +5,7 @@ import os
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 from accelerate.utils import DistributedType
 
@@ -80,3 +81,73 @@ def test_shipped_accelerate_configs_name_their_engines():
             config = yaml.safe_load(f)
         assert config["distributed_type"] == engine
     assert os.path.exists(os.path.join(CONFIGS, "ds_zero3.json"))
+
+
+def _distilbert_student():
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    return DistilBertForMaskedLM(DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                                  max_position_embeddings=64))
+
+
+def _fsdp_accelerator(version):
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=version, auto_wrap_policy="transformer_based_wrap",
+                                            transformer_cls_names_to_wrap=["TransformerBlock"])
+    return SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=version == 2, device="cpu",
+                           state=SimpleNamespace(fsdp_plugin=plugin))
+
+
+def test_fsdp1_teacher_policy_wraps_its_own_layers_and_leaves_the_students(monkeypatch):
+    """A BERT teacher of a DistilBERT student: the teacher is wrapped per BERT layer, the student per TransformerBlock."""
+    import torch.distributed.fsdp as fsdp
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    seen = {}
+
+    class FakeFSDP(torch.nn.Module):
+        def __init__(self, module, auto_wrap_policy=None, **kw):
+            super().__init__()
+            seen["policy"] = auto_wrap_policy
+
+    monkeypatch.setattr(fsdp, "FullyShardedDataParallel", FakeFSDP)
+    accelerator = _fsdp_accelerator(1)
+    teacher, student = tiny_teacher(), _distilbert_student()
+    engines.prepare_teacher(teacher, accelerator, "cpu")
+    # the teacher's own _no_split_modules, since the configured TransformerBlock is the student's class
+    assert {c.__name__ for c in seen["policy"].keywords["transformer_layer_cls"]} == {"BertEmbeddings", "BertLayer"}
+    plugin = accelerator.state.fsdp_plugin
+    assert plugin.auto_wrap_policy is transformer_auto_wrap_policy  # untouched: accelerate builds the student's
+    plugin.set_auto_wrap_policy(student)
+    assert {c.__name__ for c in plugin.auto_wrap_policy.keywords["transformer_layer_cls"]} == {"TransformerBlock"}
+
+
+def test_fsdp2_teacher_policy_does_not_leak_into_the_students(monkeypatch):
+    from accelerate.utils import fsdp_utils
+
+    seen = {}
+
+    def fake_prepare(accelerator, model):
+        plugin = accelerator.state.fsdp_plugin
+        plugin.set_auto_wrap_policy(model)  # what fsdp2_prepare_model does first
+        policy = fsdp_utils.fsdp2_prepare_auto_wrap_policy(plugin, model)
+        seen["wrapped"] = sorted({type(m).__name__ for m in model.modules() if policy(m)})
+        return model
+
+    monkeypatch.setattr(fsdp_utils, "fsdp2_prepare_model", fake_prepare)
+    accelerator = _fsdp_accelerator(2)
+    teacher, student = tiny_teacher(), _distilbert_student()
+    engines.prepare_teacher(teacher, accelerator, "cpu")
+    assert seen["wrapped"] == ["BertEmbeddings", "BertLayer"]
+    plugin = accelerator.state.fsdp_plugin
+    assert plugin.transformer_cls_names_to_wrap == ["TransformerBlock"]
+    fake_prepare(accelerator, student)  # raised "Could not find the transformer layer class" before the fix
+    assert seen["wrapped"] == ["TransformerBlock"]
+
+
+def test_teacher_keeps_configured_classes_it_has():
+    accelerator = _fsdp_accelerator(1)
+    accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = ["BertLayer"]
+    own = engines.teacher_fsdp_plugin(accelerator.state.fsdp_plugin, tiny_teacher())
+    assert own.transformer_cls_names_to_wrap == ["BertLayer"] and own is not accelerator.state.fsdp_plugin
