@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from transformers import TrainingArguments
+
+from .errors import ArgumentError
 
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 HIDDEN_LOSSES = ("cosine", "mse")
@@ -12,8 +16,8 @@ KD_POSITIONS = ("masked", "all")
 NAN_POLICIES = ("stop", "skip")
 
 
-def _choice_error(name: str, value, allowed) -> ValueError:
-    return ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}.")
+def _choice_error(name: str, value, allowed) -> ArgumentError:
+    return ArgumentError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}.")
 
 
 @dataclass
@@ -31,7 +35,8 @@ class DistillationArguments(TrainingArguments):
         default="auto",
         metadata={
             "help": "Teacher weights dtype: auto (bfloat16/float16 when --bf16/--fp16, else float32), "
-            "float32, bfloat16 or float16. The KL is always computed in float32."
+            "float32, bfloat16 or float16. Only the teacher is cast: the student keeps float32 weights and "
+            "--bf16/--fp16 autocast its forward. The KL is always computed in float32."
         },
     )
     temperature: float = field(
@@ -55,21 +60,44 @@ class DistillationArguments(TrainingArguments):
     nan_policy: str = field(
         default="stop",
         metadata={
-            "help": "A NaN/inf loss term: stop (raise, naming the term and step; checkpoints stay as they are) "
-            "or skip (the micro-batch contributes nothing; skips are counted in the logs as nan_skipped)."
+            "help": "A NaN/inf loss term: stop (checked on the device, raised at the next log or save, naming the term "
+            "and step; no checkpoint is saved after it) "
+            "or skip (the optimizer update whose window met it is skipped on every rank, like a skipped fp16 "
+            "loss-scaling step; skips are counted in the logs as nan_skipped)."
         },
     )
 
     def __post_init__(self):
+        if self.nan_policy == "skip" and self.deepspeed:
+            raise ArgumentError(
+                "nan_policy='skip' cannot drop an update under DeepSpeed (its engine owns the optimizer step): use "
+                "nan_policy='stop', or DeepSpeed's own fp16 loss scaling, which skips overflowing steps."
+            )
+        if self.deepspeed and self.use_cpu:
+            from .engines import deepspeed_on_cpu
+
+            if not deepspeed_on_cpu():
+                raise ValueError(
+                    "use_cpu=True with --deepspeed: accelerate would train without DeepSpeed on models partitioned by "
+                    "ZeRO-3; drop use_cpu, or set DS_ACCELERATOR=cpu to run DeepSpeed on CPU."
+                )
+            self.use_cpu = False  # DeepSpeed's CPU accelerator already places everything on CPU
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                example = 1 if name == "gradient_accumulation_steps" else 8
+                raise ArgumentError(f"{name}={value!r} must be a positive integer (e.g. --{name} {example}).")
         super().__post_init__()
-        if not self.temperature > 0:
-            raise ValueError(f"temperature={self.temperature!r} must be > 0 (the seed recipe uses 2.0).")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ArgumentError(
+                f"temperature={self.temperature!r} must be a finite number > 0 (the seed recipe uses 2.0)."
+            )
         for name in ("alpha_kd", "alpha_mlm", "alpha_hidden"):
             value = getattr(self, name)
-            if not value >= 0:
-                raise ValueError(f"{name}={value!r} must be >= 0 (0 switches the term off).")
+            if not (math.isfinite(value) and value >= 0):
+                raise ArgumentError(f"{name}={value!r} must be a finite number >= 0 (0 switches the term off).")
         if self.alpha_kd == self.alpha_mlm == self.alpha_hidden == 0:
-            raise ValueError(
+            raise ArgumentError(
                 "alpha_kd, alpha_mlm and alpha_hidden are all 0: nothing to train; set at least one of them > 0."
             )
         if self.hidden_loss not in HIDDEN_LOSSES:
@@ -80,6 +108,24 @@ class DistillationArguments(TrainingArguments):
             raise _choice_error("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
         if self.nan_policy not in NAN_POLICIES:
             raise _choice_error("nan_policy", self.nan_policy, NAN_POLICIES)
+
+    @property
+    def teacher_torch_dtype(self):
+        """The one resolution of `teacher_dtype`: "auto" is the autocast dtype (bfloat16 / float16), else float32."""
+        import torch
+
+        if self.teacher_dtype == "auto":
+            return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else torch.float32
+        return getattr(torch, self.teacher_dtype)
+
+    @cached_property
+    def _setup_devices(self):
+        device = super()._setup_devices
+        if self.deepspeed:
+            from .engines import align_cpu_deepspeed_state
+
+            align_cpu_deepspeed_state(self.distributed_state)
+        return device
 
     @property
     def needs_teacher(self) -> bool:

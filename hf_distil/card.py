@@ -181,10 +181,8 @@ def _procedure(args) -> str:
 
 
 def _teacher_dtype(args) -> str:
-    """The dtype `teacher_dtype="auto"` resolves to: the training precision."""
-    if args.teacher_dtype != "auto":
-        return args.teacher_dtype
-    return "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
+    """The dtype the trainer cast the teacher to (`DistillationArguments.teacher_torch_dtype`, the one resolver)."""
+    return str(args.teacher_torch_dtype).removeprefix("torch.")
 
 
 def _hyperparameters(args, total_batch: int, world_size: int) -> list[tuple[str, str]]:
@@ -195,7 +193,9 @@ def _hyperparameters(args, total_batch: int, world_size: int) -> list[tuple[str,
         length = ("training steps", str(args.max_steps))
     else:
         length = ("epochs", _count(args.num_train_epochs))
-    per_device, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    accumulation = args.gradient_accumulation_steps
+    # The per-device batch that ran (total ÷ devices ÷ accumulation), not only the one asked for.
+    per_device = total_batch // (world_size * accumulation) if total_batch else args.per_device_train_batch_size
     precision = "bf16 mixed precision" if args.bf16 else "fp16 mixed precision" if args.fp16 else "fp32"
     return [
         ("learning rate", f"{args.learning_rate:g}"),

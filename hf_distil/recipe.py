@@ -16,14 +16,22 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
-from transformers import AutoModelForMaskedLM, AutoTokenizer, HfArgumentParser
+from transformers import AutoModelForMaskedLM, AutoTokenizer, HfArgumentParser, TrainerCallback
+from transformers.trainer_utils import IntervalStrategy
 
 from .arguments import DistillationArguments
-from .data import DataArguments, effective_max_seq_length, is_noteevents, load_raw_corpus, make_collator, \
+from .card import LANGUAGE_RE, LICENSE_RE
+from .checkpoints import check_output_dir, expected_save_bytes, latest_complete_checkpoint, list_checkpoints, \
+    probe_output_dir, require_complete_checkpoint
+from .data import DataArguments, effective_max_seq_length, load_raw_corpus, make_collator, noteevents_inputs, \
     tokenize_corpus
+from .data import DataError
+from .errors import DistillationConfigError
+from .hub import check_push_to_hub
 from .student import create_student
-from .trainer import DistillationTrainer, load_teacher
+from .trainer import DistillationTrainer, NonFiniteLossError, check_compatibility, load_teacher
 
 logger = logging.getLogger("hf_distil")
 
@@ -34,8 +42,24 @@ MIMIC_DATA_USE_NOTE = (
 )
 
 
-class RecipeError(ValueError):
+class EvaluateAtTrainBegin(TrainerCallback):
+    """The "before" evaluation under DeepSpeed, run once train() has built the student's engine: an evaluate()
+    before train() makes transformers build an engine without optimizer, and train() then has none to step."""
+
+    def __init__(self, trainer):
+        self.trainer, self.metrics = trainer, {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.metrics = self.trainer.evaluate(metric_key_prefix="init")
+
+
+class RecipeError(DistillationConfigError):
     """A user-fixable problem with the configuration, reported as one line."""
+
+
+# What `main` reports as one line (exit 2); anything else is a bug and keeps its traceback.
+USER_ERRORS = (DistillationConfigError, DataError)
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 @dataclass
@@ -79,40 +103,86 @@ def _field_names() -> set[str]:
     return {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
 
 
-def _read_config(path: str) -> dict:
+def _read_config(path: str, known: set[str] | None = None, prog: str = "hf-distil") -> dict:
+    """The config's mapping; a syntax error names the file and line, an unknown key the closest known one."""
     if not os.path.isfile(path):
         raise RecipeError(f"Config file {path!r} not found: pass the path of a .yaml or .json config.")
     with open(path, encoding="utf-8") as f:
-        values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+        try:
+            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg}); fix the config.") from err
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise RecipeError(f"{where}: invalid YAML ({problem}); fix the config.") from err
     if not isinstance(values, dict):
         raise RecipeError(f"Config {path!r} must be a mapping of argument names to values.")
-    known = _field_names()
+    known = _field_names() if known is None else known
     for key in values:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else " See `hf-distil --help` for the accepted names."
+            hint = f" Did you mean {close[0]!r}?" if close else f" See `{prog} --help` for the accepted names."
             raise RecipeError(f"Unknown key {key!r} in {path}.{hint}")
     return values
+
+
+def parse_config_and_flags(classes, argv: list[str], prog: str = "hf-distil", required: tuple[str, ...] = ()):
+    """`CONFIG.yaml [--flag value ...]` or flags alone, for any `HfArgumentParser` dataclasses; flags override the
+    config. Mistakes in either raise RecipeError (or the dataclasses' own error types)."""
+    argv = list(argv)
+    parser = HfArgumentParser(classes, prog=prog)
+    known = {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
+    config = {}
+    if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
+        config_path, argv = argv[0], argv[1:]
+        config = _read_config(config_path, known, prog)
+    flags = {option for action in parser._actions for option in action.option_strings}
+    unknown = [a for a in argv if a.startswith("--") and a.split("=", 1)[0] not in flags]
+    if unknown:
+        key = unknown[0][2:].split("=", 1)[0].replace("-", "_")
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        raise RecipeError(f"Unknown flag {unknown[0]!r}." + (f" Did you mean '--{close[0]}'?" if close else ""))
+    for name in required:
+        if name not in config and not any(a.split("=", 1)[0] == f"--{name}" for a in argv):
+            raise RecipeError(f"No {name}: set {name} in the config or pass --{name}.")
+    for action in parser._actions:
+        if action.dest in config:
+            action.required = False  # given by the config
+            value = config[action.dest]
+            if isinstance(value, str) and action.type in (int, float):  # YAML reads 1e-3 as a string
+                try:
+                    config[action.dest] = action.type(value)
+                except ValueError:
+                    kind = "an integer" if action.type is int else "a number"
+                    raise RecipeError(f"{action.dest}={value!r} in the config is not {kind}.") from None
+    parser.set_defaults(**config)
+    try:
+        return tuple(parser.parse_args_into_dataclasses(args=argv))
+    except USER_ERRORS:
+        raise
+    except ValueError as err:  # a dataclass's own validation (TrainingArguments.__post_init__) of the user's values
+        raise RecipeError(" ".join(line.strip() for line in str(err).strip().splitlines())) from err
 
 
 def parse_arguments(argv: list[str] | None = None):
     """`CONFIG.yaml [--flag value ...]` or flags alone; flags override the config. Returns the four dataclasses."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
-    config = {}
-    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml", ".json")):
-        config_path, argv = argv[0], argv[1:]
-        config = _read_config(config_path)
-    flags = {option for action in parser._actions for option in action.option_strings}
-    unknown = [a for a in argv if a.startswith("--") and a.split("=", 1)[0] not in flags]
-    if unknown:
-        key = unknown[0][2:].split("=", 1)[0].replace("-", "_")
-        close = difflib.get_close_matches(key, sorted(_field_names()), n=1)
-        raise RecipeError(f"Unknown flag {unknown[0]!r}." + (f" Did you mean '--{close[0]}'?" if close else ""))
-    parser.set_defaults(**config)
-    if "output_dir" not in config and not any(a.split("=", 1)[0] == "--output_dir" for a in argv):
-        raise RecipeError("No output_dir: set output_dir in the config or pass --output_dir DIR.")
-    return tuple(parser.parse_args_into_dataclasses(args=argv))
+    parsed = parse_config_and_flags(ARGUMENT_CLASSES, argv, "hf-distil", required=("output_dir",))
+    _check_card_arguments(parsed[3])
+    return parsed
+
+
+def _check_card_arguments(run_args: RunArguments) -> None:
+    """The card's licence and languages, checked now rather than when the card is written after training."""
+    if not LICENSE_RE.match(str(run_args.card_license)):
+        raise RecipeError(
+            f"card_license={run_args.card_license!r} is not a Hub licence id: use one such as apache-2.0, mit, other."
+        )
+    for code in _codes(run_args.card_language):
+        if not LANGUAGE_RE.match(code):
+            raise RecipeError(f"card_language {code!r} is not an ISO 639 code: use e.g. en, or en,fr for several.")
 
 
 def parse_layers(spec):
@@ -130,45 +200,32 @@ def parse_layers(spec):
         ) from None
 
 
-def latest_complete_checkpoint(output_dir: str) -> str | None:
-    """Newest `checkpoint-N` whose trainer_state.json (written last by Trainer) is complete and parses.
-
-    A checkpoint half-written when the process was killed has no (or a truncated) trainer_state.json and is skipped.
-    """
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    candidates = []
-    for path in folder.glob("checkpoint-*"):
-        suffix = path.name.split("-", 1)[1]
-        if path.is_dir() and suffix.isdigit():
-            candidates.append((int(suffix), path))
-    for _, path in sorted(candidates, reverse=True):
-        state = path / "trainer_state.json"
-        weights = any((path / name).exists() for name in ("model.safetensors", "model.safetensors.index.json",
-                                                          "adapter_model.safetensors"))
-        try:
-            json.loads(state.read_text())
-        except (OSError, ValueError):
-            logger.warning("Skipping incomplete checkpoint %s (no readable trainer_state.json).", path)
-            continue
-        if weights:
-            return str(path)
-        logger.warning("Skipping incomplete checkpoint %s (no weights).", path)
-    return None
-
-
-def resolve_resume(training_args: DistillationArguments, run_args: RunArguments) -> str | None:
-    """What to resume from, and a refusal to clobber a non-empty output_dir by accident."""
+def resolve_resume(training_args: DistillationArguments, run_args: RunArguments,
+                   model_args: ModelArguments | None = None) -> str | None:
+    """What to resume from (a checkpoint complete enough for an exact resume), and a refusal to clobber output_dir:
+    never the teacher's or student's folder or another model, and a non-empty one only when asked to."""
     resume = training_args.resume_from_checkpoint
     out = training_args.output_dir
-    if resume is True or resume in ("auto", "latest", "True", "true"):
-        found = latest_complete_checkpoint(out)
+    resume_state = not training_args.save_only_model  # save_only_model checkpoints hold no optimizer by design
+    sources = {"--teacher_model_name_or_path": training_args.teacher_model_name_or_path,
+               "--student_model_name_or_path": model_args.student_model_name_or_path if model_args else None}
+    check_output_dir(out, sources, marker="distillation_args.json")
+    auto = resume is True or resume in ("auto", "latest", "True", "true")
+    if auto:
+        found = latest_complete_checkpoint(out, resume_state)
+        if found is None and list_checkpoints(out):  # never start over on top of them, even with overwrite
+            raise RecipeError(
+                f"resume_from_checkpoint=auto: no checkpoint in {out!r} is complete enough to resume exactly (the "
+                "warnings above name what each lacks): to start over, drop --resume_from_checkpoint and pass "
+                "--overwrite_output_dir true (it deletes them), or choose another output_dir."
+            )
         if found is None:
             logger.info("resume_from_checkpoint=auto: no complete checkpoint in %s, starting fresh.", out)
         resume = found
     elif resume and not os.path.isdir(resume):
         raise RecipeError(f"resume_from_checkpoint={resume!r} is not a folder: pass a checkpoint-N folder or 'auto'.")
+    elif resume:
+        require_complete_checkpoint(resume, resume_state)
     if resume is None and os.path.isdir(out) and any(Path(out).iterdir()):
         if not run_args.overwrite_output_dir:
             raise RecipeError(
@@ -189,7 +246,9 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
     if name is None:
         raise RecipeError("No teacher: set teacher_model_name_or_path in the config or pass --teacher_model_name_or_path.")
     common = {"trust_remote_code": model_args.trust_remote_code, "cache_dir": model_args.cache_dir}
-    teacher = load_teacher(name, training_args, **common)
+    # A student copied from the teacher starts from its float32 weights; the trainer then casts the teacher alone.
+    dtype = training_args.teacher_torch_dtype if model_args.student_model_name_or_path else torch.float32
+    teacher = load_teacher(name, training_args, dtype=dtype, **common)
     tokenizer_name = model_args.tokenizer_name or name
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, **common)
@@ -198,7 +257,14 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
             f"Tokenizer {tokenizer_name!r} could not be loaded ({str(err).splitlines()[0]}): pass --tokenizer_name."
         ) from err
     if model_args.student_model_name_or_path:
-        student = AutoModelForMaskedLM.from_pretrained(model_args.student_model_name_or_path, **common)
+        try:
+            student = AutoModelForMaskedLM.from_pretrained(model_args.student_model_name_or_path, dtype=torch.float32,
+                                                           **common)
+        except OSError as err:
+            raise RecipeError(
+                f"Student {model_args.student_model_name_or_path!r} could not be loaded ({str(err).splitlines()[0]}): "
+                "pass a folder holding config.json and weights, or drop --student_model_name_or_path."
+            ) from err
     else:
         student = create_student(teacher, model_args.student_num_layers, parse_layers(model_args.student_layers))
     return teacher, student, tokenizer
@@ -206,9 +272,7 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
 
 def describe_dataset(data_args: DataArguments) -> tuple[str | None, list[str] | None, str | None]:
     """(name shown on the card, Hub dataset ids, data-use note) — never any text of the corpus."""
-    path = data_args.train_file
-    files = [os.path.join(path, f) for f in sorted(os.listdir(path))] if path and os.path.isdir(path) else [path]
-    if path and any(os.path.isfile(f) and f.endswith((".csv", ".csv.gz")) and is_noteevents(f) for f in files):
+    if noteevents_inputs(data_args):  # train or validation, recognised by header at any depth
         return "MIMIC-III clinical notes (NOTEEVENTS)", None, MIMIC_DATA_USE_NOTE
     if data_args.dataset_name:
         return data_args.dataset_name, [data_args.dataset_name], None
@@ -219,13 +283,21 @@ def describe_dataset(data_args: DataArguments) -> tuple[str | None, list[str] | 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: DistillationArguments,
         run_args: RunArguments) -> dict:
     """Distil, evaluate, save the student, tokenizer, arguments, results and card; returns the final metrics."""
-    resume = resolve_resume(training_args, run_args)
+    check_push_to_hub(training_args)  # offline or no token: say so before anything is loaded
+    resume = resolve_resume(training_args, run_args, model_args)
     teacher, student, tokenizer = build_models(model_args, training_args)
+    check_compatibility(student, teacher, training_args, tokenizer)  # before hours of tokenising a corpus
+    if training_args.should_save:  # an unwritable or too small output_dir fails now, not at the first save
+        probe_output_dir(training_args.output_dir, expected_save_bytes(
+            student, checkpoint=training_args.save_strategy != "no", optimizer=not training_args.save_only_model))
     max_len = effective_max_seq_length(data_args.max_seq_length, tokenizer, teacher.config)
     with training_args.main_process_first(desc="reading and tokenising the corpus"):  # rank 0 fills the cache
         raw = load_raw_corpus(data_args, cache_dir=model_args.cache_dir, seed=training_args.seed)
-        tokenized = tokenize_corpus(raw, tokenizer, data_args, max_len)
+        tokenized = tokenize_corpus(raw, tokenizer, data_args, max_len, cache_dir=model_args.cache_dir)
     train_ds, eval_ds = tokenized["train"], tokenized.get("validation")
+    if eval_ds is None or len(eval_ds) == 0:  # --validation_split_percentage 0
+        eval_ds = None
+        _without_evaluation(training_args)
     collator = make_collator(tokenizer, data_args, seed=training_args.seed)
     if training_args.push_to_hub and training_args.hub_private_repo is None:
         training_args.hub_private_repo = True  # clinical data: private unless asked otherwise
@@ -240,9 +312,16 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
                              language=_codes(run_args.card_language))
 
     before = {}
+    evaluate_first = None
     if eval_ds is not None and run_args.evaluate_before_training and resume is None:
-        before = trainer.evaluate(metric_key_prefix="init")
+        if trainer.is_deepspeed_enabled:
+            evaluate_first = EvaluateAtTrainBegin(trainer)
+            trainer.add_callback(evaluate_first)
+        else:
+            before = trainer.evaluate(metric_key_prefix="init")
     train_result = trainer.train(resume_from_checkpoint=resume)
+    if evaluate_first is not None:
+        before = evaluate_first.metrics
     trainer.save_model()
     metrics = dict(train_result.metrics)
     if eval_ds is not None:
@@ -257,6 +336,30 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
     if trainer.is_world_process_zero():
         print(summary(metrics, training_args.output_dir))
     return metrics
+
+
+def _without_evaluation(training_args: DistillationArguments) -> None:
+    """No validation data: refuse when the run needs eval metrics, else turn periodic evaluation off with a warning.
+
+    Asking for no validation (--validation_split_percentage 0) is explicit, while eval_strategy usually comes from a
+    shared config: making the user also pass --eval_strategy no would only repeat what they said.
+    """
+    scheduler = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
+    needs = [flag for flag, on in (
+        ("--load_best_model_at_end", training_args.load_best_model_at_end),
+        ("--save_strategy best", str(getattr(training_args.save_strategy, "value", "")) == "best"),
+        (f"--lr_scheduler_type {scheduler}", scheduler in ("reduce_lr_on_plateau", "greedy")),
+    ) if on]
+    if needs:
+        raise RecipeError(f"No validation data, but {needs[0]} needs evaluation: pass --validation_file or a "
+                          "--validation_split_percentage above 0.")
+    strategy = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy))
+    if strategy != "no" or training_args.eval_on_start:
+        logger.warning("No validation examples (validation_split_percentage or max_eval_samples 0): evaluation is "
+                       "off (eval_strategy was %s); the card will have no evaluation results.", strategy)
+    training_args.eval_strategy = IntervalStrategy.NO
+    training_args.eval_on_start = False
+    training_args.do_eval = False
 
 
 def _codes(value) -> list[str]:
@@ -274,6 +377,8 @@ def summary(metrics: dict, output_dir: str) -> str:
             before = metrics.get(f"init_{key}")
             b = f"{before:>12.4f}" if before is not None else f"{'-':>12}"
             lines.append(f"{label:<24}{b}{metrics[f'eval_{key}']:>12.4f}")
+    if len(lines) == 3:
+        lines[2] = "(no validation data: nothing evaluated)"
     lines.append(f"Hub-ready model folder: {output_dir}")
     return "\n".join(lines)
 
@@ -282,7 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         run(*parse_arguments(argv))
-    except (RecipeError, FileNotFoundError, ValueError) as err:
+    except USER_ERRORS as err:
         print(f"hf-distil: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:  # a stop during training, already explained in one line
+        print(f"hf-distil: error: {err}", file=sys.stderr)
+        return 1
     return 0

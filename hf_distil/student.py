@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
+
+from .errors import ModelMismatchError
 
 # DistilBERT's choice for a 12 → 6 layer student (Sanh et al. research code).
 _DISTILBERT_LAYERS = (0, 2, 4, 7, 9, 11)
@@ -14,39 +18,41 @@ _DISTILBERT_LAYERS = (0, 2, 4, 7, 9, 11)
 def select_teacher_layers(num_teacher_layers: int, num_hidden_layers: int, layers) -> list[int]:
     """Teacher layer indices for each student layer, per strategy name or explicit list."""
     if not isinstance(num_hidden_layers, int) or num_hidden_layers < 1:
-        raise ValueError(f"num_hidden_layers={num_hidden_layers!r} must be a positive integer.")
+        raise ModelMismatchError(f"num_hidden_layers={num_hidden_layers!r} must be a positive integer.")
     if num_hidden_layers > num_teacher_layers:
-        raise ValueError(
+        raise ModelMismatchError(
             f"num_hidden_layers={num_hidden_layers} is deeper than the teacher ({num_teacher_layers} layers); "
             f"choose at most {num_teacher_layers}."
         )
     if layers == "every_other":
         chosen = [2 * i + 1 for i in range(num_hidden_layers)]
         if chosen[-1] >= num_teacher_layers:
-            raise ValueError(
+            raise ModelMismatchError(
                 f"layers='every_other' needs a teacher of at least {2 * num_hidden_layers} layers for "
                 f"{num_hidden_layers} student layers (teacher has {num_teacher_layers}); pass fewer layers or a list."
             )
         return chosen
     if layers == "distilbert":
         if (num_teacher_layers, num_hidden_layers) != (12, 6):
-            raise ValueError(
+            raise ModelMismatchError(
                 "layers='distilbert' (teacher layers 0, 2, 4, 7, 9, 11) is defined for a 12-layer teacher and a "
                 f"6-layer student, not {num_teacher_layers} → {num_hidden_layers}; use 'every_other' or a list."
             )
         return list(_DISTILBERT_LAYERS)
     if isinstance(layers, str):
-        raise ValueError(
+        raise ModelMismatchError(
             f"layers={layers!r} is not supported; use 'every_other', 'distilbert' or a list of teacher layer indices."
         )
     chosen = [int(i) for i in layers]
     if len(chosen) != num_hidden_layers:
-        raise ValueError(f"layers has {len(chosen)} indices {chosen} but num_hidden_layers={num_hidden_layers}.")
+        raise ModelMismatchError(
+            f"layers has {len(chosen)} indices {chosen} but num_hidden_layers={num_hidden_layers}."
+        )
     bad = [i for i in chosen if not 0 <= i < num_teacher_layers]
     if bad:
-        raise ValueError(f"layers {bad} are out of range: the teacher has layers 0..{num_teacher_layers - 1}.")
+        raise ModelMismatchError(f"layers {bad} are out of range: the teacher has layers 0..{num_teacher_layers - 1}.")
     if len(set(chosen)) != len(chosen):
-        raise ValueError(f"layers {chosen} repeat an index; each student layer needs a distinct teacher layer.")
+        raise ModelMismatchError(f"layers {chosen} repeat an index; each student layer needs a distinct teacher layer.")
     return chosen
 
 
@@ -55,22 +61,39 @@ def _encoder_layers(model: nn.Module) -> nn.ModuleList:
     encoder = getattr(base, "encoder", None)
     layer = getattr(encoder, "layer", None)
     if not isinstance(layer, nn.ModuleList):
-        raise ValueError(
+        raise ModelMismatchError(
             f"create_student supports BERT- and RoBERTa-style masked LMs (model.<base>.encoder.layer); "
             f"{type(model).__name__} has no such layer list."
         )
     return layer
 
 
+def _gathered(teacher: nn.Module, chosen: list[int]):
+    """Under DeepSpeed ZeRO-3 (`from_pretrained` ran in `zero.Init`) each rank holds an empty slice of every teacher
+    parameter: gather the ones the student copies (all but the unchosen layers) for the duration of the copy."""
+    prefix = f"{teacher.base_model_prefix}.encoder.layer."
+    params = [
+        p for name, p in teacher.named_parameters()
+        if hasattr(p, "ds_id") and (not name.startswith(prefix) or int(name[len(prefix):].split(".", 1)[0]) in chosen)
+    ]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
 def layer_strategy_name(layers) -> str:
     return layers if isinstance(layers, str) else "custom"
 
 
-def create_student(teacher: PreTrainedModel, num_hidden_layers: int = 6, layers="every_other") -> PreTrainedModel:
+def create_student(teacher: PreTrainedModel, num_hidden_layers: int = 6, layers="every_other", *,
+                   dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A new model of the teacher's class with `num_hidden_layers` layers copied from the chosen teacher layers.
 
     Embeddings and the whole MLM head are copied too; weights the teacher ties stay tied in the student.
-    The chosen indices are recorded as `config.distil_teacher_layers` for the model card.
+    The chosen indices are recorded as `config.distil_teacher_layers` for the model card. The student is built in
+    `dtype` (float32: the master weights that mixed precision needs) whatever the teacher's dtype.
     """
     teacher_layers = _encoder_layers(teacher)
     chosen = select_teacher_layers(len(teacher_layers), num_hidden_layers, layers)
@@ -80,19 +103,20 @@ def create_student(teacher: PreTrainedModel, num_hidden_layers: int = 6, layers=
     config.distil_teacher_layers = chosen
     config.distil_layer_strategy = layer_strategy_name(layers)
     student = type(teacher)(config)
-    student.to(dtype=teacher.dtype)
+    student.to(dtype=dtype)  # float32 master weights whatever the teacher's dtype; --bf16/--fp16 autocast them
 
     student_layers = _encoder_layers(student)
-    state = {}
-    for name, value in teacher.state_dict().items():
-        prefix = f"{teacher.base_model_prefix}.encoder.layer."
-        if name.startswith(prefix):
-            index, rest = name[len(prefix) :].split(".", 1)
-            if int(index) in chosen:
-                state[f"{prefix}{chosen.index(int(index))}.{rest}"] = value
-        else:
-            state[name] = value
-    missing, unexpected = student.load_state_dict(state, strict=False)
+    with _gathered(teacher, chosen):
+        state = {}
+        for name, value in teacher.state_dict().items():
+            prefix = f"{teacher.base_model_prefix}.encoder.layer."
+            if name.startswith(prefix):
+                index, rest = name[len(prefix) :].split(".", 1)
+                if int(index) in chosen:
+                    state[f"{prefix}{chosen.index(int(index))}.{rest}"] = value
+            else:
+                state[name] = value
+        missing, unexpected = student.load_state_dict(state, strict=False)
     if unexpected or missing:
         raise RuntimeError(f"create_student could not copy all weights: missing {missing}, unexpected {unexpected}.")
     assert len(student_layers) == num_hidden_layers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -10,7 +11,10 @@ from torch import nn
 from transformers import AutoModelForMaskedLM, PreTrainedModel, Trainer, TrainerCallback
 
 from .arguments import DistillationArguments
+from .checkpoints import disk_full_error, expected_save_bytes, latest_complete_checkpoint
+from .errors import ArgumentError, ModelMismatchError, TeacherLoadError, TeacherNotFoundError
 from .heads import forward_selected, unwrap
+from .hub import NoPickleHubMixin, check_push_to_hub
 from .losses import hidden_loss_rows, kd_loss_rows, mlm_loss_rows
 
 logger = logging.getLogger("hf_distil")
@@ -22,28 +26,96 @@ _P, _M, _N = 0, 1, 2
 _EVAL_FIELDS = ("kd", "mlm", "hidden", "P", "M", "N", "correct", "agree")
 
 
-def _dtype_for(args: DistillationArguments, current: torch.dtype) -> torch.dtype:
-    if args.teacher_dtype == "auto":
-        return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else current
-    return getattr(torch, args.teacher_dtype)
-
-
 def load_teacher(name_or_path: str, args: DistillationArguments, **kwargs) -> PreTrainedModel:
-    """Load a masked-LM teacher from a local folder or the Hub, with a one-line error when that fails."""
-    dtype = _dtype_for(args, torch.float32)
+    """Load a masked-LM teacher from a local folder or the Hub; what a user can fix raises TeacherLoadError (one line).
+
+    Remote code runs only with trust_remote_code=True passed in: transformers would otherwise prompt on stdin.
+    """
+    kwargs.setdefault("trust_remote_code", False)
+    if os.path.isdir(name_or_path):
+        _check_teacher_folder(name_or_path)
+    kwargs.setdefault("dtype", args.teacher_torch_dtype)
     try:
-        return AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=dtype, **kwargs)
-    except (OSError, EnvironmentError) as err:
+        return AutoModelForMaskedLM.from_pretrained(name_or_path, **kwargs)
+    except OSError as err:
         where = "a local folder" if os.path.isdir(name_or_path) else "a local path or a Hub id reachable from here"
-        raise FileNotFoundError(
-            f"Teacher {name_or_path!r} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0]}): "
+        raise TeacherNotFoundError(
+            f"Teacher {name_or_path!r} could not be loaded ({type(err).__name__}: {_first_line(err)}): "
             f"pass {where} holding config.json and weights of a masked LM (offline: HF_HUB_OFFLINE=1 needs it cached)."
         ) from err
     except ValueError as err:
-        raise ValueError(
-            f"Teacher {name_or_path!r} is not a masked-language model ({str(err).splitlines()[0]}); the KL term needs "
+        if "trust_remote_code" in str(err):
+            raise TeacherLoadError(
+                f"Teacher {name_or_path!r} needs code from its repository to load (auto_map in its config.json): "
+                "pass --trust_remote_code true if you trust that code, or use a teacher that transformers supports."
+            ) from err
+        raise TeacherLoadError(
+            f"Teacher {name_or_path!r} is not a masked-language model ({_first_line(err)}); the KL term needs "
             "an AutoModelForMaskedLM checkpoint (e.g. a BERT or RoBERTa *ForMaskedLM)."
         ) from err
+    except RuntimeError as err:
+        if "mismatch" not in str(err):
+            raise
+        raise TeacherLoadError(
+            f"Teacher {name_or_path!r}: its config.json and its weights disagree in shape (see the load report "
+            "above): restore the config.json that belongs to these weights."
+        ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
+
+
+_EMBEDDING_SUFFIXES = ("word_embeddings.weight", "embed_tokens.weight", "tok_embeddings.weight")
+
+
+def _check_teacher_folder(folder: str) -> None:
+    """A local teacher needs config.json, and its vocab_size must match the weights' embedding rows.
+
+    transformers would fail on the mismatch with a size report but no sizes in the error (see `load_teacher`).
+    """
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise TeacherNotFoundError(
+            f"Teacher folder {folder!r} has no config.json: pass the folder that save_pretrained wrote "
+            "(config.json and model.safetensors), or a Hub id."
+        )
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            vocab_size = json.load(f).get("vocab_size")
+    except json.JSONDecodeError as err:
+        raise TeacherLoadError(f"{config_path} is not valid JSON (line {err.lineno}: {err.msg}): repair it.") from err
+    rows = _embedding_rows(folder)
+    if rows is not None and isinstance(vocab_size, int) and rows[1] != vocab_size:
+        raise ModelMismatchError(
+            f"Teacher {folder!r}: config.json has vocab_size={vocab_size} but the weights' {rows[0]} has {rows[1]} "
+            f"rows: the config belongs to another checkpoint; restore the matching config.json "
+            f"(vocab_size={rows[1]})."
+        )
+
+
+def _embedding_rows(folder: str) -> tuple[str, int] | None:
+    """(name, rows) of the input embedding in a folder's safetensors weights, read from the file headers only."""
+    from safetensors import safe_open
+
+    index_path = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index_path):
+        with open(index_path, encoding="utf-8") as f:
+            files = dict.fromkeys(json.load(f).get("weight_map", {}).values())
+    else:
+        files = ["model.safetensors"]
+    for name in files:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with safe_open(path, framework="pt") as weights:
+                for key in weights.keys():
+                    if key.endswith(_EMBEDDING_SUFFIXES):
+                        return key, int(weights.get_slice(key).get_shape()[0])
+        except Exception:  # unreadable weights: from_pretrained reports them itself
+            return None
+    return None
 
 
 def check_compatibility(student: nn.Module, teacher: nn.Module | None, args: DistillationArguments, tokenizer=None):
@@ -52,7 +124,7 @@ def check_compatibility(student: nn.Module, teacher: nn.Module | None, args: Dis
     if tokenizer is not None and hasattr(tokenizer, "__len__"):
         padded = s_cfg.vocab_size % 8 == 0 and 0 < s_cfg.vocab_size - len(tokenizer) < 128
         if len(tokenizer) != s_cfg.vocab_size and not padded:
-            raise ValueError(
+            raise ModelMismatchError(
                 f"The tokenizer has {len(tokenizer)} tokens but the student's vocabulary has {s_cfg.vocab_size}: "
                 "use the tokenizer that belongs to the teacher (tokenizer_name / processing_class)."
             )
@@ -60,20 +132,36 @@ def check_compatibility(student: nn.Module, teacher: nn.Module | None, args: Dis
         return
     t_cfg = unwrap(teacher).config
     if t_cfg.vocab_size != s_cfg.vocab_size:
-        raise ValueError(
+        raise ModelMismatchError(
             f"Teacher vocabulary ({t_cfg.vocab_size}) and student vocabulary ({s_cfg.vocab_size}) differ: "
             "distillation compares distributions over the same tokens; build the student with create_student(teacher)."
         )
     if args.alpha_kd > 0 and unwrap(teacher).get_output_embeddings() is None:
-        raise ValueError(
+        raise ModelMismatchError(
             f"The teacher ({type(unwrap(teacher)).__name__}) has no masked-LM head, so the KL term cannot be computed: "
             "load it with AutoModelForMaskedLM, or set alpha_kd=0."
         )
     if args.alpha_hidden > 0 and t_cfg.hidden_size != s_cfg.hidden_size:
-        raise ValueError(
+        raise ModelMismatchError(
             f"alpha_hidden > 0 aligns last hidden states, but the teacher's hidden size is {t_cfg.hidden_size} and the "
             f"student's {s_cfg.hidden_size}: set alpha_hidden=0 or use a student of the same width."
         )
+
+
+def check_student_precision(student: nn.Module, args: DistillationArguments):
+    """Mixed precision (--bf16/--fp16) needs float32 master weights: a half-precision student is refused up front."""
+    half = sorted({str(p.dtype).removeprefix("torch.") for p in unwrap(student).parameters()
+                   if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16)})
+    if not half:
+        return
+    if args.bf16 or args.fp16:
+        raise ModelMismatchError(
+            f"The student's trainable weights are {'/'.join(half)}, but --{'bf16' if args.bf16 else 'fp16'} means "
+            "mixed precision with float32 master weights: build the student with create_student(teacher) (float32) "
+            "or pass student.float(); only the teacher is cast (teacher_dtype)."
+        )
+    logger.warning("The student's trainable weights are %s: the optimizer updates them without float32 master "
+                   "weights. Use a float32 student with --bf16 for mixed precision.", "/".join(half))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -90,7 +178,20 @@ class CollatorEpochCallback(TrainerCallback):
         self.collator.epoch = int(state.epoch or 0)
 
 
-class DistillationTrainer(Trainer):
+class _UpdateWindowCallback(TrainerCallback):
+    """Closes the window of loss terms of each optimizer update (see DistillationTrainer._watch_terms)."""
+
+    def __init__(self, trainer: "DistillationTrainer"):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._decide_update()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._close_window()
+
+
+class DistillationTrainer(NoPickleHubMixin, Trainer):
     """A drop-in `Trainer` that distils `teacher_model` into `model` (see DESIGN.md for the objective).
 
     The loss of each micro-batch is divided by the row counts of the whole accumulated (and, with
@@ -98,6 +199,8 @@ class DistillationTrainer(Trainer):
     """
 
     loss_is_scaled_for_ga = True
+    # Trainer's pickled training_args.bin is replaced by this JSON (tokens redacted); see NoPickleHubMixin.
+    args_file_name = "distillation_args.json"
     # Apply the MLM heads only at the positions the loss needs (False: full logits, the reference path).
     sparse_heads = True
 
@@ -109,10 +212,11 @@ class DistillationTrainer(Trainer):
                 f"DistillationTrainer needs DistillationArguments, got {type(args).__name__}: build them with "
                 "DistillationArguments(...) (it takes every TrainingArguments field)."
             )
+        check_push_to_hub(args)  # before the teacher is loaded
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path
         if teacher_model is None and args.needs_teacher:
-            raise ValueError(
+            raise ArgumentError(
                 "No teacher: pass teacher_model=... or set teacher_model_name_or_path, "
                 "or set alpha_kd=0 and alpha_hidden=0 to train the student alone."
             )
@@ -120,6 +224,7 @@ class DistillationTrainer(Trainer):
             teacher_model = load_teacher(teacher_model, args)
         if model is not None:
             check_compatibility(model, teacher_model, args, kw.get("processing_class"))
+            check_student_precision(model, args)
 
         super().__init__(model, args, *trainer_args, **kw)
         if hasattr(self.data_collator, "epoch"):
@@ -131,9 +236,11 @@ class DistillationTrainer(Trainer):
                 )
         self.teacher = self._prepare_teacher(teacher_model) if teacher_model is not None else None
         self._accumulated_counts: torch.Tensor | None = None
-        self._term_sums: dict[str, torch.Tensor] = {}
-        self._term_steps = 0
-        self._last_term_step = -1
+        # Device-side bookkeeping of the loss terms (see _watch_terms); created on the first training micro-batch.
+        self._window_sums = self._window_bad = self._window_values = None
+        self._term_sums = self._bad_terms = self._bad_values = self._bad_step = None
+        self._term_steps, self._nan_skipped, self._skip_update = 0, 0, False
+        self.add_callback(_UpdateWindowCallback(self))
         self._eval_sums: torch.Tensor | None = None
         # What the card cannot learn from the model or the arguments; the recipe fills it in.
         self.card_info: dict = {"dataset_name": None, "dataset_ids": None, "data_use_note": None,
@@ -147,8 +254,7 @@ class DistillationTrainer(Trainer):
 
         teacher.requires_grad_(False)
         teacher.eval()
-        dtype = _dtype_for(self.args, next(teacher.parameters()).dtype)
-        teacher.to(dtype=dtype)
+        teacher.to(dtype=self.args.teacher_torch_dtype)
         return prepare_teacher(teacher, self.accelerator, self.args.device)
 
     def _run_teacher(self, inputs, positions, need_hidden):
@@ -159,9 +265,17 @@ class DistillationTrainer(Trainer):
 
     def train(self, *args, **kwargs):
         try:
-            return super().train(*args, **kwargs)
+            output = super().train(*args, **kwargs)
+            self._raise_if_non_finite("at the end of training")
+            return output
         finally:  # later compute_loss calls outside training must not reuse the last window's counts
             self._accumulated_counts = None
+
+    def _set_signature_columns_if_needed(self):
+        """Keep the stored `special_tokens_mask` column for the collator (Trainer would drop it as unused)."""
+        super()._set_signature_columns_if_needed()
+        if "special_tokens_mask" not in self._signature_columns:
+            self._signature_columns.append("special_tokens_mask")
 
     # ---- loss ----------------------------------------------------------------------------------------------------
 
@@ -197,30 +311,107 @@ class DistillationTrainer(Trainer):
             )
         training = model.training
         loss, terms, _ = self._distillation_loss(model, inputs, training, num_items_in_batch)
-        if training:
-            if not bool(torch.isfinite(torch.stack([v.detach() for v in terms.values()])).all()):
-                loss = self._non_finite(model, terms)
-            else:
-                self._record_terms(terms)
+        if training and torch.is_grad_enabled():
+            finite = self._watch_terms(terms)
+            if self.args.nan_policy == "skip":  # the update is dropped anyway; keep Trainer's running loss finite
+                loss = torch.where(finite, loss, torch.zeros_like(loss))
         return (loss, terms) if return_outputs else loss
 
-    def _non_finite(self, model, terms) -> torch.Tensor:
-        """Stop with the term and step named, or (nan_policy="skip") return a zero loss that still reaches every
-        trainable parameter, so DDP ranks stay in step and the micro-batch adds nothing to the update."""
-        bad = ", ".join(f"{k}_loss={float(v):g}" for k, v in terms.items() if not torch.isfinite(v.detach()))
-        step = self.state.global_step + 1
-        if self.args.nan_policy == "stop":
-            from .recipe import latest_complete_checkpoint
+    # ---- non-finite terms, decided on the device ---------------------------------------------------------------
+    # Each micro-batch only updates device tensors (no host sync in the step). The window of one optimizer update is
+    # closed by `_UpdateWindowCallback`: nan_policy="skip" reads one flag there (reduced over ranks) and drops the
+    # whole update; "stop" is checked where Trainer syncs anyway (logging) and before any checkpoint is written.
 
-            last = latest_complete_checkpoint(self.args.output_dir)
-            raise NonFiniteLossError(
-                f"Non-finite loss term ({bad}) at step {step}; training stopped, nothing was saved after it "
-                f"(last good checkpoint: {last or 'none yet'}). Lower the learning rate, use bf16 rather than fp16, "
-                "check the data, or pass --nan_policy skip."
-            )
-        logger.warning("Skipping a micro-batch at step %d: %s", step, bad)
-        self._nan_skipped = getattr(self, "_nan_skipped", 0) + 1
-        return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
+    def _reset_window(self, device):
+        n = len(TERMS)
+        self._window_sums = torch.zeros(n, dtype=torch.float64, device=device)
+        self._window_bad = torch.zeros(n, dtype=torch.bool, device=device)
+        self._window_values = torch.zeros(n, dtype=torch.float64, device=device)
+
+    def _watch_terms(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Add this micro-batch's terms to the open window; returns a device bool: all terms finite."""
+        device = next(iter(terms.values())).device
+        if self._window_sums is None or self._window_sums.device != device:
+            self._reset_window(device)
+            self._term_sums = torch.zeros_like(self._window_sums)
+            self._bad_terms = torch.zeros_like(self._window_bad)
+            self._bad_values = torch.zeros_like(self._window_values)
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        values = torch.stack([terms[n].detach().double() if n in terms else zero for n in TERMS])
+        finite = torch.isfinite(values)
+        newly = ~finite & ~self._window_bad
+        self._window_values = torch.where(newly, values, self._window_values)
+        self._window_bad |= ~finite
+        self._window_sums += torch.where(finite, values, zero)
+        return finite.all()
+
+    def _decide_update(self):
+        """nan_policy=skip: drop the coming update on every rank when any rank met a non-finite term in its window.
+
+        Gradients set to None are skipped by torch optimizers (no step, no state change); under fp16 loss scaling
+        the grad scaler skips such a step by itself.
+        """
+        if self.args.nan_policy != "skip" or self._window_bad is None:
+            self._skip_update = False
+            return
+        bad = self._window_bad.any().float().reshape(1)
+        if self.args.world_size > 1:
+            bad = self.accelerator.gather(bad).max().reshape(1)
+        self._skip_update = bool(bad.item())  # the one host read per update, only with nan_policy=skip
+        if self._skip_update and self.accelerator.scaler is None:
+            for group in self.optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = None
+
+    def _close_window(self):
+        """After the optimizer step: count the window in the logged means, or remember what was non-finite."""
+        if self._window_sums is None:
+            return
+        step = self.state.global_step + 1  # Trainer advances global_step after this callback
+        if self._skip_update:
+            self._nan_skipped += 1
+            logger.warning("nan_policy=skip: skipped the update of step %d (a loss term was NaN/inf).", step)
+        else:
+            self._term_sums += self._window_sums
+            self._term_steps += 1
+            newly = self._window_bad & ~self._bad_terms
+            self._bad_values = torch.where(newly, self._window_values, self._bad_values)
+            first = (self._bad_step < 0) & self._window_bad.any()
+            self._bad_step = torch.where(first, torch.full_like(self._bad_step, step), self._bad_step)
+            self._bad_terms |= self._window_bad
+        self._skip_update = False
+        self._reset_window(self._window_sums.device)
+
+    def _raise_if_non_finite(self, where: str):
+        """nan_policy=stop: raise on every rank once any rank applied an update with a non-finite term."""
+        if self._bad_terms is None:
+            return
+        flags = torch.cat([self._bad_terms.double(), self._bad_values, self._bad_step.double().reshape(1)])
+        rows = self.accelerator.gather(flags.unsqueeze(0)) if self.args.world_size > 1 else flags.unsqueeze(0)
+        n = len(TERMS)
+        for row in rows.tolist():
+            if any(row[:n]):
+                bad = ", ".join(f"{name}_loss={value:g}" for name, flag, value in zip(TERMS, row[:n], row[n:2 * n])
+                                if flag)
+                last = latest_complete_checkpoint(self.args.output_dir, resume_state=not self.args.save_only_model)
+                raise NonFiniteLossError(
+                    f"Non-finite loss term ({bad}) at step {int(row[-1])}; training stopped {where}, and no checkpoint "
+                    f"was saved after it (last complete checkpoint: {last or 'none yet'}). Lower the learning rate, "
+                    "use bf16 rather than fp16, check the data, or pass --nan_policy skip."
+                )
+
+    def _save_checkpoint(self, model, trial):
+        """Never write a checkpoint whose weights went through a non-finite update; a full disk is said in words,
+        with the last complete checkpoint named (torch.save reports it as a bare RuntimeError)."""
+        self._raise_if_non_finite("before saving a checkpoint")
+        try:
+            return super()._save_checkpoint(model, trial)
+        except Exception as err:
+            full = disk_full_error(err, self.args.output_dir, self.state.global_step, expected_save_bytes(self.model))
+            if full is None:
+                raise
+            raise full from err
 
     def _distillation_loss(self, model, inputs, training, num_items_in_batch=None, want_stats=False):
         """The objective on one micro-batch: (loss, {term: value}, eval sums or None)."""
@@ -248,11 +439,13 @@ class DistillationTrainer(Trainer):
             per_row["kd"] = (kd_loss_rows(student.logits, teacher.logits, args.temperature), positions)
         if args.alpha_mlm > 0 or want_stats:
             per_row["mlm"] = (mlm_loss_rows(student.logits, row_labels), positions)
-        if need_hidden:
-            hidden_rows = non_pad.reshape(-1).nonzero().squeeze(1)
-            per_row["hidden"] = (hidden_loss_rows(
-                student.last_hidden_state[non_pad], teacher.last_hidden_state[non_pad], args.hidden_loss
-            ), hidden_rows)
+        if need_hidden:  # every position, padding zeroed: no boolean indexing, so no host sync
+            width = student.last_hidden_state.shape[-1]
+            values = hidden_loss_rows(student.last_hidden_state.reshape(-1, width),
+                                      teacher.last_hidden_state.reshape(-1, width), args.hidden_loss)
+            flat_non_pad = non_pad.reshape(-1)
+            per_row["hidden"] = (torch.where(flat_non_pad, values, torch.zeros_like(values)),
+                                 torch.arange(flat_non_pad.numel(), device=flat_non_pad.device))
         sums = {name: values.sum() for name, (values, _) in per_row.items()}
 
         local = torch.stack([kd_rows.sum(), masked.sum(), non_pad.sum()])
@@ -314,13 +507,6 @@ class DistillationTrainer(Trainer):
 
     # ---- logging -------------------------------------------------------------------------------------------------
 
-    def _record_terms(self, terms: dict[str, torch.Tensor]):
-        if self.state.global_step != self._last_term_step:
-            self._last_term_step = self.state.global_step
-            self._term_steps += 1
-        for name, value in terms.items():
-            self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach().double()
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add `kd_loss`, `mlm_loss`, `hidden_loss` (means over the logging window, over all ranks) to train logs.
 
@@ -328,18 +514,22 @@ class DistillationTrainer(Trainer):
         so the collective never mismatches.
         """
         if "loss" in logs and self.state.global_step > 0 and self.model.training is not None:
-            names = [n for n in TERMS if self._term_weight(n) > 0]
-            local = [float(self._term_sums.get(n, 0.0)) for n in names] + [float(self._term_steps)]
-            values = torch.tensor(local, dtype=torch.float64, device=self.args.device)
+            self._raise_if_non_finite("at the next log")
+            index = [i for i, n in enumerate(TERMS) if self._term_weight(n) > 0]
+            sums = self._term_sums if self._term_sums is not None else torch.zeros(len(TERMS), dtype=torch.float64)
+            values = torch.cat([sums.to(self.args.device)[index],
+                                torch.tensor([float(self._term_steps)], dtype=torch.float64, device=self.args.device)])
             if self.args.world_size > 1:
                 gathered = self.accelerator.gather(values.unsqueeze(0))
                 values = torch.cat([gathered[:, :-1].mean(0), gathered[:, -1:].max(0).values])
-            steps = float(values[-1])
-            if steps > 0:
-                for name, value in zip(names, values[:-1].tolist()):
-                    logs[f"{name}_loss"] = value / steps
-            self._term_sums, self._term_steps = {}, 0
-            if getattr(self, "_nan_skipped", 0):
+            values = values.tolist()
+            if values[-1] > 0:
+                for i, value in zip(index, values[:-1]):
+                    logs[f"{TERMS[i]}_loss"] = value / values[-1]
+            if self._term_sums is not None:
+                self._term_sums.zero_()
+            self._term_steps = 0
+            if self._nan_skipped:
                 logs["nan_skipped"] = self._nan_skipped
         super().log(logs, start_time)
 
@@ -406,26 +596,25 @@ class DistillationTrainer(Trainer):
 
     # ---- output --------------------------------------------------------------------------------------------------
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the student (never the teacher) and the arguments as readable JSON (tokens redacted).
-
-        Trainer's pickled `training_args.bin` is replaced by `distillation_args.json`: nothing reads it back, and a
-        Hub-ready folder should hold no pickles.
-        """
-        super().save_model(output_dir, _internal_call)
-        if self.args.should_save:
-            folder = output_dir or self.args.output_dir
-            with open(os.path.join(folder, "distillation_args.json"), "w", encoding="utf-8") as f:
-                f.write(self.args.to_json_string())
-            pickled = os.path.join(folder, "training_args.bin")
-            if os.path.exists(pickled):
-                os.remove(pickled)
-
     def teacher_name(self) -> str | None:
         if self.args.teacher_model_name_or_path:
             return self.args.teacher_model_name_or_path
         name = getattr(unwrap(self.teacher).config, "_name_or_path", None) if self.teacher is not None else None
         return name or None
+
+    def _weights_step(self) -> int:
+        """The optimizer step of the student's current weights (the best checkpoint's when it was loaded at the end)."""
+        best = self.state.best_model_checkpoint
+        if self.args.load_best_model_at_end and best and self.state.global_step > 0:
+            suffix = os.path.basename(os.path.normpath(best)).rsplit("-", 1)[-1]
+            if suffix.isdigit():
+                return int(suffix)
+        return self.state.global_step
+
+    def _total_batch_that_ran(self) -> int:
+        """Examples per optimizer update as trained (auto_find_batch_size may have lowered the per-device batch)."""
+        per_device = self.state.train_batch_size or self.args.per_device_train_batch_size
+        return per_device * self.args.world_size * self.args.gradient_accumulation_steps
 
     def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
                           tasks=None, dataset_tags=None, dataset=None, dataset_args=None) -> None:
@@ -436,8 +625,9 @@ class DistillationTrainer(Trainer):
             return
         info = self.card_info
         metrics = {}
-        for entry in self.state.log_history:  # the latest value of each eval metric
-            metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+        for entry in self.state.log_history:  # evaluations of the weights being saved only
+            if entry.get("step") == self._weights_step():
+                metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
         extra_tags = [tags] if isinstance(tags, str) else list(tags or info.get("tags") or [])
         dataset_ids = [dataset] if isinstance(dataset, str) else dataset
         args = self.args
@@ -446,7 +636,7 @@ class DistillationTrainer(Trainer):
             self.model,
             args,
             teacher_name=finetuned_from or self.teacher_name(),
-            total_train_batch_size=args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps,
+            total_train_batch_size=self._total_batch_that_ran(),
             world_size=args.world_size,
             dataset_name=info.get("dataset_name") or (dataset_ids[0] if dataset_ids else None),
             dataset_ids=dataset_ids or info.get("dataset_ids"),

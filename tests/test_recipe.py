@@ -9,6 +9,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, BertTokenizerFast,
 
 from hf_distil import recipe
 from hf_distil.recipe import latest_complete_checkpoint, main, parse_arguments
+from hub_fake import files_containing, go_online, pickles, record_uploads, tree_containing
 from tiny import write_workspace
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -132,10 +133,15 @@ def test_non_empty_output_dir_needs_resume_or_overwrite(workspace, capsys):
 
 
 def test_latest_complete_checkpoint_skips_half_written_ones(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
     for step, complete in ((3, True), (6, True), (9, False), (12, False)):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        (folder / "model.safetensors").write_bytes(b"x")
+        save_file({"w": torch.ones(2)}, str(folder / "model.safetensors"))
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            torch.save({"step": step}, folder / name)
         if complete:
             (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
         elif step == 12:
@@ -169,9 +175,180 @@ def test_push_to_hub_is_private_by_default(workspace, monkeypatch):
 
     monkeypatch.setattr(recipe.DistillationTrainer, "init_hf_repo", fake_init_repo)
     monkeypatch.setattr(recipe.DistillationTrainer, "push_to_hub", fake_push)
+    go_online(monkeypatch)  # push_to_hub is refused offline or without a token
     base = [str(workspace / "config.yaml"), "--push_to_hub", "true", "--hub_model_id", "me/distilled",
             "--max_steps", "2", "--save_strategy", "no"]
     assert main(base) == 0
     assert seen == {"private": True, "pushed": True}
     assert main(base + ["--hub_private_repo", "false", "--overwrite_output_dir", "true"]) == 0
     assert seen["private"] is False
+
+
+def test_no_validation_split_trains_without_evaluation_and_writes_the_full_folder(workspace, capsys, caplog):
+    """--validation_split_percentage 0 with a config asking eval_strategy steps: evaluation off with a warning."""
+    code = main([str(workspace / "config.yaml"), "--validation_split_percentage", "0", "--max_steps", "2",
+                 "--save_strategy", "no"])
+    assert code == 0
+    out = workspace / "out"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "all_results.json"):
+        assert (out / name).exists(), name
+    results = json.loads((out / "all_results.json").read_text())
+    assert "train_loss" in results and not any(key.startswith(("eval_", "init_")) for key in results)
+    assert "No evaluation metrics were recorded" in (out / "README.md").read_text()
+    assert "evaluation is off (eval_strategy was steps)" in caplog.text
+    assert "(no validation data: nothing evaluated)" in capsys.readouterr().out
+    err = _error_of(capsys, [str(workspace / "config.yaml"), "--validation_split_percentage", "0",
+                             "--load_best_model_at_end", "true", "--output_dir", str(workspace / "best")])
+    assert "No validation data, but --load_best_model_at_end needs evaluation: pass --validation_file" in err
+
+
+def test_card_recognises_noteevents_as_saved_anywhere_it_is_used(tmp_path):
+    """BOM + upper-case .CSV in a nested folder, or NOTEEVENTS given only as validation_file: the data-use note."""
+    from hf_distil.data import DataArguments
+
+    fixture = open(os.path.join(FIXTURES, "noteevents_sample.csv"), "rb").read()
+    (tmp_path / "mimic" / "v1.4").mkdir(parents=True)
+    (tmp_path / "mimic" / "v1.4" / "NOTEEVENTS.CSV").write_bytes(b"\xef\xbb\xbf" + fixture)
+    (tmp_path / "other.txt").write_text("plain text\n")
+    for kwargs in ({"train_file": str(tmp_path / "mimic")},
+                   {"train_file": str(tmp_path / "other.txt"), "validation_file": str(tmp_path / "mimic")}):
+        name, ids, note = recipe.describe_dataset(DataArguments(**kwargs))
+        assert name == "MIMIC-III clinical notes (NOTEEVENTS)" and ids is None and note == recipe.MIMIC_DATA_USE_NOTE
+    assert recipe.describe_dataset(DataArguments(train_file=str(tmp_path / "other.txt"))) == ("other.txt", None, None)
+
+
+def test_broken_config_files_name_the_file_and_line(workspace, capsys):
+    bad_yaml = workspace / "bad.yaml"
+    bad_yaml.write_text("output_dir: out\nmax_steps: 2\nlearning_rate: [1e-3\nseed: 3\n")
+    err = _error_of(capsys, [str(bad_yaml)])
+    assert f"{bad_yaml}:4:" in err and "invalid YAML" in err
+    bad_json = workspace / "bad.json"
+    bad_json.write_text('{\n  "output_dir": "out",\n  "max_steps": 2,\n}\n')
+    err = _error_of(capsys, [str(bad_json)])
+    assert f"{bad_json}:4:" in err and "invalid JSON" in err
+    (workspace / "typed.yaml").write_text(yaml.safe_dump({"output_dir": "out", "temperature": "hot"}))
+    assert "temperature='hot' in the config is not a number" in _error_of(capsys, [str(workspace / "typed.yaml")])
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--per_device_train_batch_size", "0", "per_device_train_batch_size=0 must be a positive integer"),
+    ("--per_device_eval_batch_size", "-2", "per_device_eval_batch_size=-2 must be a positive integer"),
+    ("--gradient_accumulation_steps", "0", "gradient_accumulation_steps=0 must be a positive integer"),
+    ("--max_train_samples", "0", "--max_train_samples must be >= 1"),
+    ("--alpha_kd", "inf", "alpha_kd=inf must be a finite number >= 0"),
+    ("--alpha_hidden", "nan", "alpha_hidden=nan must be a finite number >= 0"),
+    ("--temperature", "inf", "temperature=inf must be a finite number > 0"),
+    ("--card_license", "Apache 2", "card_license='Apache 2' is not a Hub licence id"),
+    ("--card_language", "en,English", "card_language 'English' is not an ISO 639 code"),
+    # TrainingArguments' own multi-line check, as one line too
+    ("--save_strategy epoch --load_best_model_at_end", "true", "match, except when --save_strategy="),
+])
+def test_bad_numbers_and_names_are_one_line_before_anything_loads(workspace, capsys, monkeypatch, flag, value, words):
+    monkeypatch.setattr(recipe, "load_teacher", lambda *a, **k: pytest.fail("the teacher must not be loaded"))
+    err = _error_of(capsys, [str(workspace / "config.yaml"), *flag.split(), value])
+    assert words in err, err
+    assert not (workspace / "out").exists()
+
+
+def test_teacher_folder_problems_are_one_line(workspace, capsys):
+    import shutil
+
+    cfg = str(workspace / "config.yaml")
+    no_config = workspace / "no_config"
+    shutil.copytree(workspace / "teacher", no_config)
+    (no_config / "config.json").unlink()
+    err = _error_of(capsys, [cfg, "--teacher_model_name_or_path", str(no_config)])
+    assert "has no config.json" in err and str(no_config) in err
+
+    resized = workspace / "resized"
+    shutil.copytree(workspace / "teacher", resized)
+    config = json.loads((resized / "config.json").read_text())
+    (resized / "config.json").write_text(json.dumps({**config, "vocab_size": 80}))
+    err = _error_of(capsys, [cfg, "--teacher_model_name_or_path", str(resized)])
+    assert "vocab_size=80" in err and "has 64 rows" in err
+
+    remote = workspace / "remote"
+    shutil.copytree(workspace / "teacher", remote)
+    (remote / "config.json").write_text(json.dumps({**config, "model_type": "xbert", "auto_map": {
+        "AutoConfig": "configuration_x.XConfig", "AutoModelForMaskedLM": "modeling_x.XForMaskedLM"}}))
+    (remote / "configuration_x.py").write_text(
+        "from transformers import BertConfig\n\nclass XConfig(BertConfig):\n    model_type = 'xbert'\n")
+    (remote / "modeling_x.py").write_text(
+        "from transformers import BertForMaskedLM\n\nclass XForMaskedLM(BertForMaskedLM):\n    pass\n")
+    err = _error_of(capsys, [cfg, "--teacher_model_name_or_path", str(remote)])  # no prompt on stdin, no hang
+    assert "--trust_remote_code true" in err and str(remote) in err
+    assert not (workspace / "out").exists()
+
+
+def test_push_to_hub_offline_or_without_token_fails_before_loading(workspace, capsys, monkeypatch, tmp_path):
+    import huggingface_hub
+
+    monkeypatch.setattr(recipe, "load_teacher", lambda *a, **k: pytest.fail("the teacher must not be loaded"))
+    push = [str(workspace / "config.yaml"), "--push_to_hub", "true", "--hub_model_id", "me/distilled"]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert "HF_HUB_OFFLINE" in _error_of(capsys, push)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    err = _error_of(capsys, push)
+    assert "needs a Hugging Face token" in err and "hf auth login" in err and "--hub_token" in err
+    err = _error_of(capsys, push + ["--hub_token", "hf_x", "--hub_strategy", "checkpoint"])
+    assert "hub_strategy='checkpoint'" in err and "optimizer.pt" in err
+    assert not (workspace / "out").exists()
+
+
+def test_a_bug_keeps_its_traceback(workspace, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug, not the user's")
+
+    monkeypatch.setattr(recipe, "load_raw_corpus", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main([str(workspace / "config.yaml")])
+
+
+def test_recipe_push_uploads_no_pickle_and_no_token(workspace, monkeypatch):
+    token = "hf_FAKEcliToken777"
+    go_online(monkeypatch, token="hf_FAKEenvToken999")
+    uploads = record_uploads(monkeypatch)
+    code = main([str(workspace / "config.yaml"), "--push_to_hub", "true", "--hub_model_id", "me/distilled",
+                 "--hub_token", token, "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no"])
+    assert code == 0
+    assert uploads["repos"] == [{"repo_id": "me/distilled", "private": True}]
+    assert uploads["commits"] >= 3  # two checkpoint saves (hub_strategy every_save) and the final push
+    assert {"model.safetensors", "config.json", "README.md", "distillation_args.json"} <= set(uploads["files"])
+    assert pickles(uploads["files"]) == []
+    assert files_containing(uploads["files"], token) == [] and files_containing(uploads["files"], "hf_FAKEenv") == []
+    out = workspace / "out"
+    assert (out / "checkpoint-2" / "optimizer.pt").exists()  # checkpoints still resume…
+    assert tree_containing(out, token) == [] and not list(out.rglob("training_args.bin"))  # …without the token
+
+
+def test_under_torchrun_every_rank_stops_on_a_user_error(workspace):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", os.path.join(root, "recipes",
+         "run_distil.py"), str(workspace / "config.yaml"), "--per_device_train_batch_size", "0"],
+        cwd=workspace, env=env, capture_output=True, text=True, timeout=120)  # a hung rank would time out
+    lines = [line for line in done.stderr.splitlines() if line.startswith("hf-distil: error:")]
+    assert done.returncode != 0 and len(lines) == 2, done.stderr[-3000:]  # one line from each rank
+    assert "per_device_train_batch_size=0 must be a positive integer" in lines[0]
+    # torchrun prints its own ChildFailedError traceback; none may come from our code
+    assert "hf_distil/" not in done.stderr and "ArgumentError" not in done.stderr and not (workspace / "out").exists()
+
+
+def test_a_tokenizer_that_does_not_fit_is_refused_before_the_corpus_is_tokenised(workspace, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the corpus was tokenised before the tokenizer was checked")
+
+    monkeypatch.setattr(recipe, "tokenize_corpus", never)
+    other = BertTokenizerFast(vocab=str(workspace / "vocab.txt"))
+    other.add_tokens(["extra1", "extra2", "extra3"])
+    other.save_pretrained(workspace / "other_tok")
+    err = _error_of(capsys, [str(workspace / "config.yaml"), "--tokenizer_name", str(workspace / "other_tok")])
+    assert "67 tokens" in err and "64" in err

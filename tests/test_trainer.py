@@ -13,6 +13,7 @@ from transformers import DataCollatorForLanguageModeling, RobertaConfig, Roberta
 
 from hf_distil import DistillationArguments, DistillationTrainer, create_student
 from hf_distil.collator import ReproducibleMLMCollator
+from hf_distil.errors import ArgumentError, ModelMismatchError
 from tiny import premasked_dataset, text_dataset, tiny_teacher
 
 
@@ -403,3 +404,42 @@ def test_half_precision_teacher_keeps_the_kl_in_float32(tmp_path):
     _, reference = exact.compute_loss(student, batch, return_outputs=True)
     assert terms["kd"].dtype == torch.float32
     assert torch.allclose(terms["kd"], reference["kd"], rtol=5e-2)
+
+
+def test_student_of_a_half_precision_teacher_is_float32():
+    teacher = tiny_teacher().to(torch.bfloat16)
+    student = create_student(teacher, 2)
+    assert {p.dtype for p in student.parameters()} == {torch.float32}
+    assert torch.equal(student.bert.encoder.layer[0].output.dense.weight,
+                       teacher.bert.encoder.layer[1].output.dense.weight.float())
+
+
+def test_half_precision_student_is_refused_under_mixed_precision(tmp_path, caplog):
+    teacher, student = pair()
+    student.to(torch.bfloat16)
+    with pytest.raises(ModelMismatchError, match="float32 master weights") as err:
+        DistillationTrainer(model=student, teacher_model=teacher, args=args_for(tmp_path, bf16=True))
+    assert "create_student" in str(err.value)
+    with caplog.at_level("WARNING", logger="hf_distil"):  # pure bf16 without --bf16: allowed, but said
+        DistillationTrainer(model=student, teacher_model=teacher, args=args_for(tmp_path))
+    assert "without float32 master" in caplog.text
+
+
+def test_nan_skip_is_refused_under_deepspeed(tmp_path):
+    with pytest.raises(ArgumentError, match="nan_policy='skip'"):
+        args_for(tmp_path, nan_policy="skip", deepspeed={"zero_optimization": {"stage": 2}})
+
+
+def test_card_reports_the_metrics_and_batch_of_what_was_saved(tmp_path):
+    teacher, student = pair()
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args_for(tmp_path))
+    trainer.state.global_step, trainer.state.train_batch_size = 4, 2  # e.g. auto_find_batch_size halved it
+    trainer.state.log_history = [{"step": 2, "eval_loss": 1.2345, "eval_accuracy": 0.5}]
+    trainer.create_model_card()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "1.2345" not in card  # an evaluation of step 2 says nothing of the weights of step 4
+    assert "2 per device × 1 device(s) × 1 accumulation step(s) = 2 in total" in card
+    trainer.state.log_history.append({"step": 4, "eval_loss": 0.9876, "eval_accuracy": 0.625})
+    trainer.create_model_card()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "0.9876" in card and "1.2345" not in card
