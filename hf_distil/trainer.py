@@ -11,19 +11,30 @@ from torch import nn
 from transformers import AutoModelForMaskedLM, PreTrainedModel, Trainer, TrainerCallback
 
 from .arguments import DistillationArguments
+from .card import CardFacts, build_model_card
 from .checkpoints import disk_full_error, expected_save_bytes, latest_complete_checkpoint
 from .errors import ArgumentError, ModelMismatchError, TeacherLoadError, TeacherNotFoundError
-from .heads import forward_selected, unwrap
+from .heads import unwrap
 from .hub import NoPickleHubMixin, check_push_to_hub
-from .losses import hidden_loss_rows, kd_loss_rows, mlm_loss_rows
+from .objective import (
+    BY_NAME,
+    ROW_SETS,
+    TERM_NAMES,
+    active_terms,
+    capture_specs,
+    eval_metrics,
+    eval_stats,
+    normalise,
+    per_row_losses,
+    row_counts_of,
+    row_sets,
+    select_rows,
+    weigh,
+    weight_of,
+)
+from .signals import capture
 
 logger = logging.getLogger("hf_distil")
-
-TERMS = ("kd", "mlm", "hidden")
-# Row counts that normalise the terms: KL positions P, masked positions M, non-padding positions N.
-_P, _M, _N = 0, 1, 2
-# Streamed evaluation sums: the three term sums, the three counts, correct top-1, teacher-agreeing top-1.
-_EVAL_FIELDS = ("kd", "mlm", "hidden", "P", "M", "N", "correct", "agree")
 
 
 def load_teacher(name_or_path: str, args: DistillationArguments, **kwargs) -> PreTrainedModel:
@@ -181,7 +192,7 @@ class CollatorEpochCallback(TrainerCallback):
 class _UpdateWindowCallback(TrainerCallback):
     """Closes the window of loss terms of each optimizer update (see DistillationTrainer._watch_terms)."""
 
-    def __init__(self, trainer: "DistillationTrainer"):
+    def __init__(self, trainer: DistillationTrainer):
         self.trainer = trainer
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -204,7 +215,8 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
     # Apply the MLM heads only at the positions the loss needs (False: full logits, the reference path).
     sparse_heads = True
 
-    def __init__(self, model=None, args: DistillationArguments | None = None, *trainer_args, teacher_model=None, **kw):
+    def __init__(self, model=None, args: DistillationArguments | None = None, *trainer_args, teacher_model=None,
+                 card_facts: CardFacts | None = None, **kw):
         if args is None:
             args = DistillationArguments(output_dir="trainer_output")
         if not isinstance(args, DistillationArguments):
@@ -242,9 +254,8 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         self._term_steps, self._nan_skipped, self._skip_update = 0, 0, False
         self.add_callback(_UpdateWindowCallback(self))
         self._eval_sums: torch.Tensor | None = None
-        # What the card cannot learn from the model or the arguments; the recipe fills it in.
-        self.card_info: dict = {"dataset_name": None, "dataset_ids": None, "data_use_note": None,
-                                "license": "apache-2.0", "language": "en", "tags": None}
+        # What the card cannot learn from the model or the arguments; the recipe passes what its data loader resolved.
+        self.card_facts = card_facts if card_facts is not None else CardFacts()
 
     # ---- teacher lifecycle -------------------------------------------------------------------------------------
 
@@ -257,11 +268,12 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         teacher.to(dtype=self.args.teacher_torch_dtype)
         return prepare_teacher(teacher, self.accelerator, self.args.device)
 
-    def _run_teacher(self, inputs, positions, need_hidden):
+    def _run_teacher(self, inputs, positions, spec):
+        """The teacher's signals for `spec` (see hf_distil.signals), without gradients and with dropout off."""
         if self.teacher.training:  # someone called .train() on it: dropout must stay off
             self.teacher.eval()
         with torch.no_grad():
-            return forward_selected(self.teacher, inputs, positions, need_hidden, self.sparse_heads)
+            return capture(self.teacher, inputs, positions, spec, self.sparse_heads)
 
     def train(self, *args, **kwargs):
         try:
@@ -282,7 +294,7 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Also count P, M and N over the whole accumulation window (and across ranks) for the loss denominators."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        counts = torch.zeros(3, dtype=torch.long, device=device)
+        counts = torch.zeros(len(ROW_SETS), dtype=torch.long, device=device)
         for batch in batch_samples:
             counts += self._row_counts(batch).to(device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
@@ -290,17 +302,9 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         self._accumulated_counts = counts
         return batch_samples, num_items_in_batch
 
-    def _masks(self, inputs):
-        labels = inputs["labels"]
-        masked = labels != -100
-        attention = inputs.get("attention_mask")
-        non_pad = attention.bool() if attention is not None else torch.ones_like(masked)
-        kd_rows = masked if self.args.kd_positions == "masked" else (non_pad | masked)
-        return masked, non_pad, kd_rows
-
     def _row_counts(self, inputs) -> torch.Tensor:
-        masked, non_pad, kd_rows = self._masks(inputs)
-        return torch.stack([kd_rows.sum(), masked.sum(), non_pad.sum()])
+        """(3,) long: the sizes of the row sets P, M, N of a batch (see hf_distil.objective)."""
+        return row_counts_of(row_sets(inputs, self.args.kd_positions))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """alpha_kd·kd + alpha_mlm·mlm + alpha_hidden·hidden; each term also kept for logging."""
@@ -323,7 +327,7 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
     # whole update; "stop" is checked where Trainer syncs anyway (logging) and before any checkpoint is written.
 
     def _reset_window(self, device):
-        n = len(TERMS)
+        n = len(TERM_NAMES)
         self._window_sums = torch.zeros(n, dtype=torch.float64, device=device)
         self._window_bad = torch.zeros(n, dtype=torch.bool, device=device)
         self._window_values = torch.zeros(n, dtype=torch.float64, device=device)
@@ -338,7 +342,7 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
             self._bad_values = torch.zeros_like(self._window_values)
             self._bad_step = torch.full((), -1, dtype=torch.long, device=device)
         zero = torch.zeros((), dtype=torch.float64, device=device)
-        values = torch.stack([terms[n].detach().double() if n in terms else zero for n in TERMS])
+        values = torch.stack([terms[n].detach().double() if n in terms else zero for n in TERM_NAMES])
         finite = torch.isfinite(values)
         newly = ~finite & ~self._window_bad
         self._window_values = torch.where(newly, values, self._window_values)
@@ -389,11 +393,11 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
             return
         flags = torch.cat([self._bad_terms.double(), self._bad_values, self._bad_step.double().reshape(1)])
         rows = self.accelerator.gather(flags.unsqueeze(0)) if self.args.world_size > 1 else flags.unsqueeze(0)
-        n = len(TERMS)
+        n = len(TERM_NAMES)
         for row in rows.tolist():
             if any(row[:n]):
-                bad = ", ".join(f"{name}_loss={value:g}" for name, flag, value in zip(TERMS, row[:n], row[n:2 * n])
-                                if flag)
+                bad = ", ".join(f"{name}_loss={value:g}"
+                                for name, flag, value in zip(TERM_NAMES, row[:n], row[n:2 * n]) if flag)
                 last = latest_complete_checkpoint(self.args.output_dir, resume_state=not self.args.save_only_model)
                 raise NonFiniteLossError(
                     f"Non-finite loss term ({bad}) at step {int(row[-1])}; training stopped {where}, and no checkpoint "
@@ -414,77 +418,52 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
             raise full from err
 
     def _distillation_loss(self, model, inputs, training, num_items_in_batch=None, want_stats=False):
-        """The objective on one micro-batch: (loss, {term: value}, eval sums or None)."""
+        """The objective on one micro-batch: (loss, {term: value}, eval sums or None).
+
+        select rows → forward pair → per-term sums → normalise → weight (hf_distil.objective). Training computes the
+        weighted terms; evaluation (`want_stats`) also the always-evaluated ones, so a run without teacher terms
+        still reports its student against the teacher.
+        """
+        terms = active_terms(self.args, self.teacher is not None, evaluating=want_stats)
+        rows = select_rows(inputs, self.args, terms, evaluating=want_stats)
+        student, teacher = self._forward_pair(model, inputs, rows, terms)
+        per_row = per_row_losses(terms, student, teacher, rows, self.args)
+        counts, scale = self._denominators(rows, training, num_items_in_batch)
+        values = normalise({name: r.values.sum() for name, r in per_row.items()}, counts, scale)
+        loss = weigh(values, self.args)
+        stats = eval_stats(per_row, rows, student, teacher) if want_stats else None
+        return loss, values, stats
+
+    def _forward_pair(self, model, inputs, rows, terms):
+        """One forward of the student and, when a term needs it, one of the teacher: their signals for `terms`."""
+        student_spec, teacher_spec = capture_specs(terms)
+        student = capture(model, inputs, rows.positions, student_spec, self.sparse_heads)
+        if teacher_spec is None:
+            return student, None
+        return student, self._run_teacher(inputs, rows.positions, teacher_spec)
+
+    def _denominators(self, rows, training, num_items_in_batch):
+        """(row counts (3,) in ROW_SETS order, scale): the counts each term's sum is divided by.
+
+        In training, those of the whole accumulation window (from get_batch_samples); with
+        average_tokens_across_devices, global counts × num_processes, since DDP averages gradients over ranks and the
+        global-count denominator wants their sum. Outside training, this micro-batch's, with M (and P when it is M)
+        taken from `num_items_in_batch` when given.
+        """
         args = self.args
-        masked, non_pad, kd_rows = self._masks(inputs)
-        # Rows needing logits: training asks only what a weighted term reads; evaluation always scores the student.
-        if args.alpha_kd > 0 or want_stats:
-            rows = kd_rows
-        elif args.alpha_mlm > 0:
-            rows = masked
-        else:
-            rows = torch.zeros_like(masked)
-        positions = rows.reshape(-1).nonzero().squeeze(1)
-        need_hidden = args.alpha_hidden > 0
-        run_teacher = self.teacher is not None and args.needs_teacher
-
-        # nn.DataParallel replicas share the hook dict and see only their slice: use the full forward there.
-        sparse = self.sparse_heads and not isinstance(model, nn.DataParallel)
-        student = forward_selected(model, inputs, positions, need_hidden, sparse)
-        teacher = self._run_teacher(inputs, positions, need_hidden) if run_teacher else None
-
-        row_labels = inputs["labels"].reshape(-1).index_select(0, positions)
-        per_row = {}  # term -> (values per row, flat position of each row)
-        if teacher is not None and (args.alpha_kd > 0 or want_stats):
-            per_row["kd"] = (kd_loss_rows(student.logits, teacher.logits, args.temperature), positions)
-        if args.alpha_mlm > 0 or want_stats:
-            per_row["mlm"] = (mlm_loss_rows(student.logits, row_labels), positions)
-        if need_hidden:  # every position, padding zeroed: no boolean indexing, so no host sync
-            width = student.last_hidden_state.shape[-1]
-            values = hidden_loss_rows(student.last_hidden_state.reshape(-1, width),
-                                      teacher.last_hidden_state.reshape(-1, width), args.hidden_loss)
-            flat_non_pad = non_pad.reshape(-1)
-            per_row["hidden"] = (torch.where(flat_non_pad, values, torch.zeros_like(values)),
-                                 torch.arange(flat_non_pad.numel(), device=flat_non_pad.device))
-        sums = {name: values.sum() for name, (values, _) in per_row.items()}
-
-        local = torch.stack([kd_rows.sum(), masked.sum(), non_pad.sum()])
-        counts, scale = local, 1.0
+        local = rows.counts()
         if training and self._accumulated_counts is not None:
-            counts = self._accumulated_counts
+            scale = 1.0
             if args.average_tokens_across_devices and args.world_size > 1:
-                # DDP averages gradients over ranks; the global-count denominator wants their sum.
                 scale = float(self.accelerator.num_processes)
-        elif num_items_in_batch is not None:
-            counts = local.clone()
-            counts[_M] = num_items_in_batch
-            if args.kd_positions == "masked":
-                counts[_P] = num_items_in_batch
-        denominators = {"kd": counts[_P], "mlm": counts[_M], "hidden": counts[_N]}
-        alphas = {"kd": args.alpha_kd, "mlm": args.alpha_mlm, "hidden": args.alpha_hidden}
-
-        terms = {name: value / denominators[name].clamp(min=1) * scale for name, value in sums.items()}
-        loss = sum(alphas[name] * terms[name] for name in terms if alphas[name] > 0)
-        if not torch.is_tensor(loss):  # no weighted term produced a value (cannot happen with valid arguments)
-            raise RuntimeError("No loss term was computed; check alpha_kd / alpha_mlm / alpha_hidden.")
-
-        stats = None
-        if want_stats:  # per example, so DDP evaluation can drop the duplicates that pad its last batch
-            batch_size, length = masked.shape
-            stats = torch.zeros(batch_size, len(_EVAL_FIELDS), dtype=torch.float64, device=masked.device)
-            for i, name in enumerate(TERMS):
-                if name in per_row:
-                    values, flat = per_row[name]
-                    stats[:, i].index_add_(0, flat // length, values.detach().double())
-            for i, mask in zip((3, 4, 5), (kd_rows, masked, non_pad)):
-                stats[:, i] = mask.sum(1).double()
-            example = positions // length
-            is_masked = (row_labels != -100).double()
-            top1 = student.logits.argmax(-1)
-            stats[:, 6].index_add_(0, example, (top1 == row_labels).double() * is_masked)
-            if teacher is not None:
-                stats[:, 7].index_add_(0, example, (top1 == teacher.logits.argmax(-1)).double() * is_masked)
-        return loss, terms, stats
+            return self._accumulated_counts, scale
+        if num_items_in_batch is None:
+            return local, 1.0
+        counts = local.clone()
+        counts[ROW_SETS.index("M")] = num_items_in_batch
+        if args.kd_positions == "masked":
+            counts[ROW_SETS.index("P")] = num_items_in_batch
+        return counts, 1.0
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """Trainer's step, with an out-of-memory error on the first step turned into advice that keeps the batch."""
@@ -515,8 +494,9 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         """
         if "loss" in logs and self.state.global_step > 0 and self.model.training is not None:
             self._raise_if_non_finite("at the next log")
-            index = [i for i, n in enumerate(TERMS) if self._term_weight(n) > 0]
-            sums = self._term_sums if self._term_sums is not None else torch.zeros(len(TERMS), dtype=torch.float64)
+            index = [i for i, n in enumerate(TERM_NAMES) if self._term_weight(n) > 0]
+            sums = (self._term_sums if self._term_sums is not None
+                    else torch.zeros(len(TERM_NAMES), dtype=torch.float64))
             values = torch.cat([sums.to(self.args.device)[index],
                                 torch.tensor([float(self._term_steps)], dtype=torch.float64, device=self.args.device)])
             if self.args.world_size > 1:
@@ -525,7 +505,7 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
             values = values.tolist()
             if values[-1] > 0:
                 for i, value in zip(index, values[:-1]):
-                    logs[f"{TERMS[i]}_loss"] = value / values[-1]
+                    logs[f"{TERM_NAMES[i]}_loss"] = value / values[-1]
             if self._term_sums is not None:
                 self._term_sums.zero_()
             self._term_steps = 0
@@ -535,9 +515,9 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
 
     def _term_weight(self, name: str) -> float:
         """The weight of a term that training computes (teacher terms need a teacher)."""
-        if name != "mlm" and self.teacher is None:
+        if BY_NAME[name].needs_teacher and self.teacher is None:
             return 0.0
-        return {"kd": self.args.alpha_kd, "mlm": self.args.alpha_mlm, "hidden": self.args.alpha_hidden}[name]
+        return weight_of(self.args, name)
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
 
@@ -577,22 +557,8 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         return output
 
     def _eval_metrics(self, sums: torch.Tensor) -> dict[str, float]:
-        """Token-weighted means over the whole evaluation set."""
-        s = dict(zip(_EVAL_FIELDS, sums.tolist()))
-        args = self.args
-        has_teacher = self.teacher is not None and args.needs_teacher
-        metrics = {"mlm_loss": s["mlm"] / max(s["M"], 1)}
-        if has_teacher:
-            metrics["kd_loss"] = s["kd"] / max(s["P"], 1)
-        if args.alpha_hidden > 0:
-            metrics["hidden_loss"] = s["hidden"] / max(s["N"], 1)
-        alphas = {"kd_loss": args.alpha_kd, "mlm_loss": args.alpha_mlm, "hidden_loss": args.alpha_hidden}
-        metrics["loss"] = sum(alphas[k] * v for k, v in metrics.items() if k in alphas)
-        metrics["perplexity"] = float(torch.exp(torch.tensor(min(metrics["mlm_loss"], 80.0))))
-        metrics["accuracy"] = s["correct"] / max(s["M"], 1)
-        if has_teacher:
-            metrics["teacher_agreement"] = s["agree"] / max(s["M"], 1)
-        return metrics
+        """Token-weighted means over the whole evaluation set (see hf_distil.objective.eval_metrics)."""
+        return eval_metrics(sums, self.args, self.teacher is not None)
 
     # ---- output --------------------------------------------------------------------------------------------------
 
@@ -618,18 +584,16 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
 
     def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
                           tasks=None, dataset_tags=None, dataset=None, dataset_args=None) -> None:
-        """Write the distilled model's card (README.md) and loss plot into `output_dir`; `push_to_hub` uploads them."""
-        from .card import build_model_card
+        """Write the distilled model's card (README.md) and loss plot into `output_dir`; `push_to_hub` uploads them.
 
+        `language`, `license`, `tags` and `dataset`, where given, take precedence over `card_facts`.
+        """
         if not self.is_world_process_zero():
             return
-        info = self.card_info
         metrics = {}
         for entry in self.state.log_history:  # evaluations of the weights being saved only
             if entry.get("step") == self._weights_step():
                 metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
-        extra_tags = [tags] if isinstance(tags, str) else list(tags or info.get("tags") or [])
-        dataset_ids = [dataset] if isinstance(dataset, str) else dataset
         args = self.args
         os.makedirs(args.output_dir, exist_ok=True)
         card = build_model_card(
@@ -638,15 +602,10 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
             teacher_name=finetuned_from or self.teacher_name(),
             total_train_batch_size=self._total_batch_that_ran(),
             world_size=args.world_size,
-            dataset_name=info.get("dataset_name") or (dataset_ids[0] if dataset_ids else None),
-            dataset_ids=dataset_ids or info.get("dataset_ids"),
+            facts=self.card_facts.overridden_by(language=language, license=license, tags=tags, dataset=dataset),
             metrics=metrics or None,
             log_history=self.state.log_history,
             epochs_completed=self.state.epoch,
-            license=license or info.get("license") or "apache-2.0",
-            language=language or info.get("language") or "en",
-            extra_tags=extra_tags or None,
-            data_use_note=info.get("data_use_note"),
             plot_path=os.path.join(args.output_dir, "loss_terms.png"),
             model_name=model_name,
         )

@@ -238,3 +238,52 @@ def test_lora_adapter_card(tmp_path):
     assert f"LoRA adapter (rank 4, alpha 8, on query, value) ({trainable:,} trainable parameters)" in card.text
     assert f"({n_base:,} in total)" in _section(card.text, "Architecture")
     assert card.data.library_name == "peft" and "lora" in card.data.tags
+
+
+def test_trainer_writes_the_card_facts_it_was_given_and_create_model_card_arguments_win(tmp_path):
+    from tiny import tiny_teacher
+
+    from hf_distil import DistillationTrainer, create_student
+    from hf_distil.card import DEFAULT_LICENSE, CardFacts
+
+    teacher = tiny_teacher()
+
+    def card(facts=None, **overrides):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        args = DistillationArguments(output_dir=str(out), report_to="none", use_cpu=True)
+        trainer = DistillationTrainer(model=create_student(teacher, 2), teacher_model=teacher, args=args,
+                                      **({"card_facts": facts} if facts else {}))
+        trainer.create_model_card(**overrides)
+        return ModelCard.load(out / "README.md")
+
+    default = card()
+    assert (default.data.license, default.data.language, default.data.datasets) == (DEFAULT_LICENSE, "en", None)
+    assert "an unrecorded corpus" in default.text and "## Data use" not in default.text
+
+    facts = CardFacts(dataset_name="MIMIC-III NOTEEVENTS", data_use_note="Credentialed access only.", license="mit",
+                      language=["en", "fr"], extra_tags=["mimic-iii"])
+    given = card(facts)
+    assert (given.data.license, given.data.language, given.data.tags[-1]) == ("mit", ["en", "fr"], "mimic-iii")
+    assert "on the MIMIC-III NOTEEVENTS dataset" in given.text and "Credentialed access only." in given.text
+
+    overridden = card(facts, license="cc-by-4.0", language="de", tags="extra", dataset="bigbio/mednli")
+    assert (overridden.data.license, overridden.data.language) == ("cc-by-4.0", "de")
+    assert overridden.data.tags[-1] == "extra" and "mimic-iii" not in overridden.data.tags
+    assert overridden.data.datasets == ["bigbio/mednli"] and "MIMIC-III NOTEEVENTS dataset" in overridden.text
+    assert facts.license == "mit"  # the trainer's facts are not changed by one call's arguments
+
+
+def test_one_parameter_counter_for_the_card_and_fine_tuning():
+    """Tied weights once, peft's injected weights left out of the model's own count."""
+    from peft import LoraConfig, get_peft_model
+
+    from hf_distil.parameters import ADAPTER_PARAMETER_NAMES, count_parameters
+
+    model = BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64))
+    assert count_parameters(model) == (model.num_parameters(), model.num_parameters())
+    n_base = model.num_parameters()
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+    trainable, total = count_parameters(peft_model)
+    assert (trainable, total) == peft_model.get_nb_trainable_parameters()
+    assert count_parameters(peft_model, exclude=ADAPTER_PARAMETER_NAMES)[1] == n_base

@@ -53,4 +53,31 @@ def test_hidden_cosine_and_mse():
     assert math.isclose(float(hidden_loss_sum(s, t, "cosine")), 3.0, rel_tol=1e-6)
     # squared errors per row: (1+1)/2, 0, (9+0)/2 → sum 5.5; / 3 rows = element-wise MSE over 6 elements
     assert math.isclose(float(hidden_loss_sum(s, t, "mse")), 5.5, rel_tol=1e-6)
-    assert math.isclose(float(hidden_loss_sum(s, t, "mse")) / 3, float(torch.nn.functional.mse_loss(s, t)), rel_tol=1e-6)
+    assert math.isclose(float(hidden_loss_sum(s, t, "mse")) / 3, float(torch.nn.functional.mse_loss(s, t)),
+                        rel_tol=1e-6)
+
+
+def test_every_term_gives_one_float32_value_per_row_as_documented():
+    rows, vocab, width = 5, 11, 4
+    s, t = torch.randn(rows, vocab).to(torch.bfloat16), torch.randn(rows, vocab).half()
+    labels = torch.tensor([1, -100, 3, 0, -100])
+    hs, ht = torch.randn(rows, width).to(torch.bfloat16), torch.randn(rows, width)
+    for value in (kd_loss_rows(s, t, 2.0), mlm_loss_rows(s, labels), hidden_loss_rows(hs, ht, "cosine"),
+                  hidden_loss_rows(hs, ht, "mse")):
+        assert value.shape == (rows,) and value.dtype == torch.float32
+    assert mlm_loss_rows(s, labels)[labels == -100].eq(0).all()
+
+
+def test_losses_are_pure_tensor_functions():
+    """losses.py imports nothing but torch: no Trainer, no model, no other hf_distil module."""
+    import ast
+
+    import hf_distil.losses
+
+    tree = ast.parse(open(hf_distil.losses.__file__, encoding="utf-8").read())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    assert imported <= {"__future__", "torch"}, imported
+    assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree))

@@ -1,11 +1,13 @@
-"""Render a Hub-ready model card for a distilled student from `model_card/distilled_model_card.md`.
+"""Render the Hub-ready model card of a distilled student from `model_card/distilled_model_card.md`.
 
-Every number in the card is read from the student, its config, the arguments and the run's
-metrics; nothing about the training corpus except its name goes in.
+Every number in the card is read from the student, its config, the arguments and the run's metrics; what those
+cannot tell (the corpus's name, its terms of use, licence, language) comes in as `CardFacts`. No text of the training
+corpus goes in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -13,15 +15,19 @@ import re
 from importlib.resources import files
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-logger = logging.getLogger(__name__)
+from ..heads import unwrap
+from ..parameters import ADAPTER_PARAMETER_NAMES, count_parameters
+from .facts import CardFacts
+from .plot import LOSS_TERMS, plot_loss_terms
+from .validate import is_dataset_id, is_hub_id, validate_model_card
+
+logger = logging.getLogger("hf_distil.card")
 
 TEMPLATE_NAME = "distilled_model_card.md"
 BASE_TAGS = ["distillation", "knowledge-distillation", "fill-mask", "clinical", "biomedical"]
 DISTILLATION_FIELDS = ("temperature", "alpha_kd", "alpha_mlm", "alpha_hidden", "hidden_loss", "kd_positions",
                        "teacher_dtype", "teacher_model_name_or_path")
-LOSS_TERMS = ("loss", "kd_loss", "mlm_loss", "hidden_loss")
 STRATEGY_NAMES = {
     "every_other": "every other layer",
     "distilbert": "DistilBERT's choice",
@@ -39,24 +45,6 @@ METRIC_NAMES = {
 }
 SKIPPED_METRICS = {"runtime", "samples_per_second", "steps_per_second", "epoch", "step", "total_flos",
                    "model_preparation_time"}
-LANGUAGE_RE = re.compile(r"^([a-z]{2,3}(-[A-Za-z0-9]{2,8})*|code|multilingual)$")
-LICENSE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
-
-
-def _is_dataset_id(name: str | None) -> bool:
-    """A Hub dataset id (`name` or `owner/name`), not a local file or folder."""
-    if not name or os.path.exists(name):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def _is_hub_id(name: str | None) -> bool:
-    """`owner/name` that the Hub would accept and that is not a folder on this machine."""
-    return bool(name) and name.count("/") == 1 and _is_dataset_id(name)
 
 
 def _local_name(name: str) -> str:
@@ -90,10 +78,10 @@ def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + (", and " if len(items) > 2 else " and ") + items[-1]
 
 
-def _unwrap_peft(model):
-    """Return (base transformers model, adapter description or None, adapter parameter count)."""
+def _adapter(model) -> tuple[str | None, int]:
+    """(description of the peft adapter on `model`, its trainable parameter count), or (None, 0) without one."""
     if not (hasattr(model, "peft_config") and hasattr(model, "get_base_model")):
-        return model, None, 0
+        return None, 0
     active = getattr(model, "active_adapters", None) or list(model.peft_config)
     config = model.peft_config[active[0]]
     kind = getattr(config.peft_type, "value", str(config.peft_type))
@@ -104,15 +92,7 @@ def _unwrap_peft(model):
     else:
         description = f"{kind} adapter"
     trainable, _ = model.get_nb_trainable_parameters()
-    return model.get_base_model(), description, trainable
-
-
-def _base_parameter_count(model, is_peft: bool) -> int:
-    """Unique parameters of the transformers model, leaving out injected adapter weights."""
-    if not is_peft and hasattr(model, "num_parameters"):
-        return model.num_parameters()
-    skip = ("lora_", "modules_to_save.")
-    return sum(p.numel() for n, p in model.named_parameters() if not any(s in n for s in skip))
+    return description, trainable
 
 
 def _ffn_size(config):
@@ -238,40 +218,6 @@ def _last_training_log(log_history: list[dict] | None) -> str | None:
     return f"At the last logged training step ({last['step']}) the losses were: {', '.join(parts)}."
 
 
-def plot_loss_terms(log_history: list[dict], path: str) -> bool:
-    """Save a PNG of the logged training loss terms (and eval loss) against the step; True when written."""
-    series = {
-        term: [(e["step"], float(e[term])) for e in log_history if term in e and "step" in e]
-        for term in LOSS_TERMS
-    }
-    if not any(series.values()):
-        return False
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(fig)  # Agg without touching pyplot's global backend
-    ax = fig.add_subplot()
-    labels = {"loss": "total (weighted)", "kd_loss": "KD", "mlm_loss": "MLM", "hidden_loss": "hidden"}
-    series["eval_loss"] = [(e["step"], float(e["eval_loss"])) for e in log_history if "eval_loss" in e and "step" in e]
-    for term, points in series.items():
-        if points:
-            steps, values = zip(*points)
-            ax.plot(steps, values, "o" if term == "eval_loss" else "-", label=labels.get(term, "eval total"))
-    # The weighted total dwarfs the single terms: a log axis keeps all of them readable.
-    if all(v > 0 for points in series.values() for _, v in points):
-        ax.set_yscale("log")
-    ax.set_xlabel("optimisation step")
-    ax.set_ylabel("loss (terms unweighted)")
-    ax.set_title("Distillation loss terms")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png")
-    return True
-
-
 def _eval_results(metrics: dict | None, dataset_type: str, dataset_name: str) -> list[EvalResult]:
     results = []
     for key, metric_type, pretty in (("eval_perplexity", "perplexity", "Perplexity"),
@@ -286,47 +232,23 @@ def _eval_results(metrics: dict | None, dataset_type: str, dataset_name: str) ->
     return results
 
 
-def validate_model_card(card: ModelCard) -> None:
-    """Offline check of the card's metadata, as close to the Hub's as can be done without the network.
-
-    Re-parses the rendered text strictly with huggingface_hub's own parser (which rebuilds
-    `model-index` into `EvalResult`s and rejects a malformed one), checks that the metadata survives
-    the round trip unchanged, and checks ids, language codes and licence shape.
-    `RepoCard.validate` posts to the Hub's /api/validate-yaml, so it needs the network.
-    """
-    data = ModelCard(str(card), ignore_metadata_errors=False).data
-    if data.to_dict() != card.data.to_dict():
-        raise ValueError("the card's metadata changes when written and read back; check the values passed in.")
-    for name in ([data.base_model] if isinstance(data.base_model, str) else data.base_model or []):
-        if not _is_hub_id(name):
-            raise ValueError(f"base_model {name!r} is not a Hub model id (owner/name); leave it unset if local.")
-    for name in [data.datasets] if isinstance(data.datasets, str) else data.datasets or []:
-        if not _is_dataset_id(name):
-            raise ValueError(f"datasets entry {name!r} is not a Hub dataset id; pass only Hub ids in dataset_ids.")
-    for code in [data.language] if isinstance(data.language, str) else data.language or []:
-        if not LANGUAGE_RE.match(code):
-            raise ValueError(f"language {code!r} is not an ISO 639 code (e.g. 'en'); fix the language argument.")
-    if data.license and not LICENSE_RE.match(data.license):
-        raise ValueError(f"license {data.license!r} is not a Hub licence id (e.g. 'apache-2.0'); fix the license.")
-
-
 def _teacher(name: str | None) -> tuple[str, str | None]:
     """(how the card names the teacher, front-matter base_model): links and base_model only for Hub ids."""
     if name is None:
         return "an unrecorded teacher", None
-    if _is_hub_id(name):
+    if is_hub_id(name):
         return f"the [{name}](https://huggingface.co/{name}) model", name
     return f"the local model `{_local_name(name)}`", None
 
 
 def _dataset(name: str | None, ids: list[str] | None) -> tuple[str | None, str, list[str]]:
     """(display name, phrase for the description, valid Hub dataset ids for the front matter)."""
-    valid = [d for d in ids or [] if _is_dataset_id(d)]
+    valid = [d for d in ids or [] if is_dataset_id(d)]
     if len(valid) < len(ids or []):
         logger.warning("Model card: dropped dataset ids that are not Hub ids: %s", sorted(set(ids) - set(valid)))
     if name and os.path.exists(name):
         name = _local_name(name)
-    if name and "/" in name and _is_dataset_id(name):
+    if name and "/" in name and is_dataset_id(name):
         return name, f"the [{name}](https://huggingface.co/datasets/{name}) dataset", valid
     if name:
         return name, f"the {name} dataset", valid
@@ -355,29 +277,29 @@ def build_model_card(
     teacher_name: str | None,
     total_train_batch_size: int | None,
     world_size: int = 1,
-    dataset_name: str | None = None,
-    dataset_ids: list[str] | None = None,
+    facts: CardFacts | None = None,
     metrics: dict | None = None,
     log_history: list[dict] | None = None,
     epochs_completed: float | None = None,
-    license: str = "apache-2.0",
-    language: list[str] | str = "en",
-    extra_tags: list[str] | None = None,
-    data_use_note: str | None = None,
     plot_path: str | None = None,
     model_name: str | None = None,
+    **fact_fields,
 ) -> ModelCard:
     """Build the student's card (front matter + body) from the model, the arguments and the run's results.
 
+    `facts` says what the run cannot (see `CardFacts`); single facts may also be given as keywords
+    (`dataset_name=...`, `license=...`), which take precedence over `facts`.
     `plot_path` should lie in the folder the card is saved to: the card links the image by file name.
     """
     missing = [f for f in DISTILLATION_FIELDS if not hasattr(args, f)]
     if missing:
         raise TypeError(f"build_model_card needs DistillationArguments; args lacks {', '.join(missing)}.")
-    base, adapter, adapter_params = _unwrap_peft(model)
+    facts = dataclasses.replace(facts or CardFacts(), **fact_fields)
+    base = unwrap(model)
+    adapter, adapter_params = _adapter(model)
     teacher_display, base_model = _teacher(teacher_name if teacher_name is not None
                                            else args.teacher_model_name_or_path)
-    dataset_name, dataset_display, dataset_ids = _dataset(dataset_name, dataset_ids)
+    dataset_name, dataset_display, dataset_ids = _dataset(facts.dataset_name, facts.dataset_ids)
     model_name = model_name or _default_model_name(args)
     if total_train_batch_size is None:
         total_train_batch_size = args.per_device_train_batch_size * world_size * args.gradient_accumulation_steps
@@ -401,18 +323,20 @@ def build_model_card(
     dataset_type = dataset_ids[0] if dataset_ids else slug or "custom"
     eval_results = _eval_results(metrics, dataset_type, dataset_name or dataset_type)
     adapter_tags = ["peft", "lora"] if adapter and adapter.startswith("LoRA") else []
-    tags = list(dict.fromkeys(BASE_TAGS + adapter_tags + list(extra_tags or [])))
+    tags = list(dict.fromkeys(BASE_TAGS + adapter_tags + list(facts.extra_tags or [])))
     card_data = ModelCardData(
         library_name="peft" if adapter else "transformers",
         pipeline_tag="fill-mask",
         base_model=base_model,
         tags=tags,
-        language=language,
-        license=license,
+        language=facts.language,
+        license=facts.license,
         datasets=dataset_ids or None,
         model_name=model_name if eval_results else None,
         eval_results=eval_results or None,
     )
+    # The student's own weights only: an adapter's injected matrices are counted in the description.
+    _, n_params = count_parameters(base, exclude=ADAPTER_PARAMETER_NAMES if adapter else ())
     template = files("hf_distil.model_card").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
     card = ModelCard.from_template(
         card_data,
@@ -421,13 +345,13 @@ def build_model_card(
         description=description,
         procedure=_procedure(args),
         initialisation=_initialisation(base.config, teacher_display),
-        architecture=_architecture(base.config, _base_parameter_count(base, adapter is not None)),
+        architecture=_architecture(base.config, n_params),
         metric_rows=_metrics_rows(metrics),
         last_training_log=_last_training_log(log_history),
         plot_file=plot_file,
         hyperparameters=_hyperparameters(args, total_train_batch_size, world_size),
         teacher=teacher_display,
-        data_use_note=data_use_note,
+        data_use_note=facts.data_use_note,
     )
     validate_model_card(card)
     return card

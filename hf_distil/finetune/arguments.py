@@ -1,0 +1,124 @@
+"""What to fine-tune on which data and how (`FinetuneArguments`), and what one run measured (`FinetuneResult`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+TASKS = ("auto", "ner", "classification")
+
+
+@dataclass
+class FinetuneArguments:
+    """What to fine-tune on which data, LoRA settings, and the comparison / card options.
+
+    Parsed by ``HfArgumentParser`` beside ``transformers.TrainingArguments`` (CLI flags, JSON or YAML).
+    """
+
+    model_name_or_path: str = field(
+        metadata={"help": "Masked-LM checkpoint to fine-tune (folder or Hub id), e.g. a distilled student."}
+    )
+    train_file: str = field(
+        metadata={"help": "Training data: CoNLL (.conll/.bio/.iob/.txt) or jsonl for NER; csv/tsv/json/jsonl "
+                  "for classification."}
+    )
+    validation_file: str = field(metadata={"help": "Evaluation data, same format as train_file."})
+    test_file: str | None = field(
+        default=None,
+        metadata={"help": "Optional held-out data; when given, reported metrics come from it instead of "
+                  "validation_file."},
+    )
+    task: str = field(
+        default="auto",
+        metadata={"help": "ner, classification, or auto (CoNLL files or a tokens column -> ner, else "
+                  "classification)."},
+    )
+    tokens_column: str = field(default="tokens", metadata={"help": "NER json/jsonl: column with the word list."})
+    tags_column: str = field(default="tags", metadata={"help": "NER json/jsonl: column with the BIO tag list."})
+    text_column: str = field(default="text", metadata={"help": "Classification: column with the (first) text."})
+    text_pair_column: str | None = field(
+        default=None,
+        metadata={"help": "Classification: column with the second text of a pair (e.g. 'hypothesis' for NLI); "
+                  "unset for single sentences."},
+    )
+    label_column: str = field(default="label", metadata={"help": "Classification: column with the class label."})
+    max_seq_length: int = field(default=128, metadata={"help": "Inputs are truncated to this many sub-tokens."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Name shown in comparison.md and the model card; default: from the train file name."},
+    )
+    use_lora: bool = field(
+        default=False, metadata={"help": "Fine-tune LoRA adapters (peft) instead of all weights; the head "
+                                 "is trained fully."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = lora_alpha / lora_r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names to adapt; default: the attention query/value projections "
+                  "(['query', 'value'] for BERT-style models)."},
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={"help": "Also save the LoRA weights merged into the model under OUTPUT_DIR/merged "
+                  "(loads with plain transformers, no peft)."},
+    )
+    compare_with: str | None = field(
+        default=None,
+        metadata={"help": "Second checkpoint (e.g. the teacher) fine-tuned the same way; writes "
+                  "comparison.md / comparison.json to OUTPUT_DIR."},
+    )
+    update_card: str | None = field(
+        default=None,
+        metadata={"help": "Folder whose README.md model card gets a 'Downstream evaluation' table and "
+                  "model-index results (usually the distilled model's folder)."},
+    )
+    speed_batches: int = field(
+        default=20, metadata={"help": "Number of evaluation batches timed to measure inference tokens/s."}
+    )
+    speed_min_seconds: float = field(
+        default=1.0, metadata={"help": "Repeat the timed batches until at least this many seconds have passed."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow writing into a non-empty output_dir. A model that an earlier run_finetune did not "
+                  "write there, and the models being fine-tuned or compared, are never overwritten."},
+    )
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} is not supported; use one of {', '.join(TASKS)}.")
+        for name in ("max_seq_length", "lora_r", "speed_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+        if self.merge_lora and not self.use_lora:
+            raise ValueError("merge_lora needs use_lora; add --use_lora or drop --merge_lora.")
+
+
+@dataclass
+class FinetuneResult:
+    """What one fine-tuning run measured; ``model`` / ``merged_model`` are not serialised."""
+
+    name: str
+    model_name_or_path: str
+    task: str
+    split: str
+    metrics: dict[str, float]
+    parameters: int
+    trainable_parameters: int
+    tokens_per_second: float
+    output_dir: str
+    lora: dict[str, Any] | None = None
+    model: Any = field(default=None, repr=False)
+    merged_model: Any = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        skip = ("model", "merged_model")
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+

@@ -1,0 +1,189 @@
+"""Fine-tuning end to end: one checkpoint with `Trainer` (train, evaluate, save, time), or two side by side written to
+`comparison.md` / `comparison.json`, with the first model's results optionally added to a model card.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+from datasets import DatasetDict
+from transformers import Trainer
+
+from ..card.downstream import TASK_INFO, comparison_summary, device_note, results_table, update_model_card
+from ..checkpoints import OutputFolderError, check_output_dir, expected_save_bytes, probe_output_dir
+from ..hub import NoPickleHubMixin, check_push_to_hub
+from ..parameters import count_parameters
+from .arguments import FinetuneArguments, FinetuneResult
+from .errors import FinetuneFileNotFoundError
+from .metrics import argmax_logits, build_compute_metrics
+from .model import build_model
+from .readers import default_dataset_name, load_splits
+from .speed import measure_inference_speed
+from .tokenisation import preprocess
+
+logger = logging.getLogger("hf_distil.finetune")
+
+# Written beside each fine-tuned model: what made it, and the output_dir that may overwrite it.
+FINETUNE_MARKER = "finetune_args.json"
+
+
+def display_name(model_name_or_path: str) -> str:
+    """Folder name for local checkpoints, the id for Hub models."""
+    path = Path(model_name_or_path)
+    return path.resolve().name if path.is_dir() else str(model_name_or_path)
+
+
+class FinetuneTrainer(NoPickleHubMixin, Trainer):
+    """`Trainer` whose saves and pushes hold no pickle and no Hub token (arguments as training_args.json)."""
+
+
+def finetune_model(model_name_or_path: str, raw: DatasetDict, task: str, label_list: list[str],
+                   args: FinetuneArguments, training_args, model=None) -> FinetuneResult:
+    """Fine-tune one checkpoint with ``Trainer``, evaluate, save, and time inference.
+
+    Writes to ``training_args.output_dir``: the model (or LoRA adapter + the labelled config),
+    tokenizer, ``eval_results.json``; with ``merge_lora`` also ``merged/``. Pass ``model`` to use a
+    model you built (e.g. with ``build_model``) instead of loading one.
+    """
+    from transformers import (
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        DataCollatorWithPadding,
+        set_seed,
+    )
+
+    set_seed(training_args.seed)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    except OSError as err:
+        raise FinetuneFileNotFoundError(
+            f"{model_name_or_path} could not be loaded ({str(err).strip().splitlines()[0]}): pass a folder with "
+            "config.json, weights and tokenizer files, or a Hub id reachable from here."
+        ) from err
+    data = preprocess(raw, tokenizer, task, label_list, args.max_seq_length)
+    if model is None:
+        model = build_model(model_name_or_path, task, label_list, args)
+    if training_args.should_save:  # an unwritable or too small output_dir fails now, not after training
+        probe_output_dir(training_args.output_dir, expected_save_bytes(
+            model, checkpoint=training_args.save_strategy != "no", optimizer=not training_args.save_only_model))
+    trainable, total = count_parameters(model)
+    print(f"{display_name(model_name_or_path)}: trainable params: {trainable:,d} || all params: {total:,d} "
+          f"|| trainable%: {100 * trainable / total:.4f}")
+
+    collator = (DataCollatorForTokenClassification(tokenizer) if task == "ner"
+                else DataCollatorWithPadding(tokenizer))
+    eval_split = "test" if "test" in data else "validation"
+    trainer = FinetuneTrainer(
+        model=model, args=training_args, data_collator=collator,
+        train_dataset=data["train"], eval_dataset=data["validation"], processing_class=tokenizer,
+        compute_metrics=build_compute_metrics(task, label_list),
+        preprocess_logits_for_metrics=argmax_logits,
+    )
+    trainer.train()
+    metrics = trainer.evaluate(data[eval_split], metric_key_prefix=eval_split)
+    trainer.save_metrics(eval_split, metrics)
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        marker = {"output_dir": str(training_args.output_dir), **dataclasses.asdict(args)}
+        (Path(training_args.output_dir) / FINETUNE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+    deployed = trainer.model
+    merged = None
+    lora = None
+    if args.use_lora:
+        # The adapter alone does not record the label names: save the labelled config beside it.
+        deployed.get_base_model().config.save_pretrained(training_args.output_dir)
+        merged = copy.deepcopy(deployed).merge_and_unload()
+        deployed = merged
+        lora = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
+                "target_modules": sorted(trainer.model.peft_config["default"].target_modules)}
+        if args.merge_lora and trainer.is_world_process_zero():
+            merged.save_pretrained(Path(training_args.output_dir) / "merged")
+            tokenizer.save_pretrained(Path(training_args.output_dir) / "merged")
+
+    speed = measure_inference_speed(
+        deployed, data[eval_split], collator, batch_size=training_args.per_device_eval_batch_size,
+        max_batches=args.speed_batches, min_seconds=args.speed_min_seconds,
+    )
+    prefix = f"{eval_split}_"
+    return FinetuneResult(
+        name=display_name(model_name_or_path), model_name_or_path=str(model_name_or_path), task=task,
+        split=eval_split,
+        metrics={k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)},
+        parameters=count_parameters(deployed)[1], trainable_parameters=trainable,
+        tokens_per_second=speed, output_dir=str(training_args.output_dir), lora=lora,
+        model=trainer.model, merged_model=merged,
+    )
+
+
+def check_finetune_output_dir(args: FinetuneArguments, training_args) -> None:
+    """Raise OutputFolderError before any work when output_dir (or its compare_with/) is the folder of a model this
+    run reads, holds a model an earlier run_finetune did not write, or is not empty without overwrite_output_dir."""
+    sources = {"--model_name_or_path": args.model_name_or_path, "--compare_with": args.compare_with,
+               "--update_card": args.update_card}
+    out = str(training_args.output_dir)
+    for folder in [out] + ([os.path.join(out, "compare_with")] if args.compare_with else []):
+        check_output_dir(folder, sources, marker=FINETUNE_MARKER)
+    if os.path.isdir(out) and any(Path(out).iterdir()) and not args.overwrite_output_dir:
+        raise OutputFolderError(
+            f"output_dir {out!r} is not empty: pass --overwrite_output_dir true to write over it, or choose another "
+            "output_dir."
+        )
+
+
+def run_finetune(args: FinetuneArguments, training_args) -> list[FinetuneResult]:
+    """The whole recipe: fine-tune, optionally the comparison model too, write the table, update the card.
+
+    With push_to_hub the repository is private unless hub_private_repo says otherwise; only the first model is pushed.
+    """
+    check_push_to_hub(training_args)
+    for flag, path in (("model_name_or_path", args.model_name_or_path), ("compare_with", args.compare_with)):
+        if path and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+            raise FinetuneFileNotFoundError(
+                f"--{flag} {path} has no config.json: pass the folder that save_pretrained wrote."
+            )
+    if training_args.push_to_hub and training_args.hub_private_repo is None:
+        training_args.hub_private_repo = True
+    check_finetune_output_dir(args, training_args)
+    raw, task, label_list = load_splits(args)
+    dataset_name = args.dataset_name or default_dataset_name(args.train_file)
+    logger.info("task=%s, %d labels: %s", task, len(label_list), label_list)
+    runs = [(args.model_name_or_path, training_args)]
+    if args.compare_with:
+        compare_dir = str(Path(training_args.output_dir) / "compare_with")
+        runs.append((args.compare_with,
+                     dataclasses.replace(training_args, output_dir=compare_dir, push_to_hub=False)))
+    results = []
+    for path, run_args in runs:
+        result = finetune_model(path, raw, task, label_list, args, run_args)
+        result.model = result.merged_model = None  # free memory before the next model
+        results.append(result)
+    is_main = training_args.process_index == 0
+    if args.compare_with and is_main:
+        write_comparison(results, training_args.output_dir, dataset_name)
+    if args.update_card and is_main:
+        update_model_card(args.update_card, results, dataset_name)
+    return results
+
+
+def write_comparison(results: list[FinetuneResult], output_dir: str | os.PathLike, dataset_name: str) -> Path:
+    """Write ``comparison.md`` and ``comparison.json`` to ``output_dir``; returns the markdown path."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    first = results[0]
+    text = (
+        f"# Fine-tuning comparison: {dataset_name} ({TASK_INFO[first.task][1].lower()}, {first.split} split)\n\n"
+        f"{results_table(results)}\n\n{comparison_summary(results)}\n\n"
+        f"Inference tokens/s: non-padding tokens per second on the {first.split} inputs, measured on this "
+        f"machine ({device_note()}), same batches for every model.\n"
+    )
+    (out / "comparison.md").write_text(text, encoding="utf-8")
+    payload = {"dataset": dataset_name, "device": device_note(), "results": [r.to_dict() for r in results]}
+    (out / "comparison.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return out / "comparison.md"
+

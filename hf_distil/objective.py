@@ -1,0 +1,228 @@
+"""The distillation objective: the registry of loss terms, and the steps from a micro-batch to its loss.
+
+A micro-batch goes: select rows → forward pair → per-term sums → normalise → weight (DistillationTrainer runs
+these steps, and does the forward pair itself, since it owns the models). `TERMS` is the one place that knows the
+terms: a term's name (logged as `{name}_loss`, evaluated as `eval_{name}_loss`), its weight field in
+DistillationArguments, its row set (whose count is its denominator), whether it needs the teacher, which signals it
+reads, and how its pure loss function from hf_distil.losses is fed. Everything else (which rows the heads compute,
+what each model captures, whether the teacher runs, logging, evaluation metrics, the non-finite watch) is derived
+from it.
+
+Row sets, as (batch, length) bool masks, and their counts (the denominators):
+  P  the KL positions (the masked ones, or every non-padding one with kd_positions="all")
+  M  the masked positions (labels != -100)
+  N  the non-padding positions
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .losses import hidden_loss_rows, kd_loss_rows, mlm_loss_rows
+from .signals import CaptureSpec, Signals
+
+if TYPE_CHECKING:
+    from .arguments import DistillationArguments
+
+# The order of every row-count vector: (P, M, N).
+ROW_SETS = ("P", "M", "N")
+
+
+@dataclass
+class Rows:
+    """The "select rows" step: a micro-batch's row sets and the rows whose logits the heads compute."""
+
+    sets: dict[str, torch.Tensor]  # "P" / "M" / "N" -> (batch, length) bool
+    positions: torch.Tensor  # (rows,) long: flat indices into batch × length, increasing
+    labels: torch.Tensor  # (rows,) long: the labels at `positions` (-100 where not masked)
+
+    def counts(self) -> torch.Tensor:
+        """(3,) long: the sizes of P, M, N in this micro-batch."""
+        return row_counts_of(self.sets)
+
+
+@dataclass
+class PerRow:
+    """A term's loss value per row and the flat position (into batch × length) of each row."""
+
+    values: torch.Tensor  # (rows,) float32
+    flat: torch.Tensor  # (rows,) long
+
+
+@dataclass(frozen=True)
+class Term:
+    """One weighted term of the objective."""
+
+    name: str  # logged as `{name}_loss`, evaluated as `eval_{name}_loss`
+    weight: str  # the DistillationArguments field weighting it
+    rows: str  # "P" / "M" / "N": the row set its values are summed over; its size is the denominator
+    student_reads: tuple[str, ...]  # signals (hf_distil.signals.SIGNALS) it reads from the student
+    teacher_reads: tuple[str, ...]  # ... and from the teacher; none: the term needs no teacher
+    # (student signals, teacher signals or None, rows, arguments) -> its loss per row, from a hf_distil.losses function
+    per_row: Callable[[Signals, Signals | None, Rows, DistillationArguments], PerRow]
+    # Also scored in evaluation when weighted 0 (a baseline's report needs it; it must cost no extra capture).
+    always_evaluated: bool = False
+
+    @property
+    def needs_teacher(self) -> bool:
+        return bool(self.teacher_reads)
+
+
+def _kd(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
+    return PerRow(kd_loss_rows(student.logits, teacher.logits, args.temperature), rows.positions)
+
+
+def _mlm(student: Signals, teacher: Signals | None, rows: Rows, args: DistillationArguments) -> PerRow:
+    return PerRow(mlm_loss_rows(student.logits, rows.labels), rows.positions)
+
+
+def _hidden(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
+    # Every position, padding zeroed: no boolean indexing, so no host sync.
+    width = student.last_hidden_state.shape[-1]
+    values = hidden_loss_rows(student.last_hidden_state.reshape(-1, width),
+                              teacher.last_hidden_state.reshape(-1, width), args.hidden_loss)
+    flat_non_pad = rows.sets["N"].reshape(-1)
+    return PerRow(torch.where(flat_non_pad, values, torch.zeros_like(values)),
+                  torch.arange(flat_non_pad.numel(), device=flat_non_pad.device))
+
+
+# The order is the order of the logged terms, of the loss sum and of the non-finite bookkeeping vectors.
+TERMS = (
+    Term("kd", weight="alpha_kd", rows="P", student_reads=("logits",), teacher_reads=("logits",), per_row=_kd,
+         always_evaluated=True),
+    Term("mlm", weight="alpha_mlm", rows="M", student_reads=("logits",), teacher_reads=(), per_row=_mlm,
+         always_evaluated=True),
+    Term("hidden", weight="alpha_hidden", rows="N", student_reads=("last_hidden_state",),
+         teacher_reads=("last_hidden_state",), per_row=_hidden),
+)
+TERM_NAMES = tuple(term.name for term in TERMS)
+BY_NAME = {term.name: term for term in TERMS}
+
+
+def weight_of(args: DistillationArguments, name: str) -> float:
+    return getattr(args, BY_NAME[name].weight)
+
+
+def active_terms(args: DistillationArguments, has_teacher: bool, evaluating: bool) -> tuple[Term, ...]:
+    """The terms a micro-batch computes: training only weighted ones; evaluation also the always-evaluated ones.
+
+    A term that needs the teacher is never computed without one.
+    """
+    return tuple(term for term in TERMS
+                 if (weight_of(args, term.name) > 0 or (evaluating and term.always_evaluated))
+                 and (has_teacher or not term.needs_teacher))
+
+
+def capture_specs(terms: tuple[Term, ...]) -> tuple[CaptureSpec, CaptureSpec | None]:
+    """What the student and the teacher must capture for `terms`; no teacher spec when no term needs the teacher."""
+    student = CaptureSpec.reading(name for term in terms for name in term.student_reads)
+    if not any(term.needs_teacher for term in terms):
+        return student, None
+    return student, CaptureSpec.reading(name for term in terms for name in term.teacher_reads)
+
+
+# ---- select rows -------------------------------------------------------------------------------------------------
+
+def row_sets(inputs: dict, kd_positions: str) -> dict[str, torch.Tensor]:
+    """The P / M / N masks of a batch, each (batch, length) bool."""
+    masked = inputs["labels"] != -100
+    attention = inputs.get("attention_mask")
+    non_pad = attention.bool() if attention is not None else torch.ones_like(masked)
+    kd_rows = masked if kd_positions == "masked" else (non_pad | masked)
+    return {"P": kd_rows, "M": masked, "N": non_pad}
+
+
+def row_counts_of(sets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(3,) long: the sizes of the row sets, in ROW_SETS order."""
+    return torch.stack([sets[name].sum() for name in ROW_SETS])
+
+
+def select_rows(inputs: dict, args: DistillationArguments, terms: tuple[Term, ...], evaluating: bool) -> Rows:
+    """The row sets and the rows whose logits the heads compute: the union of the rows the logit-reading terms sum
+    over (P ⊇ M, so P when any reads P). Evaluation always scores the student on P.
+
+    The one host sync of a training step is here: `nonzero` sizes the selected rows.
+    """
+    sets = row_sets(inputs, args.kd_positions)
+    read = {term.rows for term in terms if "logits" in term.student_reads}
+    if evaluating or "P" in read:
+        selected = sets["P"]
+    elif "M" in read:
+        selected = sets["M"]
+    else:
+        selected = torch.zeros_like(sets["M"])
+    positions = selected.reshape(-1).nonzero().squeeze(1)
+    labels = inputs["labels"].reshape(-1).index_select(0, positions)
+    return Rows(sets, positions, labels)
+
+
+# ---- per-term sums → normalise → weight --------------------------------------------------------------------------
+
+def per_row_losses(terms: tuple[Term, ...], student: Signals, teacher: Signals | None, rows: Rows,
+                   args: DistillationArguments) -> dict[str, PerRow]:
+    return {term.name: term.per_row(student, teacher, rows, args) for term in terms}
+
+
+def normalise(sums: dict[str, torch.Tensor], counts: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """Each term's sum over its row set divided by that set's count (`counts`: (3,) in ROW_SETS order), × scale."""
+    denominators = dict(zip(ROW_SETS, counts.unbind()))
+    return {name: value / denominators[BY_NAME[name].rows].clamp(min=1) * scale for name, value in sums.items()}
+
+
+def weigh(terms: dict[str, torch.Tensor], args: DistillationArguments) -> torch.Tensor:
+    """Σ weight · term over the terms with a weight > 0."""
+    loss = sum(weight_of(args, name) * value for name, value in terms.items() if weight_of(args, name) > 0)
+    if not torch.is_tensor(loss):  # no weighted term produced a value (cannot happen with valid arguments)
+        raise RuntimeError(f"No loss term was computed; check {' / '.join(term.weight for term in TERMS)}.")
+    return loss
+
+
+# ---- evaluation statistics ---------------------------------------------------------------------------------------
+
+# Per-example evaluation sums: each term's sum, each row set's size, correct top-1 and teacher-agreeing top-1 on M.
+EVAL_FIELDS = TERM_NAMES + ROW_SETS + ("correct", "agree")
+
+
+def eval_stats(per_row: dict[str, PerRow], rows: Rows, student: Signals, teacher: Signals | None) -> torch.Tensor:
+    """This batch's evaluation sums per example, packed as (batch, len(EVAL_FIELDS)) float64 for one gather.
+
+    Per example, so DDP evaluation can drop the duplicates that pad its last batch; `eval_metrics` reads them by name.
+    """
+    batch_size, length = rows.sets["M"].shape
+    device = rows.sets["M"].device
+
+    def per_example(flat: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(batch_size, dtype=torch.float64, device=device).index_add_(0, flat // length, values)
+
+    stats = {name: per_example(r.flat, r.values.detach().double()) for name, r in per_row.items()}
+    stats.update({name: mask.sum(1).double() for name, mask in rows.sets.items()})
+    is_masked = (rows.labels != -100).double()
+    top1 = student.logits.argmax(-1)
+    stats["correct"] = per_example(rows.positions, (top1 == rows.labels).double() * is_masked)
+    if teacher is not None:
+        stats["agree"] = per_example(rows.positions, (top1 == teacher.logits.argmax(-1)).double() * is_masked)
+    zero = torch.zeros(batch_size, dtype=torch.float64, device=device)
+    return torch.stack([stats.get(name, zero) for name in EVAL_FIELDS], dim=1)
+
+
+def eval_metrics(sums: torch.Tensor, args: DistillationArguments, has_teacher: bool) -> dict[str, float]:
+    """Token-weighted means over the whole evaluation set from the summed `eval_stats` ((len(EVAL_FIELDS),)).
+
+    `{term}_loss` for every term evaluated, their weighted total `loss`, `perplexity` and `accuracy` of the student on
+    the masked tokens, and, with a teacher, `teacher_agreement` (its top-1 agreement with the student's there).
+    """
+    s = dict(zip(EVAL_FIELDS, sums.tolist()))
+    # The student's own terms first, then those against the teacher.
+    terms = sorted(active_terms(args, has_teacher, evaluating=True), key=lambda term: term.needs_teacher)
+    metrics = {f"{term.name}_loss": s[term.name] / max(s[term.rows], 1) for term in terms}
+    metrics["loss"] = sum(weight_of(args, term.name) * metrics[f"{term.name}_loss"] for term in terms
+                          if weight_of(args, term.name) > 0)
+    metrics["perplexity"] = float(torch.exp(torch.tensor(min(metrics["mlm_loss"], 80.0))))
+    metrics["accuracy"] = s["correct"] / max(s["M"], 1)
+    if has_teacher:
+        metrics["teacher_agreement"] = s["agree"] / max(s["M"], 1)
+    return metrics
