@@ -296,7 +296,10 @@ def run_worker(a) -> dict:
 
 
 def check_same_loss(a) -> dict:
-    """ours' loss and terms vs the seed-style loss on the first batch, same weights, dropout off; asserts float32 equality."""
+    """ours' loss and terms vs the seed-style loss on the first batch, same weights, dropout off.
+
+    Asserts float32 equality.
+    """
     import torch
 
     threads = torch.get_num_threads()
@@ -309,10 +312,10 @@ def check_same_loss(a) -> dict:
 
 def _check_same_loss(a) -> dict:
     import torch
+    from seed_style import SeedStyleDistiller
     from transformers import default_data_collator
 
     from hf_distil import DistillationArguments, DistillationTrainer
-    from seed_style import SeedStyleDistiller
 
     device = resolve_device(a.device)
     teacher, student = build_models(a)

@@ -20,8 +20,17 @@ import torch
 from datasets import load_dataset
 from huggingface_hub import ModelCard
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import (BertConfig, BertForMaskedLM, BertTokenizerFast, DataCollatorForLanguageModeling,
-                          HfArgumentParser, Trainer, TrainingArguments, pipeline, set_seed)
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertTokenizerFast,
+    DataCollatorForLanguageModeling,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    pipeline,
+    set_seed,
+)
 
 RECIPES = Path(__file__).resolve().parent
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -46,7 +55,9 @@ class PretrainArguments:
     num_train_epochs: float = 12.0
     learning_rate: float = 1e-3
     per_device_train_batch_size: int = 32
-    mlm_probability: float = field(default=0.3, metadata={"help": "Masking rate for training; the held-out scoring masks 0.15."})
+    mlm_probability: float = field(
+        default=0.3, metadata={"help": "Masking rate for training; the held-out scoring masks 0.15."}
+    )
     warmup_steps: float = field(default=0.06, metadata={"help": "Warmup steps, or a fraction of all steps if < 1."})
     logging_steps: int = 50
     eval_steps: int = 250
@@ -143,6 +154,7 @@ def model_card(report):
     """A short card: what the model is, how it was made, how well it does, and what it is not."""
     a, r = report["args"], report["results"]
     examples = "\n".join(f"| `{text}` | {', '.join(guesses)} |" for text, guesses in report["examples"].items())
+    sinusoidal = ", sinusoidal start for the position embeddings" if a["sinusoidal_positions"] else ""
     return ModelCard(f"""---
 language: en
 license: apache-2.0
@@ -171,7 +183,7 @@ python recipes/pretrain_teacher.py --seed {a['seed']}
 ```
 
 `BertForMaskedLM`, intermediate size {a['intermediate_size']}, {a['num_attention_heads']} attention heads,
-initialiser range {a['initializer_range']:g}{', sinusoidal start for the position embeddings' if a['sinusoidal_positions'] else ''},
+initialiser range {a['initializer_range']:g}{sinusoidal},
 trained with `transformers.Trainer` and `DataCollatorForLanguageModeling` ({a['mlm_probability']:.0%} masking) for
 {a['num_train_epochs']:g} epochs ({report['train_steps']} steps, batch {a['per_device_train_batch_size']},
 learning rate {a['learning_rate']:g}, seed {a['seed']}) in {report['train_minutes']:.1f} minutes on
@@ -218,13 +230,16 @@ def main(argv=None):
             output_dir=scratch, num_train_epochs=args.num_train_epochs, learning_rate=args.learning_rate,
             per_device_train_batch_size=args.per_device_train_batch_size, warmup_steps=args.warmup_steps,
             weight_decay=0.01, lr_scheduler_type="linear", logging_steps=args.logging_steps, save_strategy="no",
-            eval_strategy="steps", eval_steps=args.eval_steps, per_device_eval_batch_size=64, report_to="none", seed=args.seed)
+            eval_strategy="steps", eval_steps=args.eval_steps, per_device_eval_batch_size=64, report_to="none",
+            seed=args.seed)
         trainer = Trainer(model=model, args=training_args, train_dataset=train_blocks, eval_dataset=validation_blocks,
-                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=args.mlm_probability))
+                          data_collator=DataCollatorForLanguageModeling(tokenizer,
+                                                                        mlm_probability=args.mlm_probability))
         start = time.perf_counter()
         state = trainer.train()
         minutes = (time.perf_counter() - start) / 60
-    print(f"training took {minutes:.1f} minutes ({state.global_step} steps, final train loss {state.training_loss:.3f})")
+    print(f"training took {minutes:.1f} minutes ({state.global_step} steps, "
+          f"final train loss {state.training_loss:.3f})")
     results = score_masked_lm(model, tokenizer, validation_blocks, baseline_token, args.eval_mask_seed)
     print(f"held-out masked accuracy {results['accuracy']:.3f} (unigram baseline {results['unigram_accuracy']:.3f}), "
           f"perplexity {results['perplexity']:.2f} on {results['masked_tokens']} masked tokens")

@@ -6,9 +6,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
-from transformers import BertTokenizerFast
-
 from tiny import VOCAB
+from transformers import BertTokenizerFast
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import premasked_dataset, tiny_teacher
 from transformers import default_data_collator
 
 from hf_distil import DistillationArguments, DistillationTrainer, create_student
-from tiny import premasked_dataset, tiny_teacher
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_step  # noqa: E402

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import save_file
+from tiny import premasked_dataset, tiny_teacher, write_workspace
 from transformers import AutoModelForMaskedLM, TrainerCallback, default_data_collator
 
 from hf_distil import DistillationArguments, DistillationTrainer, checkpoints, create_student
@@ -19,14 +20,13 @@ from hf_distil.checkpoints import (
     CheckpointError,
     DiskFullError,
     OutputFolderError,
-    checkpoint_problems,
     check_output_dir,
+    checkpoint_problems,
     latest_complete_checkpoint,
 )
 from hf_distil.recipe import latest_complete_checkpoint as recipe_latest
 from hf_distil.recipe import main
 from hf_distil.trainer import NonFiniteLossError
-from tiny import premasked_dataset, tiny_teacher, write_workspace
 
 
 def _checkpoint(folder: Path, step: int, skip=()) -> Path:
@@ -303,3 +303,27 @@ def test_nan_stop_names_the_last_checkpoint_that_is_really_complete(tmp_path):
     with pytest.raises(NonFiniteLossError) as err:
         trainer.train()
     assert f"last complete checkpoint: {tmp_path / 'out' / 'checkpoint-2'})" in str(err.value)
+
+
+@pytest.mark.parametrize("content", ["[1]", "null", '"4"', '{"global_step": "4"}', '{"global_step": null}'])
+def test_trainer_state_that_parses_but_is_not_a_trainer_state_is_corrupt(tmp_path, content):
+    # JSON that parses but is no TrainerState made transformers' resume crash with a TypeError traceback.
+    _checkpoint(tmp_path, 2)
+    path = _checkpoint(tmp_path, 4)
+    (path / "trainer_state.json").write_text(content)
+    assert checkpoint_problems(path) == ["trainer_state.json is truncated or corrupt"]
+    assert latest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+
+
+def test_a_run_killed_during_its_final_save_is_still_recognised_by_its_checkpoints(tmp_path):
+    # kill -9 after config.json and model.safetensors but before distillation_args.json reached output_dir: the
+    # folder was then refused as "a model no earlier hf-distil run wrote", even for --resume_from_checkpoint auto.
+    out = tmp_path / "out"
+    checkpoint = _checkpoint(out, 4)
+    (out / "config.json").write_text("{}")
+    save_file({"w": torch.ones(4)}, str(out / "model.safetensors"))
+    (checkpoint / "distillation_args.json").write_text(json.dumps({"output_dir": str(out)}))
+    check_output_dir(str(out), {}, marker="distillation_args.json")  # ours: no error
+    (checkpoint / "distillation_args.json").write_text(json.dumps({"output_dir": str(tmp_path / "elsewhere")}))
+    with pytest.raises(OutputFolderError, match="no earlier hf-distil run wrote"):
+        check_output_dir(str(out), {}, marker="distillation_args.json")

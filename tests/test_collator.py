@@ -2,11 +2,11 @@ import copy
 
 import pytest
 import torch
+from tiny import VOCAB, random_texts, text_dataset, tiny_teacher
 from transformers import DataCollatorForLanguageModeling, TrainerCallback
 
 from hf_distil import DistillationArguments, DistillationTrainer, create_student
 from hf_distil.collator import ReproducibleMLMCollator, _mix, _signed, mix64
-from tiny import VOCAB, random_texts, text_dataset, tiny_teacher
 
 
 def _examples(tokenizer):
@@ -45,7 +45,8 @@ def test_masks_depend_on_seed_epoch_and_example_only(tokenizer):
     assert (first["labels"][2, n:] == -100).all()
     # labels hold the original ids where masked
     original = torch.tensor(examples[0]["input_ids"])
-    assert torch.equal(first["labels"][0, : len(original)][masked[0, : len(original)]], original[masked[0, : len(original)]])
+    n = len(original)
+    assert torch.equal(first["labels"][0, :n][masked[0, :n]], original[masked[0, :n]])
     # another seed or another epoch: other masks (dynamic masking across epochs)
     assert not torch.equal(ReproducibleMLMCollator(tokenizer, seed=4)(examples)["labels"], first["labels"])
     assert not torch.equal(ReproducibleMLMCollator(tokenizer, seed=3, epoch=1)(examples)["labels"][:, :48],

@@ -10,7 +10,6 @@ import time
 import torch
 import yaml
 from safetensors.torch import load_file
-
 from tiny import write_workspace
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "run_distil.py")

@@ -14,9 +14,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tiny import free_port, write_workspace
 from transformers import AutoModelForMaskedLM
-
-from tiny import write_workspace
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install -e '.[dev]' installs it)")
 
@@ -81,7 +80,7 @@ def zero3_run(tmp_path_factory):
     script = os.path.join(ROOT, "recipes", "run_distil.py")
     plain = _run([sys.executable, script, str(work / "config.yaml"), "--output_dir", str(work / "plain"),
                   "--per_device_train_batch_size", "8"], cwd=work)
-    zero3 = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    zero3 = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
                   str(work / "driver.py"), str(work / "config.yaml"), "--output_dir", str(work / "zero3"),
                   "--per_device_train_batch_size", "4",
                   "--deepspeed", os.path.join(ROOT, "recipes", "configs", "ds_zero3.json")],

@@ -9,8 +9,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-
-from tiny import tiny_teacher, write_workspace
+from tiny import free_port, tiny_teacher, write_workspace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +39,7 @@ def two_runs(tmp_path_factory):
     script = os.path.join(ROOT, "recipes", "run_distil.py")
     single = _run([sys.executable, script, str(work / "config.yaml"), "--output_dir", str(work / "one"),
                    "--per_device_train_batch_size", "8"], cwd=work)
-    multi = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    multi = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
                   script, str(work / "config.yaml"), "--output_dir", str(work / "two"),
                   "--per_device_train_batch_size", "4", "--ddp_backend", "gloo"], cwd=work)
     return work, single, multi

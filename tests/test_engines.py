@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 from accelerate.utils import DistributedType
+from tiny import tiny_teacher
 
 from hf_distil import engines
-from tiny import tiny_teacher
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "configs")
 
@@ -100,7 +100,8 @@ def _fsdp_accelerator(version):
 
 
 def test_fsdp1_teacher_policy_wraps_its_own_layers_and_leaves_the_students(monkeypatch):
-    """A BERT teacher of a DistilBERT student: the teacher is wrapped per BERT layer, the student per TransformerBlock."""
+    """A BERT teacher of a DistilBERT student: the teacher is wrapped per BERT layer, the student per
+    TransformerBlock."""
     import torch.distributed.fsdp as fsdp
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 

@@ -5,13 +5,12 @@ import sys
 
 import pytest
 import torch
+from tiny import premasked_dataset, tiny_teacher
 from transformers import TrainerCallback, default_data_collator
 
 import hf_distil
-
 from hf_distil import DistillationArguments, DistillationTrainer, create_student
 from hf_distil.trainer import NonFiniteLossError
-from tiny import premasked_dataset, tiny_teacher
 
 
 def _trainer(tmp_path, **kw):
@@ -31,7 +30,9 @@ def _poison_at(trainer, step):
 
     def hook(module, args, output):
         if trainer.state.global_step + 1 >= step and trainer.model.training:
-            return (output[0] * float("nan"),) + tuple(output[1:]) if isinstance(output, tuple) else output * float("nan")
+            if isinstance(output, tuple):
+                return (output[0] * float("nan"),) + tuple(output[1:])
+            return output * float("nan")
         return output
 
     layer.register_forward_hook(hook)
@@ -86,7 +87,9 @@ def _poison_micro_batch(trainer, index):
             return output
         calls["n"] += 1
         if calls["n"] == index:
-            return (output[0] * float("nan"),) + tuple(output[1:]) if isinstance(output, tuple) else output * float("nan")
+            if isinstance(output, tuple):
+                return (output[0] * float("nan"),) + tuple(output[1:])
+            return output * float("nan")
         return output
 
     layer.register_forward_hook(hook)

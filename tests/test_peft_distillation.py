@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelCard
 from peft import LoraConfig, PeftModel, get_peft_model
+from tiny import premasked_dataset, tiny_teacher
 from transformers import default_data_collator
 
 from hf_distil import DistillationArguments, DistillationTrainer, create_student
-from tiny import premasked_dataset, tiny_teacher
 
 
 def _args(tmp_path, **kw):

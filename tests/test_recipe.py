@@ -5,12 +5,12 @@ import os
 
 import pytest
 import yaml
+from hub_fake import files_containing, go_online, pickles, record_uploads, tree_containing
+from tiny import free_port, write_workspace
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertTokenizerFast, pipeline
 
 from hf_distil import recipe
 from hf_distil.recipe import latest_complete_checkpoint, main, parse_arguments
-from hub_fake import files_containing, go_online, pickles, record_uploads, tree_containing
-from tiny import write_workspace
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -92,7 +92,7 @@ def test_yaml_lists_and_booleans(workspace):
 
 def _error_of(capsys, argv):
     code = main(argv)
-    lines = [l for l in capsys.readouterr().err.splitlines() if "hf-distil: error:" in l]
+    lines = [line for line in capsys.readouterr().err.splitlines() if "hf-distil: error:" in line]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("hf-distil: error:"), lines
     return lines[0]
 
@@ -332,8 +332,9 @@ def test_under_torchrun_every_rank_stops_on_a_user_error(workspace):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", os.path.join(root, "recipes",
-         "run_distil.py"), str(workspace / "config.yaml"), "--per_device_train_batch_size", "0"],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+         os.path.join(root, "recipes", "run_distil.py"), str(workspace / "config.yaml"),
+         "--per_device_train_batch_size", "0"],
         cwd=workspace, env=env, capture_output=True, text=True, timeout=120)  # a hung rank would time out
     lines = [line for line in done.stderr.splitlines() if line.startswith("hf-distil: error:")]
     assert done.returncode != 0 and len(lines) == 2, done.stderr[-3000:]  # one line from each rank
@@ -352,3 +353,93 @@ def test_a_tokenizer_that_does_not_fit_is_refused_before_the_corpus_is_tokenised
     other.save_pretrained(workspace / "other_tok")
     err = _error_of(capsys, [str(workspace / "config.yaml"), "--tokenizer_name", str(workspace / "other_tok")])
     assert "67 tokens" in err and "64" in err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--learning_rate", "abc"], "--learning_rate/--learning-rate: invalid float value: 'abc'"),
+    (["--student_layers", "-1,0"], "--student_layers=VALUE"),
+    (["--hidden_loss"], "expected one argument"),
+])
+def test_argparse_mistakes_are_one_line_without_the_usage_screen(workspace, capsys, flags, words):
+    # argparse used to print a 130-line usage screen before its error and exit through SystemExit.
+    err = _error_of(capsys, [str(workspace / "config.yaml"), *flags])
+    assert words in err, err
+    assert "usage:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["--num_train_epochs", "0"], ["--num_train_epochs", "-1"],
+                                   ["--num_train_epochs", "inf"]])
+def test_a_run_with_nothing_to_train_is_refused(workspace, capsys, monkeypatch, flags):
+    # num_train_epochs 0 (and max_steps unset) trained 0 steps and saved the untrained student as "Hub-ready", exit 0.
+    monkeypatch.setattr(recipe, "load_teacher", lambda *a, **k: pytest.fail("the teacher must not be loaded"))
+    err = _error_of(capsys, [str(workspace / "config.yaml"), "--max_steps", "-1", *flags])
+    assert "nothing to train" in err and "--max_steps" in err, err
+    assert not (workspace / "out").exists()
+
+
+def test_configs_saved_with_a_byte_order_mark_or_latin1_bytes(workspace, capsys, monkeypatch):
+    # A JSON config with a BOM (Windows Notepad) was refused while the same YAML was accepted; a latin-1 byte in a
+    # config comment ended in a UnicodeDecodeError traceback.
+    monkeypatch.setattr(recipe, "load_teacher", lambda *a, **k: pytest.fail("the teacher must not be loaded"))
+    config = yaml.safe_load((workspace / "config.yaml").read_text())
+    (workspace / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(config).encode())
+    (workspace / "bom.yaml").write_bytes(b"\xef\xbb\xbf" + yaml.safe_dump(config).encode())
+    for name in ("bom.json", "bom.yaml"):
+        assert parse_arguments([str(workspace / name)])[2].learning_rate == 1e-3
+    (workspace / "latin.yaml").write_bytes(b"seed: 3\n# r\xe9sum\xe9\n" + yaml.safe_dump(config).encode())
+    err = _error_of(capsys, [str(workspace / "latin.yaml")])
+    assert "latin.yaml is not UTF-8: line 2 has byte 0xe9" in err and "iconv" in err, err
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_is_shown_without_a_config(capsys, flag):
+    # `hf-distil --help` answered "No output_dir: …" with exit 2 instead of the help.
+    with pytest.raises(SystemExit) as done:
+        main([flag])
+    assert done.value.code == 0
+    out = capsys.readouterr()
+    assert "usage: hf-distil" in out.out and "--teacher_model_name_or_path" in out.out and "error" not in out.err
+
+
+@pytest.mark.parametrize("error", ["nan", "disk"])
+def test_an_error_during_training_starts_its_own_line_after_the_progress_bar(workspace, capsys, monkeypatch, error):
+    # tqdm leaves its bar without a newline: "… 2.83s/it]hf-distil: error: Non-finite loss term …".
+    import errno
+    import sys
+
+    from hf_distil.checkpoints import DiskFullError
+    from hf_distil.trainer import NonFiniteLossError
+
+    def training(*args):
+        sys.stderr.write(" 50%|█████     | 6/12 [00:17<00:16,  2.83s/it]")
+        raise NonFiniteLossError("Non-finite loss term") if error == "nan" else DiskFullError(errno.ENOSPC, "No space")
+
+    monkeypatch.setattr(recipe, "run", training)
+    main([str(workspace / "config.yaml")])
+    lines = capsys.readouterr().err.splitlines()
+    assert [line for line in lines if "hf-distil: error:" in line][0].startswith("hf-distil: error:"), lines
+
+
+def test_overwrite_output_dir_never_replaces_files_no_earlier_run_wrote(workspace, capsys):
+    # The shipped quickstart sets overwrite_output_dir: true, so `--output_dir .` in a project replaced its README.md
+    # and config.json with the student's card and config.
+    out = workspace / "out"
+    out.mkdir()
+    (out / "README.md").write_text("# my project\n")
+    (out / "config.json").write_text('{"mine": true}')
+    args = [str(workspace / "config.yaml"), "--overwrite_output_dir", "true", "--max_steps", "2", "--save_steps", "2"]
+    err = _error_of(capsys, args)
+    assert "README.md, config.json" in err and "no earlier hf-distil run wrote" in err, err
+    assert (out / "README.md").read_text() == "# my project\n" and not (out / "model.safetensors").exists()
+    (out / "README.md").unlink()
+    (out / "config.json").unlink()
+    (out / "notes.txt").write_text("keep me")  # a file the run does not write: still allowed, as before
+    assert main(args) == 0 and main(args) == 0  # and a folder an earlier run wrote may be overwritten again
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_output_dir_is_one_line_before_anything_loads(workspace, capsys, monkeypatch, value):
+    # --output_dir "" loaded the teacher, tokenised the corpus, then died in Trainer with FileNotFoundError: ''.
+    monkeypatch.setattr(recipe, "load_teacher", lambda *a, **k: pytest.fail("the teacher must not be loaded"))
+    assert "output_dir is empty" in _error_of(capsys, [str(workspace / "config.yaml"), "--output_dir", value])

@@ -43,10 +43,10 @@ def test_no_unsafe_torch_load_in_the_package():
 
 def _tiny_trainer(tmp_path, **overrides):
     import torch
+    from tiny import premasked_dataset, tiny_teacher
 
     from hf_distil import DistillationArguments, DistillationTrainer
     from hf_distil.student import create_student
-    from tiny import premasked_dataset, tiny_teacher
 
     teacher = tiny_teacher()
     torch.manual_seed(0)
@@ -74,3 +74,25 @@ def test_python_api_push_to_hub_uploads_no_pickle_and_no_token(tmp_path, monkeyp
     with pytest.raises(HubError, match=r"notes\.pkl.*move them out"):
         trainer.push_to_hub()
     assert uploads["commits"] == 3
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "rejected"])
+def test_push_to_hub_unreachable_or_token_rejected_is_one_line(tmp_path, monkeypatch, failure):
+    # create_repo failing (no network, a bad token) used to end the run with an 80-line httpx traceback.
+    import httpx2
+    import huggingface_hub
+    from hub_fake import go_online
+
+    go_online(monkeypatch)
+
+    def create_repo(self, repo_id, **kwargs):
+        request = httpx2.Request("POST", "https://huggingface.co/api/repos/create")
+        if failure == "unreachable":
+            raise httpx2.ConnectError("[Errno -2] Name or service not known", request=request)
+        response = httpx2.Response(401, request=request)
+        raise huggingface_hub.errors.HfHubHTTPError("401 Unauthorized: Invalid credentials", response=response)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    with pytest.raises(HubError, match=r"me/api.*(Name or service not known|401)") as caught:
+        _tiny_trainer(tmp_path, push_to_hub=True, hub_model_id="me/api", hub_token="hf_FAKEapiToken555")
+    assert "\n" not in str(caught.value) and "hf_FAKEapiToken555" not in str(caught.value)

@@ -1,7 +1,8 @@
 """The shipped seed config, run as shipped (its own `bf16: true`) on a Bio_ClinicalBERT-shaped teacher, on CPU.
 
-Only paths, step counts, the batch size and `use_cpu` (CI has no GPU) are overridden. CPU autocast makes `bf16: true` real here: the student
-must keep float32 master weights (parameters, AdamW state, saved weights) while only the teacher is bfloat16.
+Only paths, step counts, the batch size and `use_cpu` (CI has no GPU) are overridden. CPU autocast makes
+`bf16: true` real here: the student must keep float32 master weights (parameters, AdamW state, saved weights)
+while only the teacher is bfloat16.
 """
 
 import csv

@@ -1,12 +1,17 @@
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM, RobertaConfig, \
-    RobertaForMaskedLM
+from tiny import tiny_teacher
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
 
 from hf_distil import create_student
 from hf_distil.student import select_teacher_layers
-
-from tiny import tiny_teacher
 
 
 @pytest.mark.parametrize(
@@ -103,7 +108,8 @@ def test_bio_clinicalbert_architecture_gives_the_seed_student():
     teacher = BertForMaskedLM(BertConfig(vocab_size=28996))  # Bio_ClinicalBERT's shape, random weights
     student = create_student(teacher, num_hidden_layers=6, layers="every_other")
     c = student.config
-    assert (c.num_hidden_layers, c.hidden_size, c.vocab_size, c.intermediate_size // c.hidden_size) == (6, 768, 28996, 4)
+    shape = (c.num_hidden_layers, c.hidden_size, c.vocab_size, c.intermediate_size // c.hidden_size)
+    assert shape == (6, 768, 28996, 4)
     n = student.num_parameters()
     assert round(n / 1e6, 1) == 65.8, n
     assert c.distil_teacher_layers == [1, 3, 5, 7, 9, 11]

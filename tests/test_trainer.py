@@ -8,13 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from transformers import DataCollatorForLanguageModeling, RobertaConfig, RobertaForMaskedLM, Trainer, \
-    TrainingArguments, default_data_collator, set_seed
+from tiny import premasked_dataset, text_dataset, tiny_teacher
+from transformers import (
+    DataCollatorForLanguageModeling,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
 
 from hf_distil import DistillationArguments, DistillationTrainer, create_student
 from hf_distil.collator import ReproducibleMLMCollator
 from hf_distil.errors import ArgumentError, ModelMismatchError
-from tiny import premasked_dataset, text_dataset, tiny_teacher
 
 
 def args_for(tmp_path, **kw):
@@ -104,7 +111,8 @@ def test_sparse_heads_give_the_dense_loss_and_gradients(tmp_path, family, kd_pos
                                                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                                                    pad_token_id=1))
         student = create_student(teacher, 2)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args_for(tmp_path, kd_positions=kd_positions))
+    args = args_for(tmp_path, kd_positions=kd_positions)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
     batch = batch_of(6, seed=3)
     trainer.sparse_heads = True
     sparse_loss, sparse_grads = _loss_and_grads(trainer, student, batch)
@@ -189,7 +197,7 @@ def test_drop_in_equivalence_with_trainer(tmp_path, tokenizer):
     stock = Trainer(model=copy.deepcopy(start), args=TrainingArguments(output_dir=str(tmp_path / "b"), **common),
                     train_dataset=data, data_collator=collator, processing_class=tokenizer)
     stock.train()
-    for (n, p1), p2, p0 in zip(ours.model.named_parameters(), stock.model.parameters(), start.parameters()):
+    for (n, p1), p2, _ in zip(ours.model.named_parameters(), stock.model.parameters(), start.parameters()):
         if n.endswith("key.bias"):
             continue  # its gradient is 0 in exact arithmetic (softmax shift); AdamW magnifies float noise there
         assert torch.allclose(p1, p2, rtol=1e-4, atol=1e-6), n

@@ -71,3 +71,12 @@ def write_workspace(folder, n_texts=120, seed=1, min_len=10, max_len=40, dropout
         for text in random_texts(n_texts, seed=seed, min_len=min_len, max_len=max_len):
             f.write(json.dumps({"text": text}) + "\n")
     return folder
+
+
+def free_port() -> str:
+    """A TCP port nobody listens on now, for torchrun's rendezvous (a fixed port collides with parallel runs)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
