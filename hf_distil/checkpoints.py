@@ -103,8 +103,11 @@ def checkpoint_problems(checkpoint: str | os.PathLike, resume_state: bool = True
         missing.append(state.name)
     else:
         try:
-            json.loads(state.read_text())
+            loaded = json.loads(state.read_text())
         except (OSError, ValueError):
+            loaded = None
+        # JSON that parses but is no TrainerState (`[]`, `null`, a string step) makes Trainer's resume crash.
+        if not isinstance(loaded, dict) or ("global_step" in loaded and type(loaded["global_step"]) is not int):
             broken.append(state.name)
 
     to_check = []  # .pt-style files present, checked for truncation below
@@ -209,16 +212,20 @@ def _same_output_dir(recorded: str, folder: Path) -> bool:
 
 
 def made_here_by(folder: str | os.PathLike, marker: str) -> bool:
-    """Whether `folder` was written by an earlier run of ours for this same output_dir: it holds our `marker` JSON
+    """Whether `folder` was written by an earlier run of ours for this same output_dir: it, or one of its checkpoint-N
+    (a run killed during its final save has no marker at the top yet), holds our `marker` JSON
     (distillation_args.json / finetune_args.json) whose output_dir is this folder."""
     real = Path(os.path.realpath(folder))
-    if not (real / marker).is_file():
-        return False
-    try:
-        recorded = json.loads((real / marker).read_text()).get("output_dir")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(recorded, str) and _same_output_dir(recorded, real)
+    for holder in [real, *list_checkpoints(real)]:
+        if not (holder / marker).is_file():
+            continue
+        try:
+            recorded = json.loads((holder / marker).read_text()).get("output_dir")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(recorded, str) and _same_output_dir(recorded, real):
+            return True
+    return False
 
 
 def check_output_dir(output_dir: str, sources: dict[str, str | None], marker: str) -> None:

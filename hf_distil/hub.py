@@ -13,6 +13,7 @@ from pathlib import Path
 
 import huggingface_hub
 from huggingface_hub import constants as hub_constants
+from huggingface_hub import errors as hub_errors
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, SaveStrategy
 from transformers.utils import (
     ADAPTER_CONFIG_NAME,
@@ -78,6 +79,19 @@ class NoPickleHubMixin:
     def __init__(self, model=None, args=None, *trainer_args, **kwargs):
         check_push_to_hub(args)
         super().__init__(model, args, *trainer_args, **kwargs)
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Trainer's repository creation (before training), with an unreachable Hub or a rejected token as one line."""
+        try:
+            super().init_hf_repo(token, private)
+        except (hub_errors.HTTPError, OSError) as err:  # httpx errors and HfHubHTTPError alike
+            repo = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise HubError(
+                f"--push_to_hub could not create or reach the Hub repository {repo!r} ({reason}): check the network "
+                "and that the token has write access (`hf auth whoami`), or drop --push_to_hub and upload the output "
+                "folder later with `hf upload`."
+            ) from err
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -22,12 +23,26 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, HfArgumentParser, 
 from transformers.trainer_utils import IntervalStrategy
 
 from .arguments import DistillationArguments
-from .card import LANGUAGE_RE, LICENSE_RE
-from .checkpoints import check_output_dir, expected_save_bytes, latest_complete_checkpoint, list_checkpoints, \
-    probe_output_dir, require_complete_checkpoint
-from .data import DataArguments, effective_max_seq_length, load_raw_corpus, make_collator, noteevents_inputs, \
-    tokenize_corpus
-from .data import DataError
+from .card import DEFAULT_LICENSE, LANGUAGE_RE, LICENSE_RE, CardFacts
+from .checkpoints import (
+    DiskFullError,
+    check_output_dir,
+    expected_save_bytes,
+    latest_complete_checkpoint,
+    list_checkpoints,
+    made_here_by,
+    probe_output_dir,
+    require_complete_checkpoint,
+)
+from .data import (
+    DataArguments,
+    DataError,
+    effective_max_seq_length,
+    load_raw_corpus,
+    make_collator,
+    noteevents_inputs,
+    tokenize_corpus,
+)
 from .errors import DistillationConfigError
 from .hub import check_push_to_hub
 from .student import create_student
@@ -60,6 +75,12 @@ class RecipeError(DistillationConfigError):
 # What `main` reports as one line (exit 2); anything else is a bug and keeps its traceback.
 USER_ERRORS = (DistillationConfigError, DataError)
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+ARGS_MARKER = "distillation_args.json"  # written by every run beside its model: the folder is ours to overwrite
+# Files a run writes at the top of output_dir: --overwrite_output_dir replaces them only in a folder a run wrote.
+RUN_OUTPUT_FILES = ("README.md", "config.json", "generation_config.json", "model.safetensors",
+                    "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+                    "special_tokens_map.json", "vocab.txt", "all_results.json", "train_results.json",
+                    "eval_results.json", "trainer_state.json", "training_args.json", ARGS_MARKER)
 
 
 @dataclass
@@ -67,7 +88,8 @@ class ModelArguments:
     """Which student, which tokenizer (the teacher is `teacher_model_name_or_path` of DistillationArguments)."""
 
     student_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Start from this existing student instead of initialising one from the teacher."}
+        default=None,
+        metadata={"help": "Start from this existing student instead of initialising one from the teacher."},
     )
     student_num_layers: int = field(default=6, metadata={"help": "Layers of the student built from the teacher."})
     student_layers: str = field(
@@ -87,12 +109,14 @@ class RunArguments:
     """How this run treats its output folder and its card."""
 
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow writing into a non-empty output_dir that holds no checkpoint to resume."}
+        default=False,
+        metadata={"help": "Allow writing into a non-empty output_dir that holds no checkpoint to resume."},
     )
     evaluate_before_training: bool = field(
-        default=True, metadata={"help": "Evaluate the freshly initialised student first, to show what distillation gained."}
+        default=True,
+        metadata={"help": "Evaluate the freshly initialised student first, to show what distillation gained."},
     )
-    card_license: str = field(default="apache-2.0", metadata={"help": "License in the model card's front matter."})
+    card_license: str = field(default=DEFAULT_LICENSE, metadata={"help": "License in the model card's front matter."})
     card_language: str = field(default="en", metadata={"help": "Language code(s), comma-separated, for the card."})
 
 
@@ -107,16 +131,25 @@ def _read_config(path: str, known: set[str] | None = None, prog: str = "hf-disti
     """The config's mapping; a syntax error names the file and line, an unknown key the closest known one."""
     if not os.path.isfile(path):
         raise RecipeError(f"Config file {path!r} not found: pass the path of a .yaml or .json config.")
-    with open(path, encoding="utf-8") as f:
-        try:
-            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
-        except json.JSONDecodeError as err:
-            raise RecipeError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg}); fix the config.") from err
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise RecipeError(f"{where}: invalid YAML ({problem}); fix the config.") from err
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark (Windows Notepad) is dropped, for JSON as for YAML
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise RecipeError(
+            f"{path} is not UTF-8: line {line} has byte 0x{data[err.start]:02x}; re-encode it, e.g. "
+            f"iconv -f latin1 -t utf-8 {path} > {path}.utf8 (-f cp1252 for Windows files)."
+        ) from None
+    try:
+        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except json.JSONDecodeError as err:
+        raise RecipeError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg}); fix the config.") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"{where}: invalid YAML ({problem}); fix the config.") from err
     if not isinstance(values, dict):
         raise RecipeError(f"Config {path!r} must be a mapping of argument names to values.")
     known = _field_names() if known is None else known
@@ -133,6 +166,14 @@ def parse_config_and_flags(classes, argv: list[str], prog: str = "hf-distil", re
     config. Mistakes in either raise RecipeError (or the dataclasses' own error types)."""
     argv = list(argv)
     parser = HfArgumentParser(classes, prog=prog)
+
+    def refuse(message: str):  # argparse's own mistakes (a bad value, a missing one): one line, no usage screen
+        flag = message.split(":", 1)[0].removeprefix("argument ").split("/", 1)[0]
+        hint = (f" (a value starting with '-' is written {flag}=VALUE)"
+                if "expected one argument" in message else "")
+        raise RecipeError(f"{message}{hint}; see `{prog} --help`.")
+
+    parser.error = refuse
     known = {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
     config = {}
     if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
@@ -144,7 +185,7 @@ def parse_config_and_flags(classes, argv: list[str], prog: str = "hf-distil", re
         key = unknown[0][2:].split("=", 1)[0].replace("-", "_")
         close = difflib.get_close_matches(key, sorted(known), n=1)
         raise RecipeError(f"Unknown flag {unknown[0]!r}." + (f" Did you mean '--{close[0]}'?" if close else ""))
-    for name in required:
+    for name in required if not {"-h", "--help"} & set(argv) else ():  # --help needs no config
         if name not in config and not any(a.split("=", 1)[0] == f"--{name}" for a in argv):
             raise RecipeError(f"No {name}: set {name} in the config or pass --{name}.")
     for action in parser._actions:
@@ -170,8 +211,21 @@ def parse_arguments(argv: list[str] | None = None):
     """`CONFIG.yaml [--flag value ...]` or flags alone; flags override the config. Returns the four dataclasses."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parsed = parse_config_and_flags(ARGUMENT_CLASSES, argv, "hf-distil", required=("output_dir",))
+    if not str(parsed[2].output_dir or "").strip():
+        raise RecipeError("output_dir is empty: pass --output_dir PATH, e.g. --output_dir out/distilled.")
+    _check_training_length(parsed[2])
     _check_card_arguments(parsed[3])
     return parsed
+
+
+def _check_training_length(training_args: DistillationArguments) -> None:
+    """A run that would take no step (num_train_epochs 0 and no max_steps) would save the untrained student."""
+    epochs = training_args.num_train_epochs
+    if training_args.max_steps <= 0 and not (math.isfinite(epochs) and epochs > 0):
+        raise RecipeError(
+            f"num_train_epochs={epochs!r} with max_steps={training_args.max_steps!r}: nothing to train (or no end); "
+            "pass --num_train_epochs above 0 or --max_steps above 0."
+        )
 
 
 def _check_card_arguments(run_args: RunArguments) -> None:
@@ -209,7 +263,7 @@ def resolve_resume(training_args: DistillationArguments, run_args: RunArguments,
     resume_state = not training_args.save_only_model  # save_only_model checkpoints hold no optimizer by design
     sources = {"--teacher_model_name_or_path": training_args.teacher_model_name_or_path,
                "--student_model_name_or_path": model_args.student_model_name_or_path if model_args else None}
-    check_output_dir(out, sources, marker="distillation_args.json")
+    check_output_dir(out, sources, marker=ARGS_MARKER)
     auto = resume is True or resume in ("auto", "latest", "True", "true")
     if auto:
         found = latest_complete_checkpoint(out, resume_state)
@@ -232,6 +286,13 @@ def resolve_resume(training_args: DistillationArguments, run_args: RunArguments,
                 f"output_dir {out!r} is not empty: pass --resume_from_checkpoint auto to continue it, "
                 "--overwrite_output_dir true to write over it, or choose another output_dir."
             )
+        theirs = [] if made_here_by(out, ARGS_MARKER) else [n for n in RUN_OUTPUT_FILES if (Path(out) / n).exists()]
+        if theirs:
+            raise RecipeError(
+                f"output_dir {out!r} holds {', '.join(theirs)} that no earlier hf-distil run wrote there (no "
+                f"{ARGS_MARKER} naming this output_dir); --overwrite_output_dir would replace them: choose a new or "
+                "empty output_dir, or move those files away first."
+            )
         if training_args.process_index == 0:
             # Old checkpoints would mix with the new run's (resume auto, save_total_limit rotation).
             for old in Path(out).glob("checkpoint-*"):
@@ -244,7 +305,9 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
     """(teacher, student, tokenizer), checked for compatibility by the trainer afterwards."""
     name = training_args.teacher_model_name_or_path
     if name is None:
-        raise RecipeError("No teacher: set teacher_model_name_or_path in the config or pass --teacher_model_name_or_path.")
+        raise RecipeError(
+            "No teacher: set teacher_model_name_or_path in the config or pass --teacher_model_name_or_path."
+        )
     common = {"trust_remote_code": model_args.trust_remote_code, "cache_dir": model_args.cache_dir}
     # A student copied from the teacher starts from its float32 weights; the trainer then casts the teacher alone.
     dtype = training_args.teacher_torch_dtype if model_args.student_model_name_or_path else torch.float32
@@ -280,6 +343,14 @@ def describe_dataset(data_args: DataArguments) -> tuple[str | None, list[str] | 
     return (Path(source).name if source else None), None, None
 
 
+def card_facts(data_args: DataArguments, run_args: RunArguments) -> CardFacts:
+    """What the card says about this run's data and terms: the corpus as the data loader resolves it, and the card
+    options."""
+    dataset_name, dataset_ids, note = describe_dataset(data_args)
+    return CardFacts(dataset_name=dataset_name, dataset_ids=dataset_ids, data_use_note=note,
+                     license=run_args.card_license, language=_codes(run_args.card_language))
+
+
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: DistillationArguments,
         run_args: RunArguments) -> dict:
     """Distil, evaluate, save the student, tokenizer, arguments, results and card; returns the final metrics."""
@@ -304,12 +375,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
 
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=tokenizer, data_collator=collator,
+        processing_class=tokenizer, data_collator=collator, card_facts=card_facts(data_args, run_args),
     )
-    dataset_name, dataset_ids, note = describe_dataset(data_args)
-    trainer.card_info.update(dataset_name=dataset_name, dataset_ids=dataset_ids, data_use_note=note,
-                             license=run_args.card_license,
-                             language=_codes(run_args.card_language))
 
     before = {}
     evaluate_first = None
@@ -388,9 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(*parse_arguments(argv))
     except USER_ERRORS as err:
-        print(f"hf-distil: error: {err}", file=sys.stderr)
+        lead = "\n" if isinstance(err, DiskFullError) else ""  # raised under the progress bar, which ends no line
+        print(f"{lead}hf-distil: error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:  # a stop during training, already explained in one line
-        print(f"hf-distil: error: {err}", file=sys.stderr)
+        print(f"\nhf-distil: error: {err}", file=sys.stderr)
         return 1
     return 0
