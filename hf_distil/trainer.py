@@ -8,7 +8,8 @@ import os
 
 import torch
 from torch import nn
-from transformers import AutoModelForMaskedLM, PreTrainedModel, Trainer, TrainerCallback
+from transformers import AutoModelForMaskedLM, PreTrainedModel, Trainer, TrainerCallback, TrainerState
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
 from .arguments import DistillationArguments
 from .card import CardFacts, build_model_card
@@ -214,6 +215,8 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
     args_file_name = "distillation_args.json"
     # Apply the MLM heads only at the positions the loss needs (False: full logits, the reference path).
     sparse_heads = True
+    # nan_policy="skip": this many skipped updates in a row mean a diverging run, not a rare bad batch: stop.
+    max_consecutive_skips = 10
 
     def __init__(self, model=None, args: DistillationArguments | None = None, *trainer_args, teacher_model=None,
                  card_facts: CardFacts | None = None, **kw):
@@ -251,7 +254,7 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         # Device-side bookkeeping of the loss terms (see _watch_terms); created on the first training micro-batch.
         self._window_sums = self._window_bad = self._window_values = None
         self._term_sums = self._bad_terms = self._bad_values = self._bad_step = None
-        self._term_steps, self._nan_skipped, self._skip_update = 0, 0, False
+        self._term_steps, self._nan_skipped, self._skips_in_a_row, self._skip_update = 0, 0, 0, False
         self.add_callback(_UpdateWindowCallback(self))
         self._eval_sums: torch.Tensor | None = None
         # What the card cannot learn from the model or the arguments; the recipe passes what its data loader resolved.
@@ -275,13 +278,39 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         with torch.no_grad():
             return capture(self.teacher, inputs, positions, spec, self.sparse_heads)
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        finished = self._resume_of_a_finished_run(resume_from_checkpoint)
+        if finished is not None:
+            return finished
         try:
-            output = super().train(*args, **kwargs)
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
             self._raise_if_non_finite("at the end of training")
             return output
         finally:  # later compute_loss calls outside training must not reuse the last window's counts
             self._accumulated_counts = None
+
+    def _resume_of_a_finished_run(self, checkpoint) -> TrainOutput | None:
+        """Resuming from a checkpoint already at the run's last step loads it and trains nothing.
+
+        transformers 5.24's Trainer trains one step past max_steps in that case (and writes checkpoint-N+1), so a
+        run killed while writing its final folder would not resume to the uninterrupted run's weights.
+        """
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if not isinstance(checkpoint, (str, os.PathLike)) or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return None
+        state_file = os.path.join(checkpoint, "trainer_state.json")
+        if not os.path.isfile(state_file):
+            return None
+        state = TrainerState.load_from_json(state_file)
+        last = self.args.max_steps if self.args.max_steps > 0 else state.max_steps
+        if not last or state.global_step < last:
+            return None
+        logger.info("%s is at the run's last step (%d): loading it, nothing left to train.", checkpoint, last)
+        self._load_from_checkpoint(checkpoint)
+        self.state = state
+        losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+        return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
 
     def _set_signature_columns_if_needed(self):
         """Keep the stored `special_tokens_mask` column for the collator (Trainer would drop it as unused)."""
@@ -375,8 +404,18 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         step = self.state.global_step + 1  # Trainer advances global_step after this callback
         if self._skip_update:
             self._nan_skipped += 1
+            self._skips_in_a_row += 1
             logger.warning("nan_policy=skip: skipped the update of step %d (a loss term was NaN/inf).", step)
+            if self._skips_in_a_row >= self.max_consecutive_skips:
+                last = latest_complete_checkpoint(self.args.output_dir, resume_state=not self.args.save_only_model)
+                raise NonFiniteLossError(
+                    f"nan_policy=skip skipped {self._skips_in_a_row} updates in a row (steps "
+                    f"{step - self._skips_in_a_row + 1}-{step}): the run diverges, it does not just meet a rare bad "
+                    f"batch; training stopped and nothing was saved after it (last complete checkpoint: "
+                    f"{last or 'none yet'}). Lower the learning rate, use bf16 rather than fp16, or check the data."
+                )
         else:
+            self._skips_in_a_row = 0
             self._term_sums += self._window_sums
             self._term_steps += 1
             newly = self._window_bad & ~self._bad_terms

@@ -62,3 +62,30 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
         assert torch.equal(full[name], resumed[name]), name
     state = json.loads((cut / "trainer_state.json").read_text())
     assert state["global_step"] == 16
+
+
+def test_resuming_from_the_last_step_trains_nothing_more(tmp_path):
+    """A run killed while writing its final folder resumes from checkpoint-<max_steps> to exactly its weights
+    (transformers' own resume would train one step more and write checkpoint-<max_steps + 1>)."""
+    from safetensors.torch import load_file
+    from tiny import premasked_dataset, tiny_teacher
+    from transformers import default_data_collator
+
+    from hf_distil import DistillationArguments, DistillationTrainer, create_student
+
+    def trainer():
+        teacher = tiny_teacher(dropout=0.0)
+        args = DistillationArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, max_steps=4,
+                                     per_device_train_batch_size=4, save_strategy="steps", save_steps=2,
+                                     disable_tqdm=True, learning_rate=1e-3)
+        return DistillationTrainer(model=create_student(teacher, 2), teacher_model=teacher, args=args,
+                                   train_dataset=premasked_dataset(24), data_collator=default_data_collator)
+
+    trainer().train()
+    resumed = trainer()
+    output = resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
+    assert output.global_step == resumed.state.global_step == 4
+    assert not (tmp_path / "out" / "checkpoint-5").exists()
+    saved = load_file(tmp_path / "out" / "checkpoint-4" / "model.safetensors")
+    state = resumed.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())

@@ -161,3 +161,16 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatc
     trainer.train()
     assert counter.counts["nonzero"] == 2 * steps
     assert counter.reads() == 1  # the end-of-training non-finite check, whatever the number of steps
+
+
+def test_nan_skip_stops_a_run_that_skips_update_after_update(tmp_path):
+    """Skipping is for a rare bad batch; a diverging run must not skip to the end and call the result a model."""
+    trainer, _ = _trainer(tmp_path, nan_policy="skip", max_steps=12)
+    trainer.max_consecutive_skips = 3
+    _poison_at(trainer, 5)
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.train()
+    assert "skipped 3 updates in a row (steps 5-7)" in str(err.value)
+    assert "checkpoint-6" in str(err.value)  # skipped updates leave the weights as they were: still a good one
+    saved = sorted(p for p in os.listdir(tmp_path / "out") if p.startswith("checkpoint-"))
+    assert saved == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
