@@ -27,6 +27,8 @@ CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adap
 WEIGHT_FILES = CHECKPOINT_WEIGHTS + ("tf_model.h5", "flax_model.msgpack")
 # Optimizer, scheduler and RNG files besides the weights and trainer_state.json: AdamW state is two tensors per weight.
 _SMALL_FILES_BYTES = 16 * 2**20
+# Written by every distillation run beside its model (DistillationTrainer.args_file_name): the folder is ours.
+ARGS_MARKER = "distillation_args.json"
 
 
 class OutputFolderError(DistillationConfigError):

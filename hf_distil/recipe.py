@@ -25,6 +25,7 @@ from transformers.trainer_utils import IntervalStrategy
 from .arguments import DistillationArguments
 from .card import DEFAULT_LICENSE, LANGUAGE_RE, LICENSE_RE, CardFacts
 from .checkpoints import (
+    ARGS_MARKER,
     DiskFullError,
     check_output_dir,
     expected_save_bytes,
@@ -43,6 +44,7 @@ from .data import (
     noteevents_inputs,
     tokenize_corpus,
 )
+from .data.utf8 import bom_encoding
 from .errors import DistillationConfigError
 from .hub import check_push_to_hub
 from .student import create_student
@@ -75,7 +77,6 @@ class RecipeError(DistillationConfigError):
 # What `main` reports as one line (exit 2); anything else is a bug and keeps its traceback.
 USER_ERRORS = (DistillationConfigError, DataError)
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
-ARGS_MARKER = "distillation_args.json"  # written by every run beside its model: the folder is ours to overwrite
 # Files a run writes at the top of output_dir: --overwrite_output_dir replaces them only in a folder a run wrote.
 RUN_OUTPUT_FILES = ("README.md", "config.json", "generation_config.json", "model.safetensors",
                     "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
@@ -136,6 +137,13 @@ def _read_config(path: str, known: set[str] | None = None, prog: str = "hf-disti
     try:
         text = data.decode("utf-8-sig")  # a byte-order mark (Windows Notepad) is dropped, for JSON as for YAML
     except UnicodeDecodeError as err:
+        encoding = bom_encoding(data)
+        if encoding:  # "Unicode" from Windows Notepad or PowerShell: latin1 would be the wrong source encoding
+            stem, ext = os.path.splitext(path)  # the converted copy keeps .yaml / .json, which picks the parser
+            raise RecipeError(
+                f"{path} is {encoding.upper()} (it starts with a byte-order mark), not UTF-8; re-encode it, e.g. "
+                f"iconv -f {encoding} -t utf-8 {path} > {stem}.utf8{ext}"
+            ) from None
         line = data[:err.start].count(b"\n") + 1
         raise RecipeError(
             f"{path} is not UTF-8: line {line} has byte 0x{data[err.start]:02x}; re-encode it, e.g. "

@@ -13,7 +13,7 @@ from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
 from .arguments import DistillationArguments
 from .card import CardFacts, build_model_card
-from .checkpoints import disk_full_error, expected_save_bytes, latest_complete_checkpoint
+from .checkpoints import ARGS_MARKER, disk_full_error, expected_save_bytes, latest_complete_checkpoint
 from .errors import ArgumentError, ModelMismatchError, TeacherLoadError, TeacherNotFoundError
 from .heads import unwrap
 from .hub import NoPickleHubMixin, check_push_to_hub
@@ -212,7 +212,7 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
 
     loss_is_scaled_for_ga = True
     # Trainer's pickled training_args.bin is replaced by this JSON (tokens redacted); see NoPickleHubMixin.
-    args_file_name = "distillation_args.json"
+    args_file_name = ARGS_MARKER
     # Apply the MLM heads only at the positions the loss needs (False: full logits, the reference path).
     sparse_heads = True
     # nan_policy="skip": this many skipped updates in a row mean a diverging run, not a rare bad batch: stop.

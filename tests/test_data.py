@@ -329,6 +329,25 @@ def test_noteevents_text_column_empty_and_encoding_errors(tmp_path):
         load_raw_corpus(args(train_file=str(tmp_path / "latin1.csv")), cache_dir=str(tmp_path))
 
 
+
+@pytest.mark.parametrize("name,encoding,expected", [
+    ("notes.txt", "utf-16", "utf-16"), ("notes.csv", "utf-16-be", "utf-16"), ("notes.txt.gz", "utf-16-le", "utf-16"),
+    ("notes.jsonl", "utf-32", "utf-32"),
+])
+def test_utf16_and_utf32_files_are_named_as_such_with_the_iconv_that_converts_them(tmp_path, name, encoding, expected):
+    # Windows "Unicode" text (a byte-order mark FF FE / FE FF) was told to re-encode with `iconv -f latin1`.
+    data = ("\ufeff" if encoding.endswith(("-be", "-le")) else "") + "text\nfirst note\nsecond caf\xe9\n"
+    raw = data.encode(encoding)
+    (tmp_path / name).write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+    with pytest.raises(DataError) as error:
+        load_raw_corpus(args(train_file=str(tmp_path / name)), cache_dir=str(tmp_path / "c"))
+    message, plain = str(error.value), str(tmp_path / name).removesuffix(".gz")
+    stem, ext = os.path.splitext(plain)
+    assert message.startswith(f"{tmp_path / name} is {expected.upper()} (it starts with a byte-order mark), not UTF-8")
+    assert f"iconv -f {expected} -t utf-8 {plain} > {stem}.utf8{ext}" in message, message
+    assert "latin1" not in message and "\n" not in message
+
+
 def write_malformed(path):
     """Rows 3 (line 5), 4 (line 6) and 5 (line 7) are malformed; three good notes remain."""
     path.write_text(

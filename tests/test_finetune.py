@@ -232,6 +232,7 @@ def test_recipe_compares_with_teacher_and_updates_the_card(tiny_models, tmp_path
     student, teacher = tiny_models
     card_dir = tmp_path / "distilled"
     card_dir.mkdir()
+    shutil.copy(student / "model.safetensors", card_dir)  # the card's folder holds the model that is fine-tuned
     ModelCard.from_template(ModelCardData(license="apache-2.0", language="en", tags=["distillation"]),
                             model_id="distilled-tiny").save(card_dir / "README.md")
     config = {
@@ -438,3 +439,57 @@ def test_hf_distil_finetune_command_exits_2_with_one_line(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith("hf-distil-finetune: error: ")
     assert "Traceback" not in done.stderr
+
+
+def test_overwrite_output_dir_never_replaces_files_no_earlier_run_wrote(tiny_models, tmp_path, capsys):
+    # A foreign model whose weights are shards without an index (or only a config, a card) was replaced with
+    # --overwrite_output_dir true and exit 0; the distillation recipe refuses the same folder.
+    student, _ = tiny_models
+    base = ["--model_name_or_path", str(student), "--train_file", str(FIXTURES / "assertion_train.csv"),
+            "--validation_file", str(FIXTURES / "assertion_validation.csv"), "--overwrite_output_dir", "true",
+            "--report_to", "none", "--save_strategy", "no", "--speed_batches", "1", "--speed_min_seconds", "0"]
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    files = {"config.json": '{"mine": true}', "model-00001-of-00002.safetensors": "a",
+             "model-00002-of-00002.safetensors": "b", "README.md": "# my model\n"}
+    for name, text in files.items():
+        (theirs / name).write_text(text)
+    err = _finetune_cli_error(capsys, base + ["--output_dir", str(theirs)])
+    assert "README.md, config.json, model-00001-of-00002.safetensors" in err and "no earlier hf-distil run" in err
+    assert "--overwrite_output_dir would replace them" in err, err
+    assert {p.name: p.read_text() for p in theirs.iterdir()} == files
+    # A folder an earlier run of ours wrote (its finetune_args.json names it) may be overwritten, as before.
+    (theirs / "finetune_args.json").write_text(json.dumps({"output_dir": str(theirs)}))
+    from hf_distil.finetune import check_finetune_output_dir
+    from hf_distil.finetune_cli import parse_args
+
+    check_finetune_output_dir(*parse_args(base + ["--output_dir", str(theirs)]))
+
+
+def test_update_card_of_another_model_is_refused(tiny_models, tmp_path, capsys):
+    # --update_card pointing at another model's folder added the student's results to that model's card.
+    student, teacher = tiny_models
+    base = ["--model_name_or_path", str(student), "--train_file", str(FIXTURES / "assertion_train.csv"),
+            "--validation_file", str(FIXTURES / "assertion_validation.csv"), "--output_dir", str(tmp_path / "out"),
+            "--report_to", "none"]
+    other = tmp_path / "other"
+    shutil.copytree(teacher, other)
+    (other / "README.md").write_text("# another model\n")
+    err = _finetune_cli_error(capsys, base + ["--update_card", str(other)])
+    assert f"--update_card '{other}' is the folder of another model" in err and "--update_card " + str(student) in err
+    assert (other / "README.md").read_text() == "# another model\n" and not (tmp_path / "out").exists()
+    # The same folder (however spelled), a copy of the same weights, or a Hub id for the model are accepted.
+    from hf_distil.finetune import check_update_card
+
+    copy = tmp_path / "copy"
+    shutil.copytree(student, copy)
+    for model, card in [(str(student), str(student) + "/"), (str(student), str(copy)), ("org/some-model", str(other))]:
+        check_update_card(FinetuneArguments(model_name_or_path=model, update_card=card, train_file="t.csv",
+                                            validation_file="v.csv"))
+    # Same size, same first and last MiB is the test; one byte changed at the end is another model.
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is the folder of another model"):
+        check_update_card(FinetuneArguments(model_name_or_path=str(student), update_card=str(copy), train_file="t",
+                                            validation_file="v"))

@@ -420,6 +420,27 @@ def test_an_error_during_training_starts_its_own_line_after_the_progress_bar(wor
     assert [line for line in lines if "hf-distil: error:" in line][0].startswith("hf-distil: error:"), lines
 
 
+
+def test_utf16_config_and_train_file_get_the_utf16_iconv(workspace, capsys, monkeypatch):
+    # A config or --train_file saved as "Unicode" by Windows (UTF-16 with a byte-order mark) was told
+    # `iconv -f latin1 …`, which turns it into mojibake with NUL bytes.
+    monkeypatch.setattr(recipe, "load_teacher", lambda *a, **k: pytest.fail("the teacher must not be loaded"))
+    config = yaml.safe_load((workspace / "config.yaml").read_text())
+    for name, encoding in (("u16.yaml", "utf-16"), ("u16be.json", "utf-16-be"), ("u32.yaml", "utf-32")):
+        text = json.dumps(config) if name.endswith(".json") else yaml.safe_dump(config)
+        (workspace / name).write_bytes((("\ufeff" if encoding.endswith("-be") else "") + text).encode(encoding))
+        err = _error_of(capsys, [str(workspace / name)])
+        expected = encoding[:6]
+        assert f"{workspace / name} is {expected.upper()} (it starts with a byte-order mark), not UTF-8" in err, err
+        stem, ext = os.path.splitext(name)
+        assert f"iconv -f {expected} -t utf-8 {workspace / name} > {workspace / stem}.utf8{ext}" in err, err
+        assert "latin1" not in err, err
+    monkeypatch.undo()  # the corpus is read after the teacher is loaded
+    (workspace / "u16.txt").write_bytes("first note\nsecond note\n".encode("utf-16"))
+    err = _error_of(capsys, [str(workspace / "config.yaml"), "--train_file", str(workspace / "u16.txt")])
+    assert f"iconv -f utf-16 -t utf-8 {workspace / 'u16.txt'} > {workspace / 'u16.utf8.txt'}" in err, err
+
+
 def test_overwrite_output_dir_never_replaces_files_no_earlier_run_wrote(workspace, capsys):
     # The shipped quickstart sets overwrite_output_dir: true, so `--output_dir .` in a project replaced its README.md
     # and config.json with the student's card and config.

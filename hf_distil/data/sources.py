@@ -19,7 +19,7 @@ from .cache import _cache_file
 from .errors import DataError, DataFileNotFoundError, _first_line, _root_cause
 from .files import _resolve_files
 from .noteevents import _load_noteevents, is_noteevents, noteevents_inputs
-from .utf8 import _not_utf8_message
+from .utf8 import _bom_message, _not_utf8_message
 
 logger = logging.getLogger("hf_distil.data")  # one logger for the package: the command line prints its name
 
@@ -57,6 +57,9 @@ def load_raw_corpus(data_args: DataArguments, cache_dir: str | None = None, seed
 def _load_files(path: str, flag: str, data_args: DataArguments, cache_dir, download_mode) -> datasets.Dataset:
     """One file or folder given on the command line, as a "text"-only Dataset."""
     builder, files = _resolve_files(path, flag)
+    bom = _bom_message(files)  # UTF-16 / UTF-32 from Windows: named as such, whichever reader would choke on it
+    if bom:
+        raise DataError(bom)
     if builder == "csv":
         is_notes = [is_noteevents(f) for f in files]
         if all(is_notes):

@@ -73,7 +73,9 @@ class FinetuneArguments:
     update_card: str | None = field(
         default=None,
         metadata={"help": "Folder whose README.md model card gets a 'Downstream evaluation' table and "
-                  "model-index results (usually the distilled model's folder)."},
+                  "model-index results (usually the distilled model's folder). When --model_name_or_path is a local "
+                  "folder too, it must be that same folder or hold the same model.safetensors (a copy); a Hub id "
+                  "with a local --update_card folder is allowed."},
     )
     speed_batches: int = field(
         default=20, metadata={"help": "Number of evaluation batches timed to measure inference tokens/s."}
@@ -83,8 +85,9 @@ class FinetuneArguments:
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Allow writing into a non-empty output_dir. A model that an earlier run_finetune did not "
-                  "write there, and the models being fine-tuned or compared, are never overwritten."},
+        metadata={"help": "Allow writing into a non-empty output_dir. Files an earlier run_finetune did not write "
+                  "there (a model, a config, a card), and the models being fine-tuned or compared, are never "
+                  "overwritten."},
     )
 
     def __post_init__(self):

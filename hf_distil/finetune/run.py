@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -15,7 +16,15 @@ from datasets import DatasetDict
 from transformers import Trainer
 
 from ..card.downstream import TASK_INFO, comparison_summary, device_note, results_table, update_model_card
-from ..checkpoints import OutputFolderError, check_output_dir, expected_save_bytes, probe_output_dir
+from ..checkpoints import (
+    ARGS_MARKER,
+    OutputFolderError,
+    check_output_dir,
+    expected_save_bytes,
+    made_here_by,
+    probe_output_dir,
+)
+from ..errors import ArgumentError
 from ..hub import NoPickleHubMixin, check_push_to_hub
 from ..parameters import count_parameters
 from .arguments import FinetuneArguments, FinetuneResult
@@ -30,6 +39,14 @@ logger = logging.getLogger("hf_distil.finetune")
 
 # Written beside each fine-tuned model: what made it, and the output_dir that may overwrite it.
 FINETUNE_MARKER = "finetune_args.json"
+# Files a fine-tuning run writes (or, for stale weight shards, deletes) at the top of its output_dir:
+# --overwrite_output_dir replaces them only in a folder an earlier run of ours wrote.
+FINETUNE_OUTPUT_FILES = ("README.md", "config.json", "generation_config.json", "model.safetensors",
+                         "model.safetensors.index.json", "model-*-of-*.safetensors", "adapter_config.json",
+                         "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                         "special_tokens_map.json", "vocab.txt", "merges.txt", "all_results.json", "eval_results.json",
+                         "validation_results.json", "test_results.json", "trainer_state.json", "training_args.json",
+                         "comparison.md", "comparison.json", FINETUNE_MARKER)
 
 
 def display_name(model_name_or_path: str) -> str:
@@ -127,13 +144,61 @@ def check_finetune_output_dir(args: FinetuneArguments, training_args) -> None:
     sources = {"--model_name_or_path": args.model_name_or_path, "--compare_with": args.compare_with,
                "--update_card": args.update_card}
     out = str(training_args.output_dir)
-    for folder in [out] + ([os.path.join(out, "compare_with")] if args.compare_with else []):
+    folders = [out] + ([os.path.join(out, "compare_with")] if args.compare_with else [])
+    for folder in folders:
         check_output_dir(folder, sources, marker=FINETUNE_MARKER)
     if os.path.isdir(out) and any(Path(out).iterdir()) and not args.overwrite_output_dir:
         raise OutputFolderError(
             f"output_dir {out!r} is not empty: pass --overwrite_output_dir true to write over it, or choose another "
             "output_dir."
         )
+    # As in the distillation recipe: overwrite only over what an earlier run of ours wrote in this very folder,
+    # never over files (weights in a layout model_files does not know, a config, a card) that no run of ours wrote.
+    for folder in folders:
+        if not os.path.isdir(folder) or made_here_by(folder, FINETUNE_MARKER) or made_here_by(folder, ARGS_MARKER):
+            continue
+        found = (p.name for pattern in FINETUNE_OUTPUT_FILES for p in sorted(Path(folder).glob(pattern)))
+        theirs = list(dict.fromkeys(found))
+        if theirs:
+            raise OutputFolderError(
+                f"output_dir {folder!r} holds {', '.join(theirs)} that no earlier hf-distil run wrote there (no "
+                f"{FINETUNE_MARKER} naming this output_dir); --overwrite_output_dir would replace them: choose a new "
+                "or empty output_dir, or move those files away first."
+            )
+
+
+def _weights_fingerprint(folder: str) -> tuple[int, str] | None:
+    """(size, sha256 of the first and last MiB) of folder/model.safetensors, or None without one: equal for copies of
+    the same weights, cheap for a model of any size."""
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        return None
+    size, digest = path.stat().st_size, hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(2**20))
+        handle.seek(max(size - 2**20, 0))
+        digest.update(handle.read(2**20))
+    return size, digest.hexdigest()
+
+
+def check_update_card(args: FinetuneArguments) -> None:
+    """Raise ArgumentError before any work when --update_card is a local folder of another model than the local
+    --model_name_or_path: the results would be written onto the wrong model's card. A folder holding a copy of the
+    same weights is accepted, and so is any folder with a Hub id (the user may have downloaded that model there)."""
+    model, card = args.model_name_or_path, args.update_card
+    if not (model and card and os.path.isdir(os.path.expanduser(model)) and os.path.isdir(os.path.expanduser(card))):
+        return
+    model_real, card_real = (os.path.realpath(os.path.expanduser(p)) for p in (model, card))
+    if model_real == card_real:
+        return
+    theirs = _weights_fingerprint(card_real)
+    if theirs is not None and theirs == _weights_fingerprint(model_real):
+        return
+    raise ArgumentError(
+        f"--update_card {card!r} is the folder of another model than --model_name_or_path {model!r} (its "
+        "model.safetensors differs or is missing), so the results would go onto the wrong model's card: pass "
+        f"--update_card {model}, or drop --update_card."
+    )
 
 
 def run_finetune(args: FinetuneArguments, training_args) -> list[FinetuneResult]:
@@ -149,6 +214,7 @@ def run_finetune(args: FinetuneArguments, training_args) -> list[FinetuneResult]
             )
     if training_args.push_to_hub and training_args.hub_private_repo is None:
         training_args.hub_private_repo = True
+    check_update_card(args)
     check_finetune_output_dir(args, training_args)
     raw, task, label_list = load_splits(args)
     dataset_name = args.dataset_name or default_dataset_name(args.train_file)
