@@ -24,16 +24,19 @@ def _trainer(tmp_path, **kw):
                                data_collator=default_data_collator), student
 
 
+def _nan(output):
+    """A layer's output (a tensor or a tuple led by one) turned to NaN."""
+    if isinstance(output, tuple):
+        return (output[0] * float("nan"),) + tuple(output[1:])
+    return output * float("nan")
+
+
 def _poison_at(trainer, step):
     """Make the student's hidden states NaN from optimizer step `step` (1-based) on."""
     layer = trainer.model.bert.encoder.layer[0]
 
     def hook(module, args, output):
-        if trainer.state.global_step + 1 >= step and trainer.model.training:
-            if isinstance(output, tuple):
-                return (output[0] * float("nan"),) + tuple(output[1:])
-            return output * float("nan")
-        return output
+        return _nan(output) if trainer.state.global_step + 1 >= step and trainer.model.training else output
 
     layer.register_forward_hook(hook)
 
@@ -86,11 +89,7 @@ def _poison_micro_batch(trainer, index):
         if not trainer.model.training:
             return output
         calls["n"] += 1
-        if calls["n"] == index:
-            if isinstance(output, tuple):
-                return (output[0] * float("nan"),) + tuple(output[1:])
-            return output * float("nan")
-        return output
+        return _nan(output) if calls["n"] == index else output
 
     layer.register_forward_hook(hook)
 
