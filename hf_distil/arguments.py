@@ -62,8 +62,9 @@ class DistillationArguments(TrainingArguments):
         metadata={
             "help": "A NaN/inf loss term: stop (checked on the device, raised at the next log or save, naming the term "
             "and step; no checkpoint is saved after it) "
-            "or skip (the optimizer update whose window met it is skipped on every rank, like a skipped fp16 "
-            "loss-scaling step; skips are counted in the logs as nan_skipped; 10 skips in a row stop the run)."
+            "or skip (the optimizer update whose window met it is dropped on every rank; the step counter and the "
+            "learning-rate schedule still advance; skips are counted in the logs as nan_skipped; 10 skips in a row "
+            "stop the run)."
         },
     )
 

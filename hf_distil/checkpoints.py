@@ -324,12 +324,14 @@ def probe_output_dir(output_dir: str, needed_bytes: int) -> None:
 def disk_full_error(err: BaseException, output_dir: str, step: int, needed_bytes: int) -> DiskFullError | None:
     """A DiskFullError for an error raised while saving checkpoint-`step`, or None when the disk was not the cause.
 
-    OSError carries ENOSPC / EDQUOT and safetensors says "No space left on device"; torch.save's writer raises a bare
-    RuntimeError instead, so for other errors the disk counts as full when it now has less room than a checkpoint needs.
+    OSError carries ENOSPC / EDQUOT and safetensors says "No space left on device"; torch.save's stream writer
+    (inline_container.cc) raises a bare RuntimeError, which counts as a full disk only when the disk now has less room
+    than a checkpoint needs. Any other error is not relabelled.
     """
     codes = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
     full = (isinstance(err, OSError) and err.errno in codes) or "No space left on device" in str(err)
-    if not full:
+    torch_writer = ("PytorchStreamWriter", "inline_container", "file write failed")
+    if not full and isinstance(err, RuntimeError) and any(s in str(err) for s in torch_writer):
         try:
             full = shutil.disk_usage(output_dir).free < needed_bytes
         except OSError:

@@ -301,12 +301,19 @@ def resolve_resume(training_args: DistillationArguments, run_args: RunArguments,
                 f"{ARGS_MARKER} naming this output_dir); --overwrite_output_dir would replace them: choose a new or "
                 "empty output_dir, or move those files away first."
             )
+        _barrier()  # every rank has looked at the folder before rank 0 changes it
         if training_args.process_index == 0:
             # Old checkpoints would mix with the new run's (resume auto, save_total_limit rotation).
             for old in Path(out).glob("checkpoint-*"):
                 logger.warning("overwrite_output_dir: removing the previous run's %s", old)
                 shutil.rmtree(old, ignore_errors=True)
+        _barrier()
     return resume
+
+
+def _barrier():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def build_models(model_args: ModelArguments, training_args: DistillationArguments):

@@ -61,12 +61,14 @@ def load_teacher(name_or_path: str, args: DistillationArguments, **kwargs) -> Pr
                 f"Teacher {name_or_path!r} needs code from its repository to load (auto_map in its config.json): "
                 "pass --trust_remote_code true if you trust that code, or use a teacher that transformers supports."
             ) from err
+        if "Unrecognized configuration class" not in str(err) and "AutoModelForMaskedLM" not in str(err):
+            raise  # not the "no masked-LM class for this config" case: a bug keeps its traceback
         raise TeacherLoadError(
             f"Teacher {name_or_path!r} is not a masked-language model ({_first_line(err)}); the KL term needs "
             "an AutoModelForMaskedLM checkpoint (e.g. a BERT or RoBERTa *ForMaskedLM)."
         ) from err
     except RuntimeError as err:
-        if "mismatch" not in str(err):
+        if "size mismatch" not in str(err) and "ignore_mismatched_sizes" not in str(err):
             raise
         raise TeacherLoadError(
             f"Teacher {name_or_path!r}: its config.json and its weights disagree in shape (see the load report "
@@ -249,6 +251,11 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
                     "dataloader_persistent_workers keeps each worker's copy of the collator, so masks repeat every "
                     "epoch (static masking); turn persistent workers off for fresh masks per epoch."
                 )
+        if args.nan_policy == "skip" and self.is_deepspeed_enabled:  # also when `accelerate launch` chose DeepSpeed
+            raise ArgumentError(
+                "nan_policy='skip' cannot drop an update under DeepSpeed (its engine owns the optimizer step): use "
+                "nan_policy='stop', or DeepSpeed's own fp16 loss scaling, which skips overflowing steps."
+            )
         self.teacher = self._prepare_teacher(teacher_model) if teacher_model is not None else None
         self._accumulated_counts: torch.Tensor | None = None
         # Device-side bookkeeping of the loss terms (see _watch_terms); created on the first training micro-batch.
@@ -303,7 +310,13 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         if not os.path.isfile(state_file):
             return None
         state = TrainerState.load_from_json(state_file)
-        last = self.args.max_steps if self.args.max_steps > 0 else state.max_steps
+        if self.args.max_steps > 0:
+            last = self.args.max_steps
+        elif state.num_train_epochs == self.args.num_train_epochs and \
+                state.train_batch_size == self.args.per_device_train_batch_size * max(1, self.args.n_gpu):
+            last = state.max_steps  # the same epoch-based run; more epochs or another batch size: train on
+        else:
+            return None
         if not last or state.global_step < last:
             return None
         logger.info("%s is at the run's last step (%d): loading it, nothing left to train.", checkpoint, last)
@@ -402,6 +415,12 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         if self._window_sums is None:
             return
         step = self.state.global_step + 1  # Trainer advances global_step after this callback
+        scaler_applied = self.accelerator.scaler is not None and not self.accelerator.optimizer_step_was_skipped
+        if self._skip_update and scaler_applied:
+            raise NonFiniteLossError(
+                f"nan_policy=skip: a loss term was NaN/inf at step {step} but the fp16 grad scaler applied the update "
+                "anyway; training stopped. Use bf16, lower the learning rate, or pass --nan_policy stop."
+            )
         if self._skip_update:
             self._nan_skipped += 1
             self._skips_in_a_row += 1

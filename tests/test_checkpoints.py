@@ -327,3 +327,14 @@ def test_a_run_killed_during_its_final_save_is_still_recognised_by_its_checkpoin
     (checkpoint / "distillation_args.json").write_text(json.dumps({"output_dir": str(tmp_path / "elsewhere")}))
     with pytest.raises(OutputFolderError, match="no earlier hf-distil run wrote"):
         check_output_dir(str(out), {}, marker="distillation_args.json")
+
+
+def test_a_save_error_that_is_not_the_disk_is_never_called_a_full_disk(tmp_path):
+    """Only ENOSPC / "No space left" / torch's stream writer failing on a small disk are a full disk; a callback or
+    push bug raised during a save keeps its own error, however little room the disk has."""
+    huge = 10**18  # more than any disk has free
+    assert checkpoints.disk_full_error(RuntimeError("a callback bug"), str(tmp_path), 2, huge) is None
+    assert checkpoints.disk_full_error(ValueError("cannot pickle"), str(tmp_path), 2, huge) is None
+    writer = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    assert isinstance(checkpoints.disk_full_error(writer, str(tmp_path), 2, huge), DiskFullError)
+    assert checkpoints.disk_full_error(writer, str(tmp_path), 2, 1) is None  # room left: not the disk

@@ -89,3 +89,24 @@ def test_resuming_from_the_last_step_trains_nothing_more(tmp_path):
     saved = load_file(tmp_path / "out" / "checkpoint-4" / "model.safetensors")
     state = resumed.model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in saved.items())
+
+
+def test_resuming_a_finished_epoch_run_with_more_epochs_trains_on(tmp_path):
+    from tiny import premasked_dataset, tiny_teacher
+    from transformers import default_data_collator
+
+    from hf_distil import DistillationArguments, DistillationTrainer, create_student
+
+    def trainer(epochs):
+        teacher = tiny_teacher(dropout=0.0)
+        args = DistillationArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True,
+                                     num_train_epochs=epochs, per_device_train_batch_size=8, save_strategy="epoch",
+                                     disable_tqdm=True, learning_rate=1e-3)
+        return DistillationTrainer(model=create_student(teacher, 2), teacher_model=teacher, args=args,
+                                   train_dataset=premasked_dataset(16), data_collator=default_data_collator)
+
+    trainer(1).train()
+    same = trainer(1)
+    assert same.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2")).global_step == 2
+    more = trainer(2)
+    assert more.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2")).global_step == 4

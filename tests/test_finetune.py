@@ -493,3 +493,12 @@ def test_update_card_of_another_model_is_refused(tiny_models, tmp_path, capsys):
     with pytest.raises(ValueError, match="is the folder of another model"):
         check_update_card(FinetuneArguments(model_name_or_path=str(student), update_card=str(copy), train_file="t",
                                             validation_file="v"))
+
+
+def test_update_card_that_is_not_a_card_folder_is_refused_before_any_work(tmp_path):
+    args = FinetuneArguments(model_name_or_path=str(tmp_path), train_file=str(tmp_path / "t.csv"),
+                             validation_file=str(tmp_path / "v.csv"), update_card=str(tmp_path / "nowhere"))
+    from hf_distil.finetune import check_update_card
+
+    with pytest.raises(ValueError, match="not a folder holding a model card"):
+        check_update_card(args)

@@ -451,3 +451,18 @@ def test_card_reports_the_metrics_and_batch_of_what_was_saved(tmp_path):
     trainer.create_model_card()
     card = (tmp_path / "out" / "README.md").read_text()
     assert "0.9876" in card and "1.2345" not in card
+
+
+def test_a_teacher_load_bug_keeps_its_own_error(monkeypatch):
+    """Only "no masked-LM class for this config" becomes the one-line teacher error; another ValueError is a bug."""
+    from transformers import AutoModelForMaskedLM
+
+    from hf_distil.trainer import load_teacher
+
+    def broken(*args, **kwargs):
+        raise ValueError("something deep inside went wrong")
+
+    monkeypatch.setattr(AutoModelForMaskedLM, "from_pretrained", broken)
+    with pytest.raises(ValueError) as err:
+        load_teacher("some/teacher", DistillationArguments(output_dir="unused", report_to=[], use_cpu=True))
+    assert type(err.value) is ValueError and "deep inside" in str(err.value)

@@ -186,6 +186,14 @@ def check_update_card(args: FinetuneArguments) -> None:
     --model_name_or_path: the results would be written onto the wrong model's card. A folder holding a copy of the
     same weights is accepted, and so is any folder with a Hub id (the user may have downloaded that model there)."""
     model, card = args.model_name_or_path, args.update_card
+    if card:  # a typo must not wait until every model has trained
+        local = os.path.expanduser(card)
+        if (os.path.exists(local) or card.startswith((".", "/", "~"))) and \
+                not os.path.isfile(os.path.join(local, "README.md")):
+            raise ArgumentError(
+                f"--update_card {card!r} is not a folder holding a model card (README.md): pass the distilled "
+                "model's folder, or drop --update_card."
+            )
     if not (model and card and os.path.isdir(os.path.expanduser(model)) and os.path.isdir(os.path.expanduser(card))):
         return
     model_real, card_real = (os.path.realpath(os.path.expanduser(p)) for p in (model, card))
