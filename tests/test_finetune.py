@@ -468,7 +468,9 @@ def test_overwrite_output_dir_never_replaces_files_no_earlier_run_wrote(tiny_mod
 
 def test_update_card_of_another_model_is_refused(tiny_models, tmp_path, capsys):
     # --update_card pointing at another model's folder added the student's results to that model's card.
-    student, teacher = tiny_models
+    shared_student, teacher = tiny_models
+    student = tmp_path / "student"  # a copy: this test writes a card into it
+    shutil.copytree(shared_student, student)
     base = ["--model_name_or_path", str(student), "--train_file", str(FIXTURES / "assertion_train.csv"),
             "--validation_file", str(FIXTURES / "assertion_validation.csv"), "--output_dir", str(tmp_path / "out"),
             "--report_to", "none"]
@@ -481,6 +483,7 @@ def test_update_card_of_another_model_is_refused(tiny_models, tmp_path, capsys):
     # The same folder (however spelled), a copy of the same weights, or a Hub id for the model are accepted.
     from hf_distil.finetune import check_update_card
 
+    (student / "README.md").write_text("# the student\n")  # a card folder holds a card (checked up front too)
     copy = tmp_path / "copy"
     shutil.copytree(student, copy)
     for model, card in [(str(student), str(student) + "/"), (str(student), str(copy)), ("org/some-model", str(other))]:
