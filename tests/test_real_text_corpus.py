@@ -1,0 +1,32 @@
+"""The quality benchmark's pretraining corpus: real text from ../shared/data, and never MTS-Dialog's test sets."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (DATA / "medquad_answers.txt").exists(), reason=f"real text not found in {DATA}")
+def test_corpus_holds_train_text_only_and_a_disjoint_validation(tmp_path):
+    script = ROOT / "recipes" / "make_real_text_corpus.py"
+    spec = importlib.util.spec_from_file_location("make_real_text_corpus", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--out", str(tmp_path)])
+    train = [json.loads(line)["text"] for line in open(tmp_path / "train.jsonl", encoding="utf-8")]
+    valid = [json.loads(line)["text"] for line in open(tmp_path / "valid.jsonl", encoding="utf-8")]
+    sections = [json.loads(line) for line in open(DATA / "mts_sections.jsonl", encoding="utf-8")]
+    in_training_set = {s["text"] for s in sections if s["split"] == "TrainingSet"}
+    # Short sections ("Noncontributory.") recur across MTS-Dialog's splits: only test text unseen in TrainingSet counts.
+    test_texts = {s["text"] for s in sections if s["split"].startswith("Final_200_TestSet")} - in_training_set
+    assert len(valid) == 300 + sum(s["split"] == "ValidationSet" for s in sections)
+    assert len(train) > 16_000 and all(text.strip() for text in train)
+    assert not test_texts & (set(train) | set(valid))
+    only_valid = {s["text"] for s in sections if s["split"] == "ValidationSet"} - in_training_set
+    assert only_valid and not only_valid & set(train)
+    assert os.path.getsize(tmp_path / "train.jsonl") > 20e6
