@@ -130,5 +130,8 @@ class DistillationArguments(TrainingArguments):
 
     @property
     def needs_teacher(self) -> bool:
-        """Whether any loss term reads the teacher (when not, it is never run)."""
-        return self.alpha_kd > 0 or self.alpha_hidden > 0
+        """Whether any weighted loss term reads the teacher (when not, training never runs it); the term registry
+        knows which do."""
+        from .objective import TERMS
+
+        return any(term.needs_teacher and getattr(self, term.weight) > 0 for term in TERMS)

@@ -509,15 +509,14 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         taken from `num_items_in_batch` when given.
         """
         args = self.args
-        local = rows.counts()
         if training and self._accumulated_counts is not None:
             scale = 1.0
             if args.average_tokens_across_devices and args.world_size > 1:
                 scale = float(self.accelerator.num_processes)
             return self._accumulated_counts, scale
         if num_items_in_batch is None:
-            return local, 1.0
-        counts = local.clone()
+            return rows.counts(), 1.0
+        counts = rows.counts()
         counts[ROW_SETS.index("M")] = num_items_in_batch
         if args.kd_positions == "masked":
             counts[ROW_SETS.index("P")] = num_items_in_batch

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import save_file
-from tiny import premasked_dataset, tiny_teacher, write_workspace
+from tiny import premasked_dataset, tiny_teacher, write_recipe_config, write_workspace
 from transformers import AutoModelForMaskedLM, TrainerCallback, default_data_collator
 
 from hf_distil import DistillationArguments, DistillationTrainer, checkpoints, create_student
@@ -131,14 +130,7 @@ def test_deepspeed_and_fsdp_layouts_are_recognised(tmp_path):
 @pytest.fixture
 def workspace(tmp_path):
     write_workspace(tmp_path)
-    config = {
-        "teacher_model_name_or_path": str(tmp_path / "teacher"), "student_num_layers": 2,
-        "train_file": str(tmp_path / "corpus.jsonl"), "validation_split_percentage": 20, "max_seq_length": 32,
-        "per_device_train_batch_size": 8, "max_steps": 2, "save_strategy": "no", "eval_strategy": "no",
-        "output_dir": str(tmp_path / "out"), "report_to": "none", "use_cpu": True, "disable_tqdm": True,
-        "dataloader_num_workers": 0, "evaluate_before_training": False,
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    write_recipe_config(tmp_path, max_steps=2, save_strategy="no", eval_strategy="no", evaluate_before_training=False)
     return tmp_path
 
 

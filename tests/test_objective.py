@@ -3,8 +3,9 @@
 import dataclasses
 
 import pytest
+import tiny
 import torch
-from tiny import premasked_dataset, tiny_teacher
+from tiny import batch_of, premasked_dataset, tiny_teacher
 from torch import nn
 from transformers import default_data_collator
 
@@ -26,15 +27,7 @@ from hf_distil.signals import SIGNALS, CaptureSpec, capture
 
 
 def args_for(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, save_strategy="no",
-                eval_strategy="no", per_device_train_batch_size=4, per_device_eval_batch_size=5, learning_rate=1e-3,
-                seed=0, disable_tqdm=True, dataloader_num_workers=0)
-    base.update(kw)
-    return DistillationArguments(**base)
-
-
-def batch_of(n=4, seed=0):
-    return default_data_collator([premasked_dataset(n, seed=seed)[i] for i in range(n)])
+    return tiny.args_for(tmp_path, **{"per_device_eval_batch_size": 5, **kw})
 
 
 def test_the_registry_is_consistent_with_the_arguments_and_the_signals():

@@ -6,7 +6,7 @@ import os
 import pytest
 import yaml
 from hub_fake import files_containing, go_online, pickles, record_uploads, tree_containing
-from tiny import free_port, write_workspace
+from tiny import free_port, write_recipe_config, write_workspace
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertTokenizerFast, pipeline
 
 from hf_distil import recipe
@@ -19,15 +19,8 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 def workspace(tmp_path):
     """A saved tiny teacher with its tokenizer, a jsonl corpus, and a base config."""
     write_workspace(tmp_path)
-    config = {
-        "teacher_model_name_or_path": str(tmp_path / "teacher"), "student_num_layers": 2,
-        "train_file": str(tmp_path / "corpus.jsonl"), "validation_split_percentage": 20, "max_seq_length": 32,
-        "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16, "max_steps": 6, "logging_steps": 2,
-        "eval_strategy": "steps", "eval_steps": 3, "save_strategy": "steps", "save_steps": 3, "learning_rate": 1e-3,
-        "output_dir": str(tmp_path / "out"), "report_to": "none", "use_cpu": True, "disable_tqdm": True,
-        "dataloader_num_workers": 0, "seed": 3,
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    write_recipe_config(tmp_path, per_device_eval_batch_size=16, max_steps=6, logging_steps=2, eval_strategy="steps",
+                        eval_steps=3, save_strategy="steps", save_steps=3, learning_rate=1e-3, seed=3)
     return tmp_path
 
 

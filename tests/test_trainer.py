@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from tiny import premasked_dataset, text_dataset, tiny_teacher
+from tiny import args_for, batch_of, premasked_dataset, text_dataset, tiny_teacher
 from transformers import (
     DataCollatorForLanguageModeling,
     RobertaConfig,
@@ -24,21 +24,9 @@ from hf_distil.collator import ReproducibleMLMCollator
 from hf_distil.errors import ArgumentError, ModelMismatchError
 
 
-def args_for(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, save_strategy="no",
-                eval_strategy="no", per_device_train_batch_size=4, learning_rate=1e-3, seed=0,
-                disable_tqdm=True, dataloader_num_workers=0)
-    base.update(kw)
-    return DistillationArguments(**base)
-
-
 def pair(dropout=0.0, seed=0):
     teacher = tiny_teacher(seed=seed, dropout=dropout)
     return teacher, create_student(teacher, 2)
-
-
-def batch_of(n=4, seed=0):
-    return default_data_collator([premasked_dataset(n, seed=seed)[i] for i in range(n)])
 
 
 def hand_objective(student, teacher, batch, a):

@@ -61,6 +61,37 @@ def premasked_dataset(n=16, length=16, seed=0, vocab=64):
     return Dataset.from_dict(rows)
 
 
+def args_for(tmp_path, **kw):
+    """DistillationArguments for a quick CPU run into tmp_path/out (no saving, no evaluation unless overridden)."""
+    from hf_distil import DistillationArguments
+
+    base = dict(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, save_strategy="no",
+                eval_strategy="no", per_device_train_batch_size=4, learning_rate=1e-3, seed=0,
+                disable_tqdm=True, dataloader_num_workers=0)
+    return DistillationArguments(**{**base, **kw})
+
+
+def batch_of(n=4, seed=0):
+    """A default-collated batch of `n` pre-masked examples."""
+    from transformers import default_data_collator
+
+    return default_data_collator([premasked_dataset(n, seed=seed)[i] for i in range(n)])
+
+
+def write_recipe_config(folder, **overrides):
+    """folder/config.yaml for the recipe on write_workspace's teacher and corpus, with `overrides` on top."""
+    import yaml
+
+    config = {
+        "teacher_model_name_or_path": str(folder / "teacher"), "student_num_layers": 2,
+        "train_file": str(folder / "corpus.jsonl"), "validation_split_percentage": 20, "max_seq_length": 32,
+        "per_device_train_batch_size": 8, "output_dir": str(folder / "out"), "report_to": "none", "use_cpu": True,
+        "disable_tqdm": True, "dataloader_num_workers": 0, **overrides,
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder / "config.yaml"
+
+
 def write_workspace(folder, n_texts=120, seed=1, min_len=10, max_len=40, dropout=0.1):
     """A saved tiny teacher with its tokenizer (folder/teacher) and a jsonl corpus (folder/corpus.jsonl)."""
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
