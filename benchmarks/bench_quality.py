@@ -1,0 +1,516 @@
+"""Quality benchmark: does a half-depth distilled student keep its teacher's skill, on real text and a real task?
+
+The teacher is `benchmarks/assets/medical-bert-teacher`: a 6-layer BERT pretrained from scratch on real medical text
+(recipes/pretrain_medical_teacher.py; its card has the command, the numbers and the data licences). Every student has
+3 layers and the same budget (steps, batch, learning-rate schedule, data order, seed); each is trained through the
+recipe's own code (`hf_distil.recipe.main`) on the teacher's pretraining text. Then the teacher and every student are
+
+- fine-tuned (all weights, `hf_distil.finetune`) on MTS-Dialog section-header classification (20 classes; TrainingSet
+  to train, ValidationSet to pick the epoch, both Final_200_TestSets, 400 sections, to report), with several seeds:
+  accuracy and macro-F1, mean ± standard deviation, and the student/teacher retention ratio;
+- scored as masked LMs on the MTS test texts under one fixed masking (same positions for every model): masked-token
+  accuracy, perplexity and top-1 agreement with the teacher, beside an add-one unigram model of the training text;
+- timed side by side (inference tokens/s of the fine-tuned classifiers on the same test batches, interleaved rounds).
+
+Writes OUT/quality.json (every number, every seed), OUT/quality.md (the table) and OUT/quality.png (bars with
+error bars). ../shared/data holds the text (never committed; see its README for the licences).
+
+    python benchmarks/bench_quality.py --out out/quality              # 2 CPU cores: about an hour
+    python benchmarks/bench_quality.py --smoke --out /tmp/q           # the whole pipeline at toy sizes
+    python benchmarks/bench_quality.py --device cuda --out out/q      # bigger budgets on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+DEFAULT_TEACHER = ROOT / "benchmarks" / "assets" / "medical-bert-teacher"
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+MTS_SPLITS = {"train": ("TrainingSet",), "validation": ("ValidationSet",),
+              "test": ("Final_200_TestSet_1", "Final_200_TestSet_2")}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The budget of one benchmark run (every student gets the same distillation budget)."""
+
+    student_layers: int
+    distil_steps: int
+    distil_batch: int
+    learning_rate: float
+    max_train_texts: int | None  # pretraining texts the students see (None: all)
+    max_eval_blocks: int | None  # validation blocks of the recipe's own evaluation (None: all)
+    finetune_epochs: int
+    finetune_lr: float
+    finetune_train_rows: int | None  # MTS TrainingSet rows (None: all)
+    finetune_eval_rows: int | None  # MTS validation and test rows (None: all)
+    seeds: int
+
+
+SIZES = {
+    "smoke": Sizes(student_layers=3, distil_steps=4, distil_batch=8, learning_rate=5e-4, max_train_texts=300,
+                   max_eval_blocks=16, finetune_epochs=1, finetune_lr=1e-4, finetune_train_rows=60,
+                   finetune_eval_rows=40, seeds=2),
+    "cpu": Sizes(student_layers=3, distil_steps=600, distil_batch=64, learning_rate=5e-4, max_train_texts=None,
+                 max_eval_blocks=None, finetune_epochs=6, finetune_lr=5e-4, finetune_train_rows=None,
+                 finetune_eval_rows=None, seeds=3),
+    "cuda": Sizes(student_layers=3, distil_steps=6000, distil_batch=128, learning_rate=5e-4, max_train_texts=None,
+                  max_eval_blocks=None, finetune_epochs=10, finetune_lr=5e-4, finetune_train_rows=None,
+                  finetune_eval_rows=None, seeds=5),
+}
+
+# The seed's objective (../shared/seed-model-card.md, recipes/configs/distil_clinical_bert.yaml): T 2, KL 5, MLM 2,
+# hidden-state cosine 1, the KL at the masked positions.
+SEED_OBJECTIVE = {"temperature": 2.0, "alpha_kd": 5.0, "alpha_mlm": 2.0, "alpha_hidden": 1.0, "hidden_loss": "cosine",
+                  "kd_positions": "masked"}
+
+
+@dataclass(frozen=True)
+class Student:
+    """One row of the table: how the student starts and what it is trained on (same budget for all)."""
+
+    name: str
+    init: str  # "teacher": every other teacher layer (create_student); "random": a fresh model of the same shape
+    objective: dict
+    trained: bool = True
+    note: str = ""
+
+
+STUDENTS = (
+    Student("distilled", "teacher", SEED_OBJECTIVE, note="seed objective, every-other-layer init"),
+    Student("mlm-only", "teacher", {"alpha_kd": 0.0, "alpha_mlm": 1.0, "alpha_hidden": 0.0},
+            note="same init and budget, masked-LM loss only (no teacher signal)"),
+    Student("random-init distilled", "random", SEED_OBJECTIVE, note="seed objective from a random init"),
+    Student("init only", "teacher", {}, trained=False, note="every-other-layer init, not trained (reference)"),
+    # The methods of the next issues (intermediate layers, attention, relations) add their rows here.
+)
+
+
+# ---------------------------------------------------------------- data
+
+
+def read_mts(data: Path) -> dict[str, list[dict]]:
+    """MTS-Dialog sections by benchmark split: {"train"|"validation"|"test": [{"text", "label", "split"}]}."""
+    rows = [json.loads(line) for line in open(data / "mts_sections.jsonl", encoding="utf-8") if line.strip()]
+    return {split: [{"text": r["text"], "label": r["section_header"], "split": r["split"]}
+                    for r in rows if r["split"] in names]
+            for split, names in MTS_SPLITS.items()}
+
+
+def write_mts_files(mts: dict[str, list[dict]], folder: Path, train_rows: int | None,
+                    eval_rows: int | None) -> dict[str, Path]:
+    """jsonl files for hf_distil.finetune (text, label). Cut (smoke runs): the training rows to train_rows, taken in
+    turn from each label so that every label is still trained on; the evaluation rows to those labels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    trained = None
+    for split, rows in mts.items():
+        if split == "train" and train_rows:
+            by_label = {}
+            for row in rows:
+                by_label.setdefault(row["label"], []).append(row)
+            in_turn = [row for group in itertools.zip_longest(*by_label.values()) for row in group if row]
+            rows = in_turn[:train_rows]
+            trained = {row["label"] for row in rows}
+        elif split != "train" and eval_rows:
+            rows = [row for row in rows if trained is None or row["label"] in trained][:eval_rows]
+        paths[split] = folder / f"{split}.jsonl"
+        with open(paths[split], "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows)
+    return paths
+
+
+def build_corpus(data: Path, out: Path, max_texts: int | None) -> Path:
+    """The teacher's pretraining text (make_real_text_corpus.py), optionally cut to its first max_texts rows."""
+    import make_real_text_corpus
+
+    make_real_text_corpus.main(["--data", str(data), "--out", str(out)])
+    if max_texts:
+        lines = (out / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+        (out / "train.jsonl").write_text("".join(lines[:max_texts]), encoding="utf-8")
+    return out
+
+
+# ---------------------------------------------------------------- students
+
+
+def random_student(teacher_dir: Path, num_layers: int, seed: int, folder: Path) -> Path:
+    """A freshly initialised masked LM of the student's shape (the teacher's config, fewer layers), saved."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    config = AutoConfig.from_pretrained(teacher_dir)
+    config.num_hidden_layers = num_layers
+    torch.manual_seed(seed)
+    AutoModelForMaskedLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def untrained_student(teacher_dir: Path, num_layers: int, folder: Path) -> Path:
+    """`create_student` of the teacher (every other layer), saved with the teacher's tokenizer, not trained."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from hf_distil import create_student
+
+    teacher = AutoModelForMaskedLM.from_pretrained(teacher_dir, dtype=torch.float32)
+    create_student(teacher, num_layers).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(folder)
+    return folder
+
+
+def distil_student(student: Student, teacher_dir: Path, corpus: Path, folder: Path, sizes: Sizes, device: str,
+                   seed: int = 42) -> dict:
+    """Train one student through the recipe (hf_distil.recipe.main); returns its final metrics and wall time."""
+    from hf_distil import recipe
+
+    if not student.trained:
+        start = time.perf_counter()
+        untrained_student(teacher_dir, sizes.student_layers, folder)
+        return {"minutes": (time.perf_counter() - start) / 60}
+    objective = {"alpha_kd": 0.0, "alpha_mlm": 0.0, "alpha_hidden": 0.0, **student.objective}
+    flags = {
+        "teacher_model_name_or_path": teacher_dir, "train_file": corpus / "train.jsonl",
+        "validation_file": corpus / "valid.jsonl", "output_dir": folder, "overwrite_output_dir": "true",
+        "student_num_layers": sizes.student_layers, "student_layers": "every_other", "max_seq_length": 128,
+        "mlm_probability": 0.15, **objective,
+        "max_steps": sizes.distil_steps, "per_device_train_batch_size": sizes.distil_batch,
+        "per_device_eval_batch_size": 64, "learning_rate": sizes.learning_rate, "lr_scheduler_type": "linear",
+        "warmup_steps": 0.05, "weight_decay": 1e-4, "seed": seed, "data_seed": seed,
+        "logging_steps": max(sizes.distil_steps // 20, 1), "eval_strategy": "no", "save_strategy": "no",
+        "report_to": "none", "dataloader_num_workers": 0,
+        "max_eval_samples": sizes.max_eval_blocks, "logging_nan_inf_filter": "false",
+        "disable_tqdm": "true", "use_cpu": str(device == "cpu").lower(),
+    }
+    if student.init == "random":
+        flags["student_model_name_or_path"] = random_student(teacher_dir, sizes.student_layers, seed,
+                                                             folder.parent / f"{folder.name}-start")
+    argv = [item for key, value in flags.items() if value is not None for item in (f"--{key}", str(value))]
+    start = time.perf_counter()
+    code = recipe.main(argv)
+    if code != 0:
+        raise RuntimeError(f"distilling {student.name!r} failed (exit code {code}); its log is above.")
+    metrics = json.loads((folder / "all_results.json").read_text())
+    return {"minutes": (time.perf_counter() - start) / 60, "recipe_metrics": metrics}
+
+
+# ---------------------------------------------------------------- masked-LM scoring
+
+
+def masked_batches(tokenizer, texts: list[str], seed: int = 0, rate: float = 0.15, batch_size: int = 64,
+                   max_length: int = 128) -> list[dict]:
+    """Fixed-mask evaluation batches: `rate` of the non-special tokens of each text (at least one) become [MASK]."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start:start + batch_size], truncation=True, max_length=max_length, padding=True,
+                        return_special_tokens_mask=True, return_tensors="pt")
+        maskable = (enc.pop("special_tokens_mask") == 0) & (enc["attention_mask"] == 1)
+        scores = torch.rand(maskable.shape, generator=generator).masked_fill(~maskable, 2.0)
+        chosen = (scores < rate) & maskable
+        first = scores.argmin(dim=1)  # every text with a maskable token gets at least one mask
+        chosen[torch.arange(len(first)), first] |= maskable[torch.arange(len(first)), first]
+        labels = enc["input_ids"].masked_fill(~chosen, -100)
+        enc["input_ids"] = enc["input_ids"].masked_fill(chosen, tokenizer.mask_token_id)
+        batches.append({**enc, "labels": labels})
+    return batches
+
+
+@torch.no_grad()
+def masked_lm_predictions(model, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log-probabilities at the masked positions, their labels, top-1 ids) of a masked LM on fixed batches."""
+    model.eval()
+    device = next(model.parameters()).device
+    log_probs, labels = [], []
+    for batch in batches:
+        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits.float().cpu()
+        rows = batch["labels"] != -100
+        log_probs.append(torch.log_softmax(logits[rows], dim=-1))
+        labels.append(batch["labels"][rows])
+    log_probs, labels = torch.cat(log_probs), torch.cat(labels)
+    return log_probs, labels, log_probs.argmax(-1)
+
+
+def score_masked_lm(model, batches: list[dict], teacher_top1: torch.Tensor | None = None) -> dict:
+    """Masked-token accuracy, perplexity and (given the teacher's top-1) teacher agreement on fixed batches."""
+    log_probs, labels, top1 = masked_lm_predictions(model, batches)
+    nll = -log_probs.gather(1, labels[:, None]).mean().item()
+    scores = {"masked_accuracy": (top1 == labels).float().mean().item(), "perplexity": math.exp(nll),
+              "masked_tokens": int(labels.numel())}
+    if teacher_top1 is not None:
+        scores["teacher_agreement"] = (top1 == teacher_top1).float().mean().item()
+    return scores
+
+
+def unigram_log_probs(tokenizer, texts: list[str]) -> torch.Tensor:
+    """Add-one smoothed unigram log-probabilities of the tokens of `texts` (special tokens get no count)."""
+    counts = torch.zeros(len(tokenizer), dtype=torch.float64)
+    for start in range(0, len(texts), 1000):
+        for ids in tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]:
+            counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=len(tokenizer)).double()
+    counts[tokenizer.all_special_ids] = 0
+    return torch.log((counts + 1) / (counts + 1).sum())
+
+
+def score_unigram(log_p: torch.Tensor, batches: list[dict]) -> dict:
+    """The unigram baseline on the same masked positions: accuracy of its one guess, and its perplexity."""
+    labels = torch.cat([b["labels"][b["labels"] != -100] for b in batches])
+    return {"masked_accuracy": (labels == log_p.argmax()).float().mean().item(),
+            "perplexity": math.exp(-log_p[labels].mean().item()), "masked_tokens": int(labels.numel())}
+
+
+# ---------------------------------------------------------------- downstream
+
+
+def finetune(model_dir: Path, name: str, seed: int, mts_files: dict[str, Path], folder: Path, sizes: Sizes,
+             device: str):
+    """Fine-tune one model on MTS-Dialog sections with one seed; the epoch with the best validation macro-F1 is
+    scored on the test sets. Returns hf_distil.finetune's FinetuneResult."""
+    from transformers import TrainingArguments
+
+    from hf_distil.finetune.arguments import FinetuneArguments
+    from hf_distil.finetune.readers import load_splits
+    from hf_distil.finetune.run import finetune_model
+
+    args = FinetuneArguments(model_name_or_path=str(model_dir), train_file=str(mts_files["train"]),
+                             validation_file=str(mts_files["validation"]), test_file=str(mts_files["test"]),
+                             task="classification", max_seq_length=128, speed_batches=1, speed_min_seconds=0.0)
+    raw, task, label_list = load_splits(args)
+    training_args = TrainingArguments(
+        output_dir=str(folder), num_train_epochs=sizes.finetune_epochs, learning_rate=sizes.finetune_lr,
+        per_device_train_batch_size=32, per_device_eval_batch_size=64, warmup_steps=0.1, weight_decay=0.01,
+        eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model="macro_f1",
+        greater_is_better=True, save_total_limit=1, save_only_model=True, logging_strategy="epoch", seed=seed,
+        report_to="none", disable_tqdm=True, use_cpu=device == "cpu", dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length")  # batches of similar lengths: far less padding, same examples
+    result = finetune_model(str(model_dir), raw, task, label_list, args, training_args)
+    for checkpoint in folder.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    result.name = name
+    return result
+
+
+def reference_classifiers(mts_files: dict[str, Path]) -> dict:
+    """What needs no encoder at all, on the same test rows: the majority class, and TF-IDF word uni/bigrams with
+    logistic regression (scikit-learn). A pretrained encoder that does not beat the second has taught little."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    def read(split):
+        rows = [json.loads(line) for line in open(mts_files[split], encoding="utf-8")]
+        return [r["text"] for r in rows], [r["label"] for r in rows]
+
+    (train_x, train_y), (test_x, test_y) = read("train"), read("test")
+    labels = sorted(set(train_y))
+    majority = max(labels, key=train_y.count)
+    vectoriser = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    classifier = LogisticRegression(max_iter=2000, C=10.0).fit(vectoriser.fit_transform(train_x), train_y)
+    predictions = {"majority class": [majority] * len(test_y),
+                   "tf-idf + logistic regression": list(classifier.predict(vectoriser.transform(test_x)))}
+    return {name: {"accuracy": float(accuracy_score(test_y, pred)),
+                   "macro_f1": float(f1_score(test_y, pred, labels=labels, average="macro", zero_division=0))}
+            for name, pred in predictions.items()}
+
+
+def inference_speed(model_dirs: dict[str, Path], mts_files: dict[str, Path], device: str, rounds: int = 3) -> dict:
+    """Tokens/s of each fine-tuned classifier on the same test batches, timed in interleaved rounds (median)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    from hf_distil.finetune.arguments import FinetuneArguments
+    from hf_distil.finetune.readers import load_splits
+    from hf_distil.finetune.speed import measure_inference_speed
+    from hf_distil.finetune.tokenisation import preprocess
+
+    args = FinetuneArguments(model_name_or_path="", train_file=str(mts_files["train"]),
+                             validation_file=str(mts_files["validation"]), test_file=str(mts_files["test"]))
+    raw, task, label_list = load_splits(args)
+    first = next(iter(model_dirs.values()))
+    tokenizer = AutoTokenizer.from_pretrained(first)
+    test = preprocess(raw, tokenizer, task, label_list, 128)["test"]
+    models = {name: AutoModelForSequenceClassification.from_pretrained(path).to(device)
+              for name, path in model_dirs.items()}
+    timings = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            timings[name].append(measure_inference_speed(model, test, DataCollatorWithPadding(tokenizer),
+                                                         batch_size=64, max_batches=10, min_seconds=1.0))
+    return {name: statistics.median(values) for name, values in timings.items()}
+
+
+# ---------------------------------------------------------------- summary
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(report: dict) -> dict:
+    """Per model: mean ± std over seeds, retention against the teacher; the distilled − mlm-only gap."""
+    rows = {}
+    for name, model in report["models"].items():
+        row = {"parameters": model["parameters"], **model["masked_lm"]}
+        for metric in ("accuracy", "macro_f1"):
+            row[metric], row[f"{metric}_std"] = mean_std([run[metric] for run in model["finetune"]])
+        row["tokens_per_second"] = model.get("tokens_per_second")
+        rows[name] = row
+    teacher = rows["teacher"]
+    for row in rows.values():
+        for metric in ("accuracy", "macro_f1"):
+            row[f"{metric}_retention"] = row[metric] / teacher[metric] if teacher[metric] else float("nan")
+        if row["tokens_per_second"] and teacher["tokens_per_second"]:
+            row["speedup"] = row["tokens_per_second"] / teacher["tokens_per_second"]
+    gaps = {}
+    if "distilled" in rows and "mlm-only" in rows:
+        for metric in ("accuracy", "macro_f1"):
+            d, m = rows["distilled"], rows["mlm-only"]
+            gaps[metric] = {"difference": d[metric] - m[metric],
+                            "largest_seed_std": max(d[f"{metric}_std"], m[f"{metric}_std"])}
+    return {"rows": rows, "distilled_minus_mlm_only": gaps}
+
+
+def markdown_table(report: dict) -> str:
+    rows = report["summary"]["rows"]
+    lines = ["| model | params | test accuracy | test macro-F1 | F1 kept | MTS-test perplexity | masked acc. "
+             "| teacher agreement | tokens/s (× teacher) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in rows.items():
+        agreement = f"{r['teacher_agreement']:.3f}" if "teacher_agreement" in r else "—"
+        speed = (f"{r['tokens_per_second']:,.0f} ({r.get('speedup', 1.0):.2f}×)" if r["tokens_per_second"] else "—")
+        lines.append(f"| {name} | {r['parameters'] / 1e6:.2f} M | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "
+                     f"| {r['macro_f1']:.3f} ± {r['macro_f1_std']:.3f} | {r['macro_f1_retention']:.1%} "
+                     f"| {r['perplexity']:.1f} | {r['masked_accuracy']:.3f} | {agreement} | {speed} |")
+    for name, r in report["reference_classifiers"].items():
+        lines.append(f"| {name} (reference) | — | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | — | — | — | — | — |")
+    unigram = report["unigram"]
+    lines.append(f"| unigram (reference) | — | — | — | — | {unigram['perplexity']:.1f} "
+                 f"| {unigram['masked_accuracy']:.3f} | — | — |")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Bars of test accuracy and macro-F1 per model, error bars one standard deviation over seeds."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = report["summary"]["rows"]
+    names = list(rows)
+    fig = Figure(figsize=(8, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.38
+    for offset, metric in ((-width / 2, "accuracy"), (width / 2, "macro_f1")):
+        ax.bar([i + offset for i in range(len(names))], [rows[n][metric] for n in names], width,
+               yerr=[rows[n][f"{metric}_std"] for n in names], capsize=4, label=metric.replace("_", "-"))
+    ax.set_xticks(range(len(names)), names, rotation=15)
+    ax.set_ylabel(f"MTS-Dialog test ({report['seeds']} seeds, mean ± sd)")
+    ax.set_title("Section-header classification after fine-tuning")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="Folder for every model and the results.")
+    parser.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="Folder with medquad_answers.txt and mts_sections.jsonl (default ../shared/data).")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="The whole pipeline at toy sizes (a few minutes).")
+    parser.add_argument("--seeds", type=int, help="Fine-tuning seeds (default: 3 on CPU, 5 on a GPU, 2 smoke).")
+    args = parser.parse_args(argv)
+    for name in ("medquad_answers.txt", "mts_sections.jsonl"):
+        if not (args.data / name).is_file():
+            parser.error(f"--data {args.data} has no {name}: pass the folder that holds the shared real text.")
+    if not (args.teacher / "config.json").is_file():
+        parser.error(f"--teacher {args.teacher} holds no model (config.json): pass the teacher's folder.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no GPU here: drop --device.")
+    sizes = SIZES["smoke" if args.smoke else args.device]
+    if args.seeds:
+        sizes = Sizes(**{**asdict(sizes), "seeds": args.seeds})
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    def phase(text):
+        print(f"[bench_quality {(time.perf_counter() - started) / 60:5.1f} min] {text}", flush=True)
+
+    corpus = build_corpus(args.data, out / "corpus", sizes.max_train_texts)
+    mts = read_mts(args.data)
+    mts_files = write_mts_files(mts, out / "mts", sizes.finetune_train_rows, sizes.finetune_eval_rows)
+    models = {"teacher": {"dir": args.teacher, "note": "the teacher itself"}}
+    for student in STUDENTS:
+        folder = out / "students" / student.name.replace(" ", "-")
+        phase(f"student {student.name!r}")
+        run = distil_student(student, args.teacher, corpus, folder, sizes, args.device)
+        models[student.name] = {"dir": folder, "note": student.note, "distillation": run,
+                                "objective": student.objective, "init": student.init}
+
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    phase("masked-LM scores on the MTS test texts")
+    tokenizer = AutoTokenizer.from_pretrained(args.teacher)
+    test_texts = [row["text"] for row in mts["test"]]
+    batches = masked_batches(tokenizer, test_texts)
+    teacher = AutoModelForMaskedLM.from_pretrained(args.teacher, dtype=torch.float32)
+    teacher_top1 = masked_lm_predictions(teacher, batches)[2]
+    train_texts = [json.loads(line)["text"] for line in open(corpus / "train.jsonl", encoding="utf-8")]
+    unigram = score_unigram(unigram_log_probs(tokenizer, train_texts), batches)
+    for name, model in models.items():
+        lm = AutoModelForMaskedLM.from_pretrained(model["dir"], dtype=torch.float32)
+        model["masked_lm"] = score_masked_lm(lm, batches, None if name == "teacher" else teacher_top1)
+        runs = []
+        for seed in range(sizes.seeds):
+            phase(f"fine-tuning {name!r}, seed {seed}")
+            result = finetune(model["dir"], name, seed, mts_files,
+                              out / "finetune" / name.replace(" ", "-") / f"seed{seed}", sizes, args.device)
+            runs.append({"seed": seed, **{k: result.metrics[k] for k in ("accuracy", "macro_f1")}})
+            model["parameters"] = result.parameters
+        model["finetune"] = runs
+    phase("inference speed, side by side")
+    speeds = inference_speed({name: out / "finetune" / name.replace(" ", "-") / "seed0" for name in models},
+                             mts_files, args.device)
+    for name, tokens_per_second in speeds.items():
+        models[name]["tokens_per_second"] = tokens_per_second
+
+    report = {
+        "sizes": asdict(sizes), "seeds": sizes.seeds, "device": args.device, "smoke": args.smoke,
+        "threads": torch.get_num_threads(), "teacher": str(args.teacher),
+        "data": {"pretraining_texts": len(train_texts), **{f"mts_{k}": len(v) for k, v in mts.items()}},
+        "unigram": unigram, "reference_classifiers": reference_classifiers(mts_files),
+        "models": {name: {k: (str(v) if isinstance(v, Path) else v) for k, v in m.items()}
+                   for name, m in models.items()},
+    }
+    report["summary"] = summarise(report)
+    report["minutes"] = (time.perf_counter() - started) / 60
+    (out / "quality.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    table = markdown_table(report)
+    (out / "quality.md").write_text(table + "\n", encoding="utf-8")
+    plot(report, out / "quality.png")
+    print(table)
+    for metric, gap in report["summary"]["distilled_minus_mlm_only"].items():
+        print(f"distilled - mlm-only, {metric}: {gap['difference']:+.3f} "
+              f"(largest seed sd {gap['largest_seed_std']:.3f})")
+    print(f"{report['minutes']:.1f} minutes; results in {out}/quality.json, quality.md, quality.png")
+    return report
+
+
+if __name__ == "__main__":
+    main()
