@@ -154,6 +154,15 @@ def test_labels_go_to_the_first_sub_token(tiny_models):
     assert data["labels"] == expected
 
 
+def test_a_float16_checkpoint_is_fine_tuned_with_float32_weights(tiny_models, tmp_path):
+    half = tmp_path / "half"
+    shutil.copytree(tiny_models[0], half)
+    BertForMaskedLM.from_pretrained(half).half().save_pretrained(half)
+    assert json.loads((half / "config.json").read_text())["dtype"] == "float16"
+    model = build_model(str(half), "classification", ["no", "yes"])
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
 def test_sentence_pairs_and_csv_classification(tiny_models):
     args = FinetuneArguments("m", str(FIXTURES / "nli_train.jsonl"), str(FIXTURES / "nli_validation.jsonl"),
                              text_column="premise", text_pair_column="hypothesis")

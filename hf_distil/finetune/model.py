@@ -53,7 +53,12 @@ def apply_lora(model, task: str, r: int = 8, alpha: int = 16, dropout: float = 0
 
 
 def build_model(model_name_or_path: str, task: str, label_list: list[str], args: FinetuneArguments | None = None):
-    """Token- or sequence-classification model from a (masked-LM) checkpoint, LoRA-wrapped if asked."""
+    """Token- or sequence-classification model from a (masked-LM) checkpoint, LoRA-wrapped if asked.
+
+    Always float32 weights, whatever dtype the checkpoint was saved in: an optimizer on float16 weights rounds small
+    updates away. Mixed precision is --bf16/--fp16 (autocast over float32 master weights), as in distillation.
+    """
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     auto = AutoModelForTokenClassification if task == "ner" else AutoModelForSequenceClassification
@@ -63,6 +68,7 @@ def build_model(model_name_or_path: str, task: str, label_list: list[str], args:
         id2label=dict(enumerate(label_list)),
         label2id={label: i for i, label in enumerate(label_list)},
         ignore_mismatched_sizes=True,  # a checkpoint that already has a head with other labels
+        dtype=torch.float32,  # not "auto": a checkpoint saved in float16 would train in float16
     )
     if args is not None and args.use_lora:
         model = apply_lora(model, task, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
