@@ -91,8 +91,8 @@ class Student:
 
 STUDENTS = (
     Student("distilled", "teacher", SEED_OBJECTIVE, note="seed objective, every-other-layer init"),
-    Student("mlm-only", "teacher", {"alpha_kd": 0.0, "alpha_mlm": 1.0, "alpha_hidden": 0.0},
-            note="same init and budget, masked-LM loss only (no teacher signal)"),
+    Student("mlm-only", "teacher", {"alpha_kd": 0.0, "alpha_mlm": 2.0, "alpha_hidden": 0.0},
+            note="same init and budget, the seed's masked-LM term alone (no teacher signal)"),
     Student("random-init distilled", "random", SEED_OBJECTIVE, note="seed objective from a random init"),
     Student("init only", "teacher", {}, trained=False, note="every-other-layer init, not trained (reference)"),
     # The methods of the next issues (intermediate layers, attention, relations) add their rows here.
@@ -102,12 +102,26 @@ STUDENTS = (
 # ---------------------------------------------------------------- data
 
 
+class BenchmarkInputError(ValueError):
+    """Input the benchmark cannot use; main() prints it as one line."""
+
+
+
 def read_mts(data: Path) -> dict[str, list[dict]]:
     """MTS-Dialog sections by benchmark split: {"train"|"validation"|"test": [{"text", "label", "split"}]}."""
-    rows = [json.loads(line) for line in open(data / "mts_sections.jsonl", encoding="utf-8") if line.strip()]
-    return {split: [{"text": r["text"], "label": r["section_header"], "split": r["split"]}
-                    for r in rows if r["split"] in names]
-            for split, names in MTS_SPLITS.items()}
+    path = data / "mts_sections.jsonl"
+    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    missing = [key for key in ("split", "section_header", "text") if any(key not in r for r in rows)]
+    if missing:
+        raise BenchmarkInputError(f"{path}: rows without {', '.join(missing)}; expected MTS-Dialog sections "
+                                  "(split, section_header, text).")
+    splits = {split: [{"text": r["text"], "label": r["section_header"], "split": r["split"]}
+                      for r in rows if r["split"] in names]
+              for split, names in MTS_SPLITS.items()}
+    empty = [" or ".join(MTS_SPLITS[split]) for split, split_rows in splits.items() if not split_rows]
+    if empty:
+        raise BenchmarkInputError(f"{path} has no rows of split {', '.join(empty)}.")
+    return splits
 
 
 def write_mts_files(mts: dict[str, list[dict]], folder: Path, train_rows: int | None,
@@ -154,7 +168,7 @@ def random_student(teacher_dir: Path, num_layers: int, seed: int, folder: Path) 
     config = AutoConfig.from_pretrained(teacher_dir)
     config.num_hidden_layers = num_layers
     torch.manual_seed(seed)
-    AutoModelForMaskedLM.from_config(config).save_pretrained(folder)
+    AutoModelForMaskedLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
     return folder
 
 
@@ -200,7 +214,8 @@ def distil_student(student: Student, teacher_dir: Path, corpus: Path, folder: Pa
     start = time.perf_counter()
     code = recipe.main(argv)
     if code != 0:
-        raise RuntimeError(f"distilling {student.name!r} failed (exit code {code}); its log is above.")
+        raise BenchmarkInputError(f"distilling {student.name!r} failed (exit code {code}): see the hf-distil error "
+                                  "above.")
     metrics = json.loads((folder / "all_results.json").read_text())
     return {"minutes": (time.perf_counter() - start) / 60, "recipe_metrics": metrics}
 
@@ -210,13 +225,15 @@ def distil_student(student: Student, teacher_dir: Path, corpus: Path, folder: Pa
 
 def masked_batches(tokenizer, texts: list[str], seed: int = 0, rate: float = 0.15, batch_size: int = 64,
                    max_length: int = 128) -> list[dict]:
-    """Fixed-mask evaluation batches: `rate` of the non-special tokens of each text (at least one) become [MASK]."""
+    """Fixed-mask evaluation batches: `rate` of the tokens of each text (at least one) become [MASK]; special tokens,
+    [UNK] included, and padding never do."""
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(texts[start:start + batch_size], truncation=True, max_length=max_length, padding=True,
                         return_special_tokens_mask=True, return_tensors="pt")
-        maskable = (enc.pop("special_tokens_mask") == 0) & (enc["attention_mask"] == 1)
+        special = torch.isin(enc["input_ids"], torch.tensor(tokenizer.all_special_ids))  # [UNK] included
+        maskable = (enc.pop("special_tokens_mask") == 0) & (enc["attention_mask"] == 1) & ~special
         scores = torch.rand(maskable.shape, generator=generator).masked_fill(~maskable, 2.0)
         chosen = (scores < rate) & maskable
         first = scores.argmin(dim=1)  # every text with a maskable token gets at least one mask
@@ -278,9 +295,10 @@ def finetune(model_dir: Path, name: str, seed: int, mts_files: dict[str, Path], 
              device: str):
     """Fine-tune one model on MTS-Dialog sections with one seed; the epoch with the best validation macro-F1 is
     scored on the test sets. Returns hf_distil.finetune's FinetuneResult."""
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments, set_seed
 
     from hf_distil.finetune.arguments import FinetuneArguments
+    from hf_distil.finetune.model import build_model
     from hf_distil.finetune.readers import load_splits
     from hf_distil.finetune.run import finetune_model
 
@@ -295,7 +313,9 @@ def finetune(model_dir: Path, name: str, seed: int, mts_files: dict[str, Path], 
         greater_is_better=True, save_total_limit=1, save_only_model=True, logging_strategy="epoch", seed=seed,
         report_to="none", disable_tqdm=True, use_cpu=device == "cpu", dataloader_num_workers=0,
         train_sampling_strategy="group_by_length")  # batches of similar lengths: far less padding, same examples
-    result = finetune_model(str(model_dir), raw, task, label_list, args, training_args)
+    set_seed(seed)  # the new classification head's initialisation
+    model = build_model(str(model_dir), task, label_list, args)  # float32, whatever the checkpoint's dtype
+    result = finetune_model(str(model_dir), raw, task, label_list, args, training_args, model=model)
     for checkpoint in folder.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)
     result.name = name
@@ -307,7 +327,8 @@ def reference_classifiers(mts_files: dict[str, Path]) -> dict:
     logistic regression (scikit-learn). A pretrained encoder that does not beat the second has taught little."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
+
+    from hf_distil.finetune.metrics import load_metric
 
     def read(split):
         rows = [json.loads(line) for line in open(mts_files[split], encoding="utf-8")]
@@ -320,12 +341,14 @@ def reference_classifiers(mts_files: dict[str, Path]) -> dict:
     classifier = LogisticRegression(max_iter=2000, C=10.0).fit(vectoriser.fit_transform(train_x), train_y)
     predictions = {"majority class": [majority] * len(test_y),
                    "tf-idf + logistic regression": list(classifier.predict(vectoriser.transform(test_x)))}
-    return {name: {"accuracy": float(accuracy_score(test_y, pred)),
-                   "macro_f1": float(f1_score(test_y, pred, labels=labels, average="macro", zero_division=0))}
+    metric = load_metric("classification")  # the one the fine-tuned encoders are scored with
+    ids = {label: i for i, label in enumerate(labels)}
+    return {name: metric.compute(predictions=[ids[p] for p in pred], references=[ids[y] for y in test_y])
             for name, pred in predictions.items()}
 
 
-def inference_speed(model_dirs: dict[str, Path], mts_files: dict[str, Path], device: str, rounds: int = 3) -> dict:
+def inference_speed(model_dirs: dict[str, Path], mts_files: dict[str, Path], device: str, rounds: int = 3,
+                    min_seconds: float = 1.0) -> dict:
     """Tokens/s of each fine-tuned classifier on the same test batches, timed in interleaved rounds (median)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
@@ -340,13 +363,13 @@ def inference_speed(model_dirs: dict[str, Path], mts_files: dict[str, Path], dev
     first = next(iter(model_dirs.values()))
     tokenizer = AutoTokenizer.from_pretrained(first)
     test = preprocess(raw, tokenizer, task, label_list, 128)["test"]
-    models = {name: AutoModelForSequenceClassification.from_pretrained(path).to(device)
+    models = {name: AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(device)
               for name, path in model_dirs.items()}
     timings = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
             timings[name].append(measure_inference_speed(model, test, DataCollatorWithPadding(tokenizer),
-                                                         batch_size=64, max_batches=10, min_seconds=1.0))
+                                                         batch_size=64, max_batches=10, min_seconds=min_seconds))
     return {name: statistics.median(values) for name, values in timings.items()}
 
 
@@ -373,11 +396,15 @@ def summarise(report: dict) -> dict:
         if row["tokens_per_second"] and teacher["tokens_per_second"]:
             row["speedup"] = row["tokens_per_second"] / teacher["tokens_per_second"]
     gaps = {}
-    if "distilled" in rows and "mlm-only" in rows:
+    if "distilled" in rows and "mlm-only" in rows:  # the fine-tuning seeds are shared: compare seed by seed
+        runs = {name: {r["seed"]: r for r in report["models"][name]["finetune"]} for name in ("distilled", "mlm-only")}
         for metric in ("accuracy", "macro_f1"):
-            d, m = rows["distilled"], rows["mlm-only"]
-            gaps[metric] = {"difference": d[metric] - m[metric],
-                            "largest_seed_std": max(d[f"{metric}_std"], m[f"{metric}_std"])}
+            diffs = [runs["distilled"][seed][metric] - runs["mlm-only"][seed][metric] for seed in runs["distilled"]]
+            mean, sd = mean_std(diffs)
+            spread = max(rows["distilled"][f"{metric}_std"], rows["mlm-only"][f"{metric}_std"])
+            gaps[metric] = {"paired_differences": diffs, "mean": mean, "sd": sd,
+                            "standard_error": sd / math.sqrt(len(diffs)), "largest_seed_sd": spread,
+                            "beats_spread": mean > spread}
     return {"rows": rows, "distilled_minus_mlm_only": gaps}
 
 
@@ -397,6 +424,20 @@ def markdown_table(report: dict) -> str:
     unigram = report["unigram"]
     lines.append(f"| unigram (reference) | — | — | — | — | {unigram['perplexity']:.1f} "
                  f"| {unigram['masked_accuracy']:.3f} | — | — |")
+    return "\n".join(lines)
+
+
+def markdown_notes(report: dict) -> str:
+    """How to read the table: what ± means, and the paired distilled − mlm-only difference."""
+    lines = [f"± is one standard deviation over {report['seeds']} fine-tuning seeds; each student was distilled once "
+             f"({report['sizes']['distil_steps']} steps of {report['sizes']['distil_batch']} blocks of 128 tokens). "
+             "F1 kept: mean macro-F1 over the teacher's. Perplexity, masked accuracy and teacher agreement: the MTS "
+             "test texts, 15 % of their tokens masked at fixed positions."]
+    for metric, gap in report["summary"]["distilled_minus_mlm_only"].items():
+        verdict = "more" if gap["beats_spread"] else "not more"
+        lines.append(f"- distilled − mlm-only, {metric.replace('_', '-')}: {gap['mean']:+.3f} ± "
+                     f"{gap['standard_error']:.3f} (standard error of the paired per-seed differences), {verdict} "
+                     f"than the largest seed-to-seed sd ({gap['largest_seed_sd']:.3f}).")
     return "\n".join(lines)
 
 
@@ -425,6 +466,13 @@ def plot(report: dict, path: Path) -> None:
 # ---------------------------------------------------------------- main
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="Folder for every model and the results.")
@@ -433,7 +481,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="Folder with medquad_answers.txt and mts_sections.jsonl (default ../shared/data).")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--smoke", action="store_true", help="The whole pipeline at toy sizes (a few minutes).")
-    parser.add_argument("--seeds", type=int, help="Fine-tuning seeds (default: 3 on CPU, 5 on a GPU, 2 smoke).")
+    parser.add_argument("--seeds", type=positive_int,
+                        help="Fine-tuning seeds (default: 3 on CPU, 5 on a GPU, 2 smoke).")
     args = parser.parse_args(argv)
     for name in ("medquad_answers.txt", "mts_sections.jsonl"):
         if not (args.data / name).is_file():
@@ -443,8 +492,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no GPU here: drop --device.")
     sizes = SIZES["smoke" if args.smoke else args.device]
-    if args.seeds:
+    if args.seeds is not None:
         sizes = Sizes(**{**asdict(sizes), "seeds": args.seeds})
+    try:
+        return run(args, sizes)
+    except BenchmarkInputError as err:
+        parser.exit(2, f"bench_quality: error: {err}\n")
+
+
+def run(args: argparse.Namespace, sizes: Sizes) -> dict:
+    """The whole benchmark (see the module docstring); returns the report written to OUT/quality.json."""
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -486,14 +543,16 @@ def main(argv: list[str] | None = None) -> dict:
         model["finetune"] = runs
     phase("inference speed, side by side")
     speeds = inference_speed({name: out / "finetune" / name.replace(" ", "-") / "seed0" for name in models},
-                             mts_files, args.device)
+                             mts_files, args.device, **({"rounds": 1, "min_seconds": 0.1} if args.smoke else {}))
     for name, tokens_per_second in speeds.items():
         models[name]["tokens_per_second"] = tokens_per_second
 
     report = {
         "sizes": asdict(sizes), "seeds": sizes.seeds, "device": args.device, "smoke": args.smoke,
         "threads": torch.get_num_threads(), "teacher": str(args.teacher),
-        "data": {"pretraining_texts": len(train_texts), **{f"mts_{k}": len(v) for k, v in mts.items()}},
+        "data": {"pretraining_texts": len(train_texts),
+                 **{f"mts_{split}": sum(1 for _ in open(path, encoding="utf-8")) for split, path in mts_files.items()}},
+        "distillation_runs_per_student": 1,
         "unigram": unigram, "reference_classifiers": reference_classifiers(mts_files),
         "models": {name: {k: (str(v) if isinstance(v, Path) else v) for k, v in m.items()}
                    for name, m in models.items()},
@@ -501,13 +560,10 @@ def main(argv: list[str] | None = None) -> dict:
     report["summary"] = summarise(report)
     report["minutes"] = (time.perf_counter() - started) / 60
     (out / "quality.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    table = markdown_table(report)
-    (out / "quality.md").write_text(table + "\n", encoding="utf-8")
+    text = markdown_table(report) + "\n\n" + markdown_notes(report)
+    (out / "quality.md").write_text(text + "\n", encoding="utf-8")
     plot(report, out / "quality.png")
-    print(table)
-    for metric, gap in report["summary"]["distilled_minus_mlm_only"].items():
-        print(f"distilled - mlm-only, {metric}: {gap['difference']:+.3f} "
-              f"(largest seed sd {gap['largest_seed_std']:.3f})")
+    print(text)
     print(f"{report['minutes']:.1f} minutes; results in {out}/quality.json, quality.md, quality.png")
     return report
 

@@ -37,6 +37,7 @@ def card(scores: dict, run: dict) -> str:
     examples = "\n".join(f"| `{text}` | {', '.join(guesses)} |" for text, guesses in scores["examples"].items())
     epochs = run["train_steps"] * a["per_device_train_batch_size"] / run["train_blocks"]
     m, u = scores["model"], scores["unigram"]
+    resumed = " (the last leg of a resumed run)" if run.get("resumed") else ""
     return f"""---
 language: en
 license: cc-by-4.0
@@ -88,9 +89,10 @@ python benchmarks/make_quality_teacher.py --corpus /tmp/realtext --trained /tmp/
 ({run['train_blocks']:,} training blocks from {run['train_texts']:,} texts, {epochs:.1f} epochs),
 {a['mlm_probability']:.0%} masking, learning rate {a['learning_rate']:g} with {a['warmup_ratio']:.0%} linear warmup
 and linear decay, weight decay 0.01, sinusoidal start for the position embeddings, initialiser range
-{a['initializer_range']:g}; {run['train_minutes']:.0f} minutes on {run['threads']} shared CPU threads, final
-training loss {run['final_train_loss']:.3f}. Weights stored in float16 (trained in float32). The WordPiece trainer is
-not deterministic, so a rerun gets a slightly different vocabulary and slightly different numbers.
+{a['initializer_range']:g}; {run['train_minutes']:.0f} minutes{resumed} on {run['threads']} shared CPU threads;
+training loss (30 % masking) {run['last_logged_loss']:.3f} at the last log.
+Weights stored in float16 (trained in float32; the scores above are of the float16 weights). The WordPiece trainer
+is not deterministic, so a rerun gets a slightly different vocabulary and slightly different numbers.
 
 ## Data and licence
 
@@ -109,7 +111,12 @@ def main(argv=None):
     parser.add_argument("--trained", type=Path, required=True, help="pretrain_medical_teacher.py's output_dir.")
     parser.add_argument("--out", type=Path, default=DEFAULT_TEACHER)
     args = parser.parse_args(argv)
-    model = AutoModelForMaskedLM.from_pretrained(args.trained, dtype=torch.float32).eval()
+    for path in (args.trained / "run.json", args.corpus / "train.jsonl", args.corpus / "valid.jsonl"):
+        if not path.is_file():
+            parser.error(f"{path} is missing: pass the corpus and the output_dir of pretrain_medical_teacher.py.")
+    run = json.loads((args.trained / "run.json").read_text())
+    # Scored as shipped: float16 weights, computed in float32.
+    model = AutoModelForMaskedLM.from_pretrained(args.trained, dtype=torch.float32).half().float().eval()
     tokenizer = AutoTokenizer.from_pretrained(args.trained)
     held_out = read_texts(args.corpus / "valid.jsonl")
     batches = masked_batches(tokenizer, held_out)
@@ -120,7 +127,6 @@ def main(argv=None):
               "held_out_texts": len(held_out),
               "examples": {t: [p["token_str"].strip() for p in fill(t)] for t in FILL_MASK_EXAMPLES}}
     print(json.dumps(scores, indent=1))
-    run = json.loads((args.trained / "run.json").read_text())
     args.out.mkdir(parents=True, exist_ok=True)
     model.half().save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)

@@ -104,8 +104,10 @@ def main(argv=None):
     state = trainer.train(resume_from_checkpoint=True if args.resume else None)
     minutes = (time.perf_counter() - start) / 60
     model.save_pretrained(output)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     run = dict(args=asdict(args), train_steps=state.global_step, train_minutes=round(minutes, 1),
-               final_train_loss=state.training_loss, parameters=model.num_parameters(),
+               resumed=bool(args.resume), last_logged_loss=losses[-1] if losses else None,
+               mean_train_loss=state.training_loss, parameters=model.num_parameters(),
                vocab_size=len(tokenizer), train_texts=len(raw["train"]), train_blocks=len(train_blocks),
                threads=torch.get_num_threads(), log_history=trainer.state.log_history)
     (output / "run.json").write_text(json.dumps(run, indent=1) + "\n")
