@@ -1,0 +1,171 @@
+"""benchmarks/bench_quality.py: the scoring is exact, and --smoke runs the whole pipeline on the shipped teacher."""
+
+import json
+import math
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_quality  # noqa: E402
+
+TEACHER = bench_quality.DEFAULT_TEACHER
+WORDS = ("patient denies chest pain fever cough blood pressure insulin diabetes kidney heart rate daily tablet "
+         "history mother father smoking alcohol allergies penicillin normal exam abdomen soft tender").split()
+HEADERS = ("GENHX", "MEDICATIONS", "ALLERGY", "FAM/SOCHX")
+
+
+def sentence(rng, n):
+    return " ".join(rng.choice(WORDS) for _ in range(n)) + "."
+
+
+def write_fake_data(folder: Path) -> Path:
+    """Files shaped like ../shared/data (random words, 4 section headers), so the test needs no shared folder."""
+    rng = random.Random(0)
+    folder.mkdir()
+    (folder / "medquad_answers.txt").write_text("\n".join(sentence(rng, 30) for _ in range(320)) + "\n")
+    splits = {"TrainingSet": 6, "ValidationSet": 2, "Final_200_TestSet_1": 2, "Final_200_TestSet_2": 2}
+    with open(folder / "mts_sections.jsonl", "w") as f:
+        for split, per_label in splits.items():
+            for header in HEADERS * per_label:
+                f.write(json.dumps({"split": split, "section_header": header, "text": sentence(rng, 12)}) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(TEACHER)
+
+
+def test_masked_batches_are_fixed_and_never_mask_special_or_padding_tokens(tokenizer):
+    texts = ["the patient denies chest pain.", "fever", "blood pressure was normal at the visit today.", "",
+             "pain \u2603 \u2603 \u2603"]  # an empty text, and one with [UNK]s
+    first, again = bench_quality.masked_batches(tokenizer, texts), bench_quality.masked_batches(tokenizer, texts)
+    for a, b in zip(first, again):
+        for key in a:
+            assert torch.equal(a[key], b[key])
+    batch = first[0]
+    masked = batch["labels"] != -100
+    assert masked.any(dim=1).tolist() == [True, True, True, False, True]  # each text has one, but the empty one
+    assert (batch["input_ids"][masked] == tokenizer.mask_token_id).all()
+    plain = tokenizer(texts, padding=True, return_tensors="pt")
+    assert (plain["input_ids"] == tokenizer.unk_token_id).any()
+    special = torch.isin(plain["input_ids"], torch.tensor(tokenizer.all_special_ids))
+    assert not (masked & special).any()
+    assert torch.equal(batch["labels"][masked], plain["input_ids"][masked])
+
+
+class ConstantLM(torch.nn.Module):
+    """A masked LM with the same logits everywhere: its perplexity and accuracy are known in closed form."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits)
+
+    def forward(self, input_ids, **_):
+        return type("Out", (), {"logits": self.logits.expand(*input_ids.shape, -1)})()
+
+
+def test_scores_equal_their_formulas(tokenizer):
+    batches = bench_quality.masked_batches(tokenizer, ["the patient denies chest pain and fever."] * 3)
+    vocab = len(tokenizer)
+    uniform = bench_quality.score_masked_lm(ConstantLM(torch.zeros(vocab)), batches)
+    assert uniform["perplexity"] == pytest.approx(vocab, rel=1e-4)
+    labels = torch.cat([b["labels"][b["labels"] != -100] for b in batches])
+    favourite = int(labels[0])
+    logits = torch.zeros(vocab)
+    logits[favourite] = 5.0
+    teacher_top1 = torch.full_like(labels, favourite)
+    scored = bench_quality.score_masked_lm(ConstantLM(logits), batches, teacher_top1)
+    log_p_hit = 5.0 - math.log(math.exp(5.0) + vocab - 1)
+    log_p_miss = -math.log(math.exp(5.0) + vocab - 1)
+    hits = (labels == favourite).float()
+    expected = math.exp(-(hits * log_p_hit + (1 - hits) * log_p_miss).mean().item())
+    assert scored["perplexity"] == pytest.approx(expected, rel=1e-4)
+    assert scored["masked_accuracy"] == pytest.approx(hits.mean().item())
+    assert scored["teacher_agreement"] == 1.0
+    log_p = torch.log_softmax(logits.double(), dim=0)
+    unigram = bench_quality.score_unigram(log_p, batches)
+    assert unigram["masked_accuracy"] == pytest.approx(scored["masked_accuracy"])
+    assert unigram["perplexity"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_training_rows_are_cut_in_turn_so_every_label_is_trained(tmp_path):
+    rows = [{"text": f"t{i}", "label": "A" if i < 10 else "B", "split": "s"} for i in range(12)]
+    mts = {"train": rows, "validation": [{"text": "v", "label": "B", "split": "s"}],
+           "test": [{"text": "x", "label": "C", "split": "s"}, {"text": "y", "label": "A", "split": "s"}]}
+    paths = bench_quality.write_mts_files(mts, tmp_path, train_rows=4, eval_rows=5)
+    train = [json.loads(line)["label"] for line in paths["train"].read_text().splitlines()]
+    assert train == ["A", "B", "A", "B"]
+    test = [json.loads(line)["label"] for line in paths["test"].read_text().splitlines()]
+    assert test == ["A"]  # a label no training row has would stop the fine-tuning
+
+
+def test_wrong_folders_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench_quality.main(["--out", str(tmp_path / "o"), "--data", str(tmp_path)])
+    assert "has no medquad_answers.txt" in capsys.readouterr().err
+    data = write_fake_data(tmp_path / "data")
+    with pytest.raises(SystemExit):
+        bench_quality.main(["--out", str(tmp_path / "o"), "--data", str(data), "--teacher", str(tmp_path)])
+    assert "holds no model" in capsys.readouterr().err
+    (data / "mts_sections.jsonl").write_text(json.dumps({"split": "TrainingSet", "section_header": "CC",
+                                                         "text": "chest pain"}) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        bench_quality.main(["--out", str(tmp_path / "o"), "--data", str(data)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "has no rows of split ValidationSet" in err and "Traceback" not in err
+
+
+def test_smoke_runs_every_model_through_distillation_finetuning_and_scoring(tmp_path):
+    data = write_fake_data(tmp_path / "data")
+    out = tmp_path / "out"
+    report = bench_quality.main(["--smoke", "--data", str(data), "--out", str(out)])
+    sizes = bench_quality.SIZES["smoke"]
+    names = ["teacher"] + [s.name for s in bench_quality.STUDENTS]
+    assert list(report["models"]) == names
+    saved = json.loads((out / "quality.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(report["summary"]))
+    rows = report["summary"]["rows"]
+    for name in names:
+        runs = report["models"][name]["finetune"]
+        assert [r["seed"] for r in runs] == list(range(sizes.seeds))
+        assert all(0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 for r in runs)
+        mean = sum(r["macro_f1"] for r in runs) / len(runs)
+        assert rows[name]["macro_f1"] == pytest.approx(mean)
+        if rows["teacher"]["macro_f1"]:
+            assert rows[name]["macro_f1_retention"] == pytest.approx(mean / rows["teacher"]["macro_f1"])
+        assert rows[name]["tokens_per_second"] > 0 and rows[name]["perplexity"] > 1
+        assert (name == "teacher") == ("teacher_agreement" not in rows[name])
+    assert rows["distilled"]["parameters"] < rows["teacher"]["parameters"]
+    # Same budget for every trained student: their arguments differ only in the objective, the init and the paths.
+    budgets = []
+    for student in bench_quality.STUDENTS:
+        if not student.trained:
+            continue
+        args = json.loads((out / "students" / student.name.replace(" ", "-") / "distillation_args.json").read_text())
+        assert args["max_steps"] == sizes.distil_steps
+        for term in ("alpha_kd", "alpha_mlm", "alpha_hidden"):
+            assert args[term] == student.objective.get(term, 0.0)
+        budgets.append({k: v for k, v in args.items() if not k.startswith(("alpha_", "output_dir", "logging_dir",
+                                                                          "student_model_name_or_path"))})
+    assert len(budgets) == 3 and all(b == budgets[0] for b in budgets)
+    # Every model is fine-tuned with float32 weights, the float16 teacher included.
+    for folder in (out / "finetune").glob("*/seed*"):
+        assert json.loads((folder / "config.json").read_text())["dtype"] == "float32", folder
+    gap = report["summary"]["distilled_minus_mlm_only"]["macro_f1"]
+    diffs = [d["macro_f1"] - m["macro_f1"] for d, m in zip(report["models"]["distilled"]["finetune"],
+                                                          report["models"]["mlm-only"]["finetune"])]
+    assert gap["paired_differences"] == pytest.approx(diffs) and gap["mean"] == pytest.approx(sum(diffs) / 2)
+    # The MLM-only baseline is still compared with the teacher (agreement and KL reported without a KD term).
+    mlm_only = report["models"]["mlm-only"]["distillation"]["recipe_metrics"]
+    assert "eval_teacher_agreement" in mlm_only and "eval_kd_loss" in mlm_only
+    table = (out / "quality.md").read_text()
+    assert all(f"| {name} |" in table for name in names) and "unigram" in table
+    assert (out / "quality.png").stat().st_size > 0
