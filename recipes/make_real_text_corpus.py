@@ -2,14 +2,10 @@
 
 train: every MedQuAD answer but the last 300, plus the TrainingSet sections of MTS-Dialog;
 validation: the last 300 MedQuAD answers plus the ValidationSet sections. MTS-Dialog's two test sets are never used.
-The first pretraining tried on it (below) stayed on the unigram plateau for its first 600+ steps: see
-benchmarks/README.md, "Quality benchmark: the teacher" for what was measured and what to try next.
+The benchmark's teacher is pretrained on it (see benchmarks/README.md, "Quality benchmark"):
 
     python recipes/make_real_text_corpus.py --out /tmp/realtext
-    python recipes/pretrain_teacher.py --train_file /tmp/realtext/train.jsonl \\
-        --validation_file /tmp/realtext/valid.jsonl --output_dir /tmp/realtext/teacher --vocab_size 8000 \\
-        --num_hidden_layers 6 --hidden_size 256 --num_attention_heads 4 --intermediate_size 1024 \\
-        --num_train_epochs 2 --learning_rate 1e-3 --per_device_train_batch_size 32 --eval_steps 500 --seed 42
+    python recipes/pretrain_medical_teacher.py --corpus /tmp/realtext --output_dir /tmp/realtext/teacher
 """
 
 import argparse

@@ -43,7 +43,7 @@ class MedicalTeacherArguments:
     num_attention_heads: int = 2
     intermediate_size: int = 512
     initializer_range: float = 0.05
-    max_steps: int = 5000
+    max_steps: int = 4000
     learning_rate: float = 5e-4
     warmup_ratio: float = 0.05
     per_device_train_batch_size: int = 64
