@@ -169,3 +169,30 @@ def test_smoke_runs_every_model_through_distillation_finetuning_and_scoring(tmp_
     table = (out / "quality.md").read_text()
     assert all(f"| {name} |" in table for name in names) and "unigram" in table
     assert (out / "quality.png").stat().st_size > 0
+
+
+DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (DATA / "medquad_answers.txt").exists(), reason=f"real text not found in {DATA}")
+def test_the_shipped_teacher_card_states_the_scores_of_the_shipped_weights(tmp_path, tokenizer):
+    """Rescore the float16 asset on the held-out text: the card's table and scores.json are this model's numbers."""
+    import make_quality_teacher
+    from transformers import AutoModelForMaskedLM
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import make_real_text_corpus
+
+    make_real_text_corpus.main(["--out", str(tmp_path)])
+    model = AutoModelForMaskedLM.from_pretrained(TEACHER, dtype=torch.float32)
+    assert {p.dtype for p in AutoModelForMaskedLM.from_pretrained(TEACHER).parameters()} == {torch.float16}
+    batches = bench_quality.masked_batches(tokenizer, make_quality_teacher.read_texts(tmp_path / "valid.jsonl"))
+    scores = bench_quality.score_masked_lm(model, batches)
+    shipped = json.loads((TEACHER / "scores.json").read_text())
+    assert scores["perplexity"] == pytest.approx(shipped["model"]["perplexity"], rel=1e-3)
+    assert scores["masked_accuracy"] == pytest.approx(shipped["model"]["masked_accuracy"], abs=1e-4)
+    card = (TEACHER / "README.md").read_text()
+    assert f"| this model | {scores['masked_accuracy']:.3f} | {scores['perplexity']:.1f} |" in card
+    assert "license: cc-by-4.0" in card and "MedQuAD" in card and "MTS-Dialog" in card
+    # Clearly better than the unigram model of the training text, or the benchmark's table means nothing.
+    assert scores["perplexity"] < shipped["unigram"]["perplexity"] / 3
