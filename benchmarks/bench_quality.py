@@ -15,7 +15,7 @@ recipe's own code (`hf_distil.recipe.main`) on the teacher's pretraining text. T
 Writes OUT/quality.json (every number, every seed), OUT/quality.md (the table) and OUT/quality.png (bars with
 error bars). ../shared/data holds the text (never committed; see its README for the licences).
 
-    python benchmarks/bench_quality.py --out out/quality              # 2 CPU cores: about an hour
+    python benchmarks/bench_quality.py --out out/quality              # 2 CPU cores: about 26 minutes
     python benchmarks/bench_quality.py --smoke --out /tmp/q           # the whole pipeline at toy sizes
     python benchmarks/bench_quality.py --device cuda --out out/q      # bigger budgets on a GPU
 """
