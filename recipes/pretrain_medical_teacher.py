@@ -72,6 +72,10 @@ def main(argv=None):
     set_seed(args.seed)
     output = Path(args.output_dir)
     corpus = Path(args.corpus)
+    for name in ("train.jsonl", "valid.jsonl"):
+        if not (corpus / name).is_file():
+            raise SystemExit(f"pretrain_medical_teacher.py: error: --corpus {corpus} has no {name}: build it with "
+                             f"python recipes/make_real_text_corpus.py --out {corpus}")
     raw = load_dataset("json", data_files={"train": str(corpus / "train.jsonl"),
                                            "validation": str(corpus / "valid.jsonl")})
     if args.resume and (output / "tokenizer.json").exists():
