@@ -38,6 +38,10 @@ def card(scores: dict, run: dict) -> str:
     epochs = run["train_steps"] * a["per_device_train_batch_size"] / run["train_blocks"]
     m, u = scores["model"], scores["unigram"]
     resumed = " (the last leg of a resumed run)" if run.get("resumed") else ""
+    if run.get("last_logged_loss") is not None:
+        loss = f"training loss ({a['mlm_probability'] * 100:g} % masking) {run['last_logged_loss']:.3f} at the last log"
+    else:  # a run shorter than logging_steps logs no loss
+        loss = f"mean training loss ({a['mlm_probability'] * 100:g} % masking) {run['mean_train_loss']:.3f}"
     return f"""---
 language: en
 license: cc-by-4.0
@@ -90,7 +94,7 @@ python benchmarks/make_quality_teacher.py --corpus /tmp/realtext --trained /tmp/
 {a['mlm_probability']:.0%} masking, learning rate {a['learning_rate']:g} with {a['warmup_ratio']:.0%} linear warmup
 and linear decay, weight decay 0.01, sinusoidal start for the position embeddings, initialiser range
 {a['initializer_range']:g}; {run['train_minutes']:.0f} minutes{resumed} on {run['threads']} shared CPU threads;
-training loss (30 % masking) {run['last_logged_loss']:.3f} at the last log.
+{loss}.
 Weights stored in float16 (trained in float32; the scores above are of the float16 weights). The WordPiece trainer
 is not deterministic, so a rerun gets a slightly different vocabulary and slightly different numbers.
 

@@ -196,3 +196,28 @@ def test_the_shipped_teacher_card_states_the_scores_of_the_shipped_weights(tmp_p
     assert "license: cc-by-4.0" in card and "MedQuAD" in card and "MTS-Dialog" in card
     # Clearly better than the unigram model of the training text, or the benchmark's table means nothing.
     assert scores["perplexity"] < shipped["unigram"]["perplexity"] / 3
+
+
+def test_the_teacher_commands_run_end_to_end_at_toy_size(tmp_path):
+    """pretrain_medical_teacher.py then make_quality_teacher.py, as the shipped card says, on a toy corpus."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import make_quality_teacher
+    import pretrain_medical_teacher
+
+    rng = random.Random(1)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, n in (("train.jsonl", 200), ("valid.jsonl", 20)):
+        (corpus / name).write_text("".join(json.dumps({"text": sentence(rng, 40)}) + "\n" for _ in range(n)))
+    trained, shipped = tmp_path / "trained", tmp_path / "asset"
+    pretrain_medical_teacher.main(["--corpus", str(corpus), "--output_dir", str(trained), "--max_steps", "6",
+                                   "--hidden_size", "32", "--intermediate_size", "64", "--vocab_size", "200",
+                                   "--per_device_train_batch_size", "8", "--save_steps", "3", "--eval_steps", "3"])
+    run = json.loads((trained / "run.json").read_text())
+    assert run["train_steps"] == 6 and (trained / "checkpoints" / "checkpoint-6").is_dir()
+    make_quality_teacher.main(["--corpus", str(corpus), "--trained", str(trained), "--out", str(shipped)])
+    scores = json.loads((shipped / "scores.json").read_text())
+    card = (shipped / "README.md").read_text()
+    assert f"| this model | {scores['model']['masked_accuracy']:.3f} | {scores['model']['perplexity']:.1f} |" in card
+    assert "--max_steps 6 --seed 42" in card and "6 layer" not in card
+    assert json.loads((shipped / "config.json").read_text())["dtype"] == "float16"
