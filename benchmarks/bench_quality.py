@@ -23,6 +23,7 @@ error bars). ../shared/data holds the text (never committed; see its README for 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -291,21 +292,27 @@ def score_unigram(log_p: torch.Tensor, batches: list[dict]) -> dict:
 # ---------------------------------------------------------------- downstream
 
 
-def finetune(model_dir: Path, name: str, seed: int, mts_files: dict[str, Path], folder: Path, sizes: Sizes,
-             device: str):
+def load_mts_task(mts_files: dict[str, Path]):
+    """(FinetuneArguments without a model, raw splits, task, label list): read once, through hf_distil.finetune."""
+    from hf_distil.finetune.arguments import FinetuneArguments
+    from hf_distil.finetune.readers import load_splits
+
+    args = FinetuneArguments(model_name_or_path="", train_file=str(mts_files["train"]),
+                             validation_file=str(mts_files["validation"]), test_file=str(mts_files["test"]),
+                             task="classification", max_seq_length=128, speed_batches=1, speed_min_seconds=0.0)
+    return (args, *load_splits(args))
+
+
+def finetune(model_dir: Path, name: str, seed: int, mts_task, folder: Path, sizes: Sizes, device: str):
     """Fine-tune one model on MTS-Dialog sections with one seed; the epoch with the best validation macro-F1 is
     scored on the test sets. Returns hf_distil.finetune's FinetuneResult."""
     from transformers import TrainingArguments, set_seed
 
-    from hf_distil.finetune.arguments import FinetuneArguments
     from hf_distil.finetune.model import build_model
-    from hf_distil.finetune.readers import load_splits
     from hf_distil.finetune.run import finetune_model
 
-    args = FinetuneArguments(model_name_or_path=str(model_dir), train_file=str(mts_files["train"]),
-                             validation_file=str(mts_files["validation"]), test_file=str(mts_files["test"]),
-                             task="classification", max_seq_length=128, speed_batches=1, speed_min_seconds=0.0)
-    raw, task, label_list = load_splits(args)
+    args, raw, task, label_list = mts_task
+    args = dataclasses.replace(args, model_name_or_path=str(model_dir))
     training_args = TrainingArguments(
         output_dir=str(folder), num_train_epochs=sizes.finetune_epochs, learning_rate=sizes.finetune_lr,
         per_device_train_batch_size=32, per_device_eval_batch_size=64, warmup_steps=0.1, weight_decay=0.01,
@@ -347,19 +354,15 @@ def reference_classifiers(mts_files: dict[str, Path]) -> dict:
             for name, pred in predictions.items()}
 
 
-def inference_speed(model_dirs: dict[str, Path], mts_files: dict[str, Path], device: str, rounds: int = 3,
+def inference_speed(model_dirs: dict[str, Path], mts_task, device: str, rounds: int = 3,
                     min_seconds: float = 1.0) -> dict:
     """Tokens/s of each fine-tuned classifier on the same test batches, timed in interleaved rounds (median)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-    from hf_distil.finetune.arguments import FinetuneArguments
-    from hf_distil.finetune.readers import load_splits
     from hf_distil.finetune.speed import measure_inference_speed
     from hf_distil.finetune.tokenisation import preprocess
 
-    args = FinetuneArguments(model_name_or_path="", train_file=str(mts_files["train"]),
-                             validation_file=str(mts_files["validation"]), test_file=str(mts_files["test"]))
-    raw, task, label_list = load_splits(args)
+    _, raw, task, label_list = mts_task
     first = next(iter(model_dirs.values()))
     tokenizer = AutoTokenizer.from_pretrained(first)
     test = preprocess(raw, tokenizer, task, label_list, 128)["test"]
@@ -512,6 +515,7 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict:
     corpus = build_corpus(args.data, out / "corpus", sizes.max_train_texts)
     mts = read_mts(args.data)
     mts_files = write_mts_files(mts, out / "mts", sizes.finetune_train_rows, sizes.finetune_eval_rows)
+    mts_task = load_mts_task(mts_files)
     models = {"teacher": {"dir": args.teacher, "note": "the teacher itself"}}
     for student in STUDENTS:
         folder = out / "students" / student.name.replace(" ", "-")
@@ -536,14 +540,14 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict:
         runs = []
         for seed in range(sizes.seeds):
             phase(f"fine-tuning {name!r}, seed {seed}")
-            result = finetune(model["dir"], name, seed, mts_files,
+            result = finetune(model["dir"], name, seed, mts_task,
                               out / "finetune" / name.replace(" ", "-") / f"seed{seed}", sizes, args.device)
             runs.append({"seed": seed, **{k: result.metrics[k] for k in ("accuracy", "macro_f1")}})
             model["parameters"] = result.parameters
         model["finetune"] = runs
     phase("inference speed, side by side")
     speeds = inference_speed({name: out / "finetune" / name.replace(" ", "-") / "seed0" for name in models},
-                             mts_files, args.device, **({"rounds": 1, "min_seconds": 0.1} if args.smoke else {}))
+                             mts_task, args.device, **({"rounds": 1, "min_seconds": 0.1} if args.smoke else {}))
     for name, tokens_per_second in speeds.items():
         models[name]["tokens_per_second"] = tokens_per_second
 
