@@ -9,9 +9,11 @@ from functools import cached_property
 from transformers import TrainingArguments
 
 from .errors import ArgumentError
+from .layer_map import canonical_layer_map
 
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 HIDDEN_LOSSES = ("cosine", "mse")
+ATTENTION_LOSSES = ("mse", "kl")
 KD_POSITIONS = ("masked", "all")
 NAN_POLICIES = ("stop", "skip")
 
@@ -22,9 +24,11 @@ def _choice_error(name: str, value, allowed) -> ArgumentError:
 
 @dataclass
 class DistillationArguments(TrainingArguments):
-    """Everything `Trainer` takes, plus the teacher and the weights of the three loss terms.
+    """Everything `Trainer` takes, plus the teacher and the weights of the loss terms (hf_distil.objective.TERMS).
 
     loss = alpha_kd · T² · KL(teacher ‖ student) + alpha_mlm · CE(student, labels) + alpha_hidden · align(h_s, h_t)
+           + alpha_attention · attention + alpha_intermediate · intermediate + alpha_relation · relation
+    The last three are off (0) by default; they compare layers paired by `layer_map` (hf_distil.layer_map).
     """
 
     teacher_model_name_or_path: str | None = field(
@@ -55,6 +59,41 @@ class DistillationArguments(TrainingArguments):
     kd_positions: str = field(
         default="masked",
         metadata={"help": "Positions of the KL term: masked (label != -100) or all (every non-padding token)."},
+    )
+    layer_map: str = field(
+        default="uniform",
+        metadata={"help": "Student:teacher layer pairs of the attention and intermediate terms, counted from 0: "
+                  "uniform (student layer i ↔ teacher layer (i+1)·L_t/L_s − 1, TinyBERT's) or e.g. 0:2,1:5,2:8,3:11."},
+    )
+    alpha_attention: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the attention-map term over the layer_map pairs (>= 0; 0 = off). Needs equal "
+                  "head counts in the paired layers."},
+    )
+    attention_loss: str = field(
+        default="mse",
+        metadata={"help": "Attention-map loss: mse of the attention probabilities (TinyBERT) or kl (teacher ‖ student)."},
+    )
+    alpha_intermediate: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the intermediate hidden-state term (>= 0; 0 = off): the embedding outputs and the "
+                  "output of each layer_map pair, through a learned linear projection when the widths differ."},
+    )
+    intermediate_loss: str = field(
+        default="mse", metadata={"help": "Intermediate hidden-state loss: mse, or cosine (equal widths only)."}
+    )
+    alpha_relation: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the MiniLM v2 self-attention relation term (>= 0; 0 = off): Q-Q, K-K and V-V "
+                  "relation KL between the student's last layer and relation_teacher_layer."},
+    )
+    relation_teacher_layer: int = field(
+        default=-1, metadata={"help": "Teacher layer of the relation term, counted from 0 (-1: its last layer)."}
+    )
+    relation_heads: int = field(
+        default=12,
+        metadata={"help": "Relation heads of the relation term; must divide the widths of both the student and the "
+                  "teacher (their own head counts may differ)."},
     )
 
     nan_policy: str = field(
@@ -93,13 +132,27 @@ class DistillationArguments(TrainingArguments):
             raise ArgumentError(
                 f"temperature={self.temperature!r} must be a finite number > 0 (the seed recipe uses 2.0)."
             )
-        for name in ("alpha_kd", "alpha_mlm", "alpha_hidden"):
+        from .objective import TERMS
+
+        weights = [term.weight for term in TERMS]
+        for name in weights:
             value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ArgumentError(f"{name}={value!r} must be a finite number >= 0 (0 switches the term off).")
-        if self.alpha_kd == self.alpha_mlm == self.alpha_hidden == 0:
+        if not any(getattr(self, name) > 0 for name in weights):
             raise ArgumentError(
-                "alpha_kd, alpha_mlm and alpha_hidden are all 0: nothing to train; set at least one of them > 0."
+                f"{', '.join(weights)} are all 0: nothing to train; set at least one of them > 0."
+            )
+        self.layer_map = canonical_layer_map(self.layer_map)
+        if self.attention_loss not in ATTENTION_LOSSES:
+            raise _choice_error("attention_loss", self.attention_loss, ATTENTION_LOSSES)
+        if self.intermediate_loss not in HIDDEN_LOSSES:
+            raise _choice_error("intermediate_loss", self.intermediate_loss, HIDDEN_LOSSES)
+        if not isinstance(self.relation_heads, int) or self.relation_heads < 1:
+            raise ArgumentError(f"relation_heads={self.relation_heads!r} must be a positive integer (e.g. 12).")
+        if not isinstance(self.relation_teacher_layer, int):
+            raise ArgumentError(
+                f"relation_teacher_layer={self.relation_teacher_layer!r} must be a layer index (-1: the last)."
             )
         if self.hidden_loss not in HIDDEN_LOSSES:
             raise _choice_error("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)

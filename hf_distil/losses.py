@@ -8,6 +8,8 @@ Every function computes in float32 whatever the inputs' dtype (bf16/fp16 teacher
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -49,3 +51,54 @@ def hidden_loss_rows(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
     if kind == "mse":
         return F.mse_loss(s, t, reduction="none").mean(dim=-1)
     raise ValueError(f"hidden_loss={kind!r} is not supported; choose 'cosine' or 'mse'.")
+
+
+def scaled_dot_log_probs(a: torch.Tensor, b: torch.Tensor, heads: int, key_mask: torch.Tensor) -> torch.Tensor:
+    """log softmax over keys of a_h · b_hᵀ / √d_h for each of `heads` heads (d_h = width / heads).
+
+    With a = queries and b = keys of one layer this is its attention distribution (before attention dropout); with
+    a = b = its queries (or keys, or values) and `heads` relation heads, MiniLM v2's self-attention relation.
+    Padded keys get probability 0 (a row with no real key gets a uniform distribution, never NaN).
+
+    a, b:     (batch, length, width), width divisible by heads
+    key_mask: (batch, length) bool, True at real (non-padding) tokens
+    returns:  (batch, heads, length, length) float32
+    """
+    batch, length, width = a.shape
+    size = width // heads
+    a = a.float().reshape(batch, length, heads, size).transpose(1, 2)
+    b = b.float().reshape(batch, b.shape[1], heads, size).transpose(1, 2)
+    scores = a @ b.transpose(-1, -2) / math.sqrt(size)
+    scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(torch.float32).min)
+    return scores.log_softmax(dim=-1)
+
+
+def attention_loss_rows(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, kind: str,
+                        real_keys: torch.Tensor) -> torch.Tensor:
+    """Per query row, the mean over heads of: "mse", the squared difference of the two attention distributions
+    averaged over the real keys; "kl", KL(teacher ‖ student) summed over the keys.
+
+    Averaged over the rows of an unpadded batch, "mse" is the element-wise MSE of the probability maps (TinyBERT).
+
+    student_log_probs: (rows, heads, keys) log attention probabilities (see scaled_dot_log_probs)
+    teacher_log_probs: (rows, heads, keys), the same head count
+    real_keys:         (rows,) the number of non-padding keys of each row's example
+    returns:           (rows,) float32
+    """
+    if kind == "mse":
+        squared = (student_log_probs.exp() - teacher_log_probs.exp()).square().sum(-1)
+        return squared.mean(-1) / real_keys.clamp(min=1).to(squared.dtype)
+    if kind == "kl":
+        return relation_kl_rows(student_log_probs, teacher_log_probs)
+    raise ValueError(f"attention_loss={kind!r} is not supported; choose 'mse' or 'kl'.")
+
+
+def relation_kl_rows(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor) -> torch.Tensor:
+    """Per row, the mean over (relation) heads of KL(teacher ‖ student) summed over the keys.
+
+    student_log_probs: (rows, heads, keys) log probabilities
+    teacher_log_probs: (rows, heads, keys), the same heads
+    returns:           (rows,) float32
+    """
+    kl = F.kl_div(student_log_probs.float(), teacher_log_probs.float(), log_target=True, reduction="none")
+    return kl.sum(-1).mean(-1)

@@ -22,11 +22,19 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .losses import hidden_loss_rows, kd_loss_rows, mlm_loss_rows
-from .signals import CaptureSpec, Signals
+from .losses import (
+    attention_loss_rows,
+    hidden_loss_rows,
+    kd_loss_rows,
+    mlm_loss_rows,
+    relation_kl_rows,
+    scaled_dot_log_probs,
+)
+from .signals import CaptureSpec, LayerSelection, Signals
 
 if TYPE_CHECKING:
     from .arguments import DistillationArguments
+    from .layer_map import LayerPlan
 
 # The order of every row-count vector: (P, M, N).
 ROW_SETS = ("P", "M", "N")
@@ -80,14 +88,56 @@ def _mlm(student: Signals, teacher: Signals | None, rows: Rows, args: Distillati
     return PerRow(mlm_loss_rows(student.logits, rows.labels), rows.positions)
 
 
-def _hidden(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
-    # Every position, padding zeroed: no boolean indexing, so no host sync.
-    width = student.last_hidden_state.shape[-1]
-    values = hidden_loss_rows(student.last_hidden_state.reshape(-1, width),
-                              teacher.last_hidden_state.reshape(-1, width), args.hidden_loss)
+def _every_position(values: torch.Tensor, rows: Rows) -> PerRow:
+    """A value at every position of the batch, padding zeroed: no boolean indexing, so no host sync."""
     flat_non_pad = rows.sets["N"].reshape(-1)
     return PerRow(torch.where(flat_non_pad, values, torch.zeros_like(values)),
                   torch.arange(flat_non_pad.numel(), device=flat_non_pad.device))
+
+
+def _hidden(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
+    width = student.last_hidden_state.shape[-1]
+    values = hidden_loss_rows(student.last_hidden_state.reshape(-1, width),
+                              teacher.last_hidden_state.reshape(-1, width), args.hidden_loss)
+    return _every_position(values, rows)
+
+
+def _intermediate(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
+    """Σ over the hidden-state pairs of the per-position loss (the student's states already projected)."""
+    values = 0
+    for s, t in zip(student.hidden_states, teacher.hidden_states, strict=True):
+        values = values + hidden_loss_rows(s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1]),
+                                           args.intermediate_loss)
+    return _every_position(values, rows)
+
+
+def _by_query_row(log_probs: torch.Tensor) -> torch.Tensor:
+    """(batch, heads, length, keys) → (batch · length, heads, keys): one row per query position."""
+    batch, heads, length, keys = log_probs.shape
+    return log_probs.transpose(1, 2).reshape(batch * length, heads, keys)
+
+
+def _attention(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
+    """Σ over the layer pairs of the attention-map loss per query position (padded keys excluded)."""
+    keys = rows.sets["N"]
+    real_keys = keys.sum(1).repeat_interleave(keys.shape[1])
+    values = 0
+    for (s_q, s_k), (t_q, t_k) in zip(student.attention_qk, teacher.attention_qk, strict=True):
+        s = scaled_dot_log_probs(s_q, s_k, student.attention_heads, keys)
+        t = scaled_dot_log_probs(t_q, t_k, teacher.attention_heads, keys)
+        values = values + attention_loss_rows(_by_query_row(s), _by_query_row(t), args.attention_loss, real_keys)
+    return _every_position(values, rows)
+
+
+def _relation(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
+    """MiniLM v2: Σ over Q-Q, K-K, V-V of the relation KL per position, with `relation_heads` heads on each side."""
+    keys = rows.sets["N"]
+    values = 0
+    for s, t in zip(student.relation_qkv, teacher.relation_qkv, strict=True):
+        s_rel = scaled_dot_log_probs(s, s, args.relation_heads, keys)
+        t_rel = scaled_dot_log_probs(t, t, args.relation_heads, keys)
+        values = values + relation_kl_rows(_by_query_row(s_rel), _by_query_row(t_rel))
+    return _every_position(values, rows)
 
 
 # The order is the order of the logged terms, of the loss sum and of the non-finite bookkeeping vectors.
@@ -98,7 +148,15 @@ TERMS = (
          always_evaluated=True),
     Term("hidden", weight="alpha_hidden", rows="N", student_reads=("last_hidden_state",),
          teacher_reads=("last_hidden_state",), per_row=_hidden),
+    Term("attention", weight="alpha_attention", rows="N", student_reads=("attention_qk",),
+         teacher_reads=("attention_qk",), per_row=_attention),
+    Term("intermediate", weight="alpha_intermediate", rows="N", student_reads=("hidden_states",),
+         teacher_reads=("hidden_states",), per_row=_intermediate),
+    Term("relation", weight="alpha_relation", rows="N", student_reads=("relation_qkv",),
+         teacher_reads=("relation_qkv",), per_row=_relation),
 )
+# Terms that compare layers paired by `layer_map` (they need hf_distil.heads to know the layers of both models).
+LAYER_TERMS = ("attention", "intermediate", "relation")
 TERM_NAMES = tuple(term.name for term in TERMS)
 BY_NAME = {term.name: term for term in TERMS}
 
@@ -117,12 +175,26 @@ def active_terms(args: DistillationArguments, has_teacher: bool, evaluating: boo
                  and (has_teacher or not term.needs_teacher))
 
 
-def capture_specs(terms: tuple[Term, ...]) -> tuple[CaptureSpec, CaptureSpec | None]:
-    """What the student and the teacher must capture for `terms`; no teacher spec when no term needs the teacher."""
-    student = CaptureSpec.reading(name for term in terms for name in term.student_reads)
+def layer_selections(plan: LayerPlan | None) -> tuple[LayerSelection, LayerSelection]:
+    """The layers the student and the teacher expose under `plan` (none without one)."""
+    if plan is None:
+        return LayerSelection(), LayerSelection()
+    return (
+        LayerSelection(tuple(s for s, _ in plan.hidden_pairs), tuple(s for s, _ in plan.layer_pairs),
+                       plan.relation_pair[0]),
+        LayerSelection(tuple(t for _, t in plan.hidden_pairs), tuple(t for _, t in plan.layer_pairs),
+                       plan.relation_pair[1]),
+    )
+
+
+def capture_specs(terms: tuple[Term, ...], plan: LayerPlan | None = None) -> tuple[CaptureSpec, CaptureSpec | None]:
+    """What the student and the teacher must capture for `terms` at the layers of `plan`; no teacher spec when no
+    term needs the teacher."""
+    student_layers, teacher_layers = layer_selections(plan)
+    student = CaptureSpec.reading((name for term in terms for name in term.student_reads), student_layers)
     if not any(term.needs_teacher for term in terms):
         return student, None
-    return student, CaptureSpec.reading(name for term in terms for name in term.teacher_reads)
+    return student, CaptureSpec.reading((name for term in terms for name in term.teacher_reads), teacher_layers)
 
 
 # ---- select rows -------------------------------------------------------------------------------------------------

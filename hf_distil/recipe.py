@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoModelForMaskedLM, AutoTokenizer, HfArgumentParser, TrainerCallback
+from transformers import AutoModelForMaskedLM, AutoTokenizer, HfArgumentParser, TrainerCallback, set_seed
 from transformers.trainer_utils import IntervalStrategy
 
 from .arguments import DistillationArguments
@@ -97,6 +97,17 @@ class ModelArguments:
         default="every_other",
         metadata={"help": "Teacher layers that initialise the student: every_other (1,3,5,…), distilbert "
                   "(0,2,4,7,9,11) or comma-separated indices, e.g. 0,3,6,9."},
+    )
+    student_hidden_size: int | None = field(
+        default=None,
+        metadata={"help": "Width of a narrower student (e.g. 312): a width, FFN size or head count other than the "
+                  "teacher's builds a randomly initialised student (TinyBERT); default: the teacher's."},
+    )
+    student_intermediate_size: int | None = field(
+        default=None, metadata={"help": "Feed-forward size of a narrower student (e.g. 1200); default: the teacher's."}
+    )
+    student_num_attention_heads: int | None = field(
+        default=None, metadata={"help": "Attention heads of a narrower student (e.g. 12); default: the teacher's."}
     )
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, when not the teacher's own."})
     trust_remote_code: bool = field(
@@ -344,7 +355,11 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
                 "pass a folder holding config.json and weights, or drop --student_model_name_or_path."
             ) from err
     else:
-        student = create_student(teacher, model_args.student_num_layers, parse_layers(model_args.student_layers))
+        set_seed(training_args.seed)  # a narrower student is randomly initialised: the same seed, the same student
+        student = create_student(teacher, model_args.student_num_layers, parse_layers(model_args.student_layers),
+                                 hidden_size=model_args.student_hidden_size,
+                                 intermediate_size=model_args.student_intermediate_size,
+                                 num_attention_heads=model_args.student_num_attention_heads)
     return teacher, student, tokenizer
 
 

@@ -1,15 +1,20 @@
 """What each model exposes to the loss terms, captured in ONE forward per model.
 
-A loss term reads *signals* (the logits at the selected rows, the last hidden state; next, hidden states of mapped
-layers and attention queries/keys/values), not model outputs. `capture` calls the model as usual, so the forward
-hooks of DDP / DeepSpeed / FSDP still fire, and takes what a `CaptureSpec` asks for with forward hooks on its modules
-(found by hf_distil.heads): no second forward, and no `output_attentions=True`, which would force eager attention.
+A loss term reads *signals* (the logits at the selected rows, the last hidden state, hidden states of mapped layers,
+the attention queries/keys of mapped layers, the queries/keys/values of one layer), not model outputs. `capture`
+calls the model as usual, so the forward hooks of DDP / DeepSpeed / FSDP still fire, and takes what a `CaptureSpec`
+asks for with forward hooks on its modules (found by hf_distil.heads): no second forward, and no
+`output_attentions=True`, which would force eager attention in every layer. Attention distributions are computed by
+the terms from the captured queries and keys of the mapped layers only.
 
 The MLM head (hidden → vocabulary) is the largest matrix product of a BERT step and its logits the largest tensors,
 yet only the ~15 % masked positions need them: a forward pre-hook on the head gathers the selected rows first, so the
 model returns logits of shape (rows, vocab). Architectures whose head we do not know fall back to the full forward
 and select the rows afterwards (the reference the sparse path must match); so does nn.DataParallel, whose replicas
 would share the hook's captures and see only their slice of the batch.
+
+Learned projections (student width → teacher width, hf_distil.projections) are applied inside the student's
+forward, in the hook that captures the hidden state, so that DDP, DeepSpeed and FSDP see them as part of the model.
 """
 
 from __future__ import annotations
@@ -20,10 +25,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .heads import find_mlm_head
+from .heads import embedding_module, encoder_layers, find_mlm_head, self_attention
 
 # The signals a term may read (Term.student_reads / Term.teacher_reads name fields of `Signals`).
-SIGNALS = ("logits", "last_hidden_state")
+SIGNALS = ("logits", "last_hidden_state", "hidden_states", "attention_qk", "relation_qkv")
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    """The layers one side (student or teacher) exposes, from hf_distil.layer_map.LayerPlan."""
+
+    hidden_states: tuple[int, ...] = ()  # hidden-state indices: 0 the embedding output, i + 1 the output of layer i
+    attention: tuple[int, ...] = ()  # layers whose attention queries and keys are captured
+    relation: int | None = None  # the layer whose queries, keys and values are captured
 
 
 @dataclass(frozen=True)
@@ -31,15 +45,28 @@ class CaptureSpec:
     """What to capture from one model's forward; the logits at the selected rows always come back."""
 
     last_hidden_state: bool = False
+    hidden_states: tuple[int, ...] = ()
+    attention: tuple[int, ...] = ()
+    relation: int | None = None
 
     @classmethod
-    def reading(cls, names: Iterable[str]) -> CaptureSpec:
-        """The spec that captures every signal in `names` (the union of what the terms in use read)."""
+    def reading(cls, names: Iterable[str], layers: LayerSelection | None = None) -> CaptureSpec:
+        """The spec that captures every signal in `names` (the union of what the terms in use read), at `layers`."""
         names = set(names)
         unknown = names.difference(SIGNALS)
         if unknown:
             raise ValueError(f"Unknown signal(s) {sorted(unknown)}; hf_distil.signals captures {list(SIGNALS)}.")
-        return cls(last_hidden_state="last_hidden_state" in names)
+        layers = layers or LayerSelection()
+        return cls(
+            last_hidden_state="last_hidden_state" in names,
+            hidden_states=layers.hidden_states if "hidden_states" in names else (),
+            attention=layers.attention if "attention_qk" in names else (),
+            relation=layers.relation if "relation_qkv" in names else None,
+        )
+
+    @property
+    def needs_layers(self) -> bool:
+        return bool(self.hidden_states or self.attention or self.relation is not None)
 
 
 @dataclass
@@ -48,41 +75,96 @@ class Signals:
 
     logits: torch.Tensor  # (rows, vocab): logits at the selected positions only
     last_hidden_state: torch.Tensor | None = None  # (batch, length, hidden) when the spec asks for it
+    # One (batch, length, width) per spec.hidden_states index, in that order (the student's through its projection).
+    hidden_states: tuple[torch.Tensor, ...] = ()
+    # One (queries, keys), each (batch, length, heads · head size), per spec.attention layer, in that order.
+    attention_qk: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
+    attention_heads: int = 0  # the head count of those layers
+    # (queries, keys, values) of spec.relation's layer, each (batch, length, width).
+    relation_qkv: tuple[torch.Tensor, ...] = ()
 
 
 def _model_inputs(inputs: dict) -> dict:
     return {k: v for k, v in inputs.items() if k not in ("labels", "special_tokens_mask")}
 
 
+def _output_tensor(output) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _layer_hooks(model: nn.Module, spec: CaptureSpec, captured: dict, projections) -> list:
+    """Forward hooks that put the spec's hidden states (projected where `projections` has an entry) and q/k/v
+    outputs into `captured`, keyed ("hidden", i) / ("q" | "k" | "v", layer)."""
+    layers = encoder_layers(model)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__}: hf_distil.heads does not know where its encoder layers are.")
+    hooks = []
+
+    def keep(key, project=None):
+        def hook(module, args, output):
+            tensor = _output_tensor(output)
+            captured[key] = project(tensor) if project is not None else tensor
+        return hook
+
+    for index in spec.hidden_states:
+        module = embedding_module(model) if index == 0 else layers[index - 1]
+        project = projections[str(index)] if projections is not None and str(index) in projections else None
+        hooks.append(module.register_forward_hook(keep(("hidden", index), project)))
+    attention_layers = set(spec.attention) | ({spec.relation} if spec.relation is not None else set())
+    for layer in sorted(attention_layers):
+        attention = self_attention(layers[layer])
+        if attention is None:
+            raise ValueError(f"{type(model).__name__}: hf_distil.heads does not know layer {layer}'s self-attention.")
+        captured["heads"] = attention.num_heads
+        parts = ("q", "k", "v") if layer == spec.relation else ("q", "k")
+        for part in parts:
+            module = {"q": attention.query, "k": attention.key, "v": attention.value}[part]
+            hooks.append(module.register_forward_hook(keep((part, layer))))
+    return hooks
+
+
+def _signals(logits: torch.Tensor, spec: CaptureSpec, captured: dict) -> Signals:
+    return Signals(
+        logits,
+        captured.get("last_hidden_state"),
+        hidden_states=tuple(captured[("hidden", i)] for i in spec.hidden_states),
+        attention_qk=tuple((captured[("q", i)], captured[("k", i)]) for i in spec.attention),
+        attention_heads=captured.get("heads", 0),
+        relation_qkv=(tuple(captured[(part, spec.relation)] for part in "qkv") if spec.relation is not None else ()),
+    )
+
+
 def capture(model: nn.Module, inputs: dict, positions: torch.Tensor, spec: CaptureSpec,
-            sparse: bool = True) -> Signals:
+            sparse: bool = True, projections: nn.ModuleDict | None = None) -> Signals:
     """Forward `model` once on `inputs`; the logits at `positions` and what `spec` asks for.
 
-    positions: (rows,) long, flat indices into batch × length (the rows whose logits the terms read)
+    positions:   (rows,) long, flat indices into batch × length (the rows whose logits the terms read)
+    projections: the student's learned projections, by hidden-state index as a string (hf_distil.projections)
     With `sparse=False`, for nn.DataParallel, or for an unknown architecture, the full logits are computed and the
     rows selected afterwards.
     """
     sparse = sparse and not isinstance(model, nn.DataParallel)
     head = find_mlm_head(model) if sparse else None
-
-    if head is None:
-        out = model(**_model_inputs(inputs), output_hidden_states=spec.last_hidden_state, return_dict=True)
-        logits = out.logits.reshape(-1, out.logits.shape[-1]).index_select(0, positions)
-        return Signals(logits, out.hidden_states[-1] if spec.last_hidden_state else None)
-
-    captured: dict[str, torch.Tensor] = {}
-
-    def gather_rows(module, args, kwargs):
-        hidden = args[0]
-        if spec.last_hidden_state:
-            captured["last_hidden_state"] = hidden
-        rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
-        return (rows, *args[1:]), kwargs
-
-    hooks = [head.register_forward_pre_hook(gather_rows, with_kwargs=True)]
+    captured: dict = {}
+    hooks = _layer_hooks(model, spec, captured, projections) if spec.needs_layers else []
     try:
+        if head is None:
+            out = model(**_model_inputs(inputs), output_hidden_states=spec.last_hidden_state, return_dict=True)
+            logits = out.logits.reshape(-1, out.logits.shape[-1]).index_select(0, positions)
+            if spec.last_hidden_state:
+                captured["last_hidden_state"] = out.hidden_states[-1]
+            return _signals(logits, spec, captured)
+
+        def gather_rows(module, args, kwargs):
+            hidden = args[0]
+            if spec.last_hidden_state:
+                captured["last_hidden_state"] = hidden
+            rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+            return (rows, *args[1:]), kwargs
+
+        hooks.append(head.register_forward_pre_hook(gather_rows, with_kwargs=True))
         out = model(**_model_inputs(inputs), return_dict=True)
+        return _signals(out.logits, spec, captured)
     finally:
         for hook in hooks:
             hook.remove()
-    return Signals(out.logits, captured.get("last_hidden_state"))

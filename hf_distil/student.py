@@ -87,21 +87,37 @@ def layer_strategy_name(layers) -> str:
     return layers if isinstance(layers, str) else "custom"
 
 
+# The width settings a narrower student may change; any change means a randomly initialised student.
+WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads")
+
+
 def create_student(teacher: PreTrainedModel, num_hidden_layers: int = 6, layers="every_other", *,
-                   dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+                   hidden_size: int | None = None, intermediate_size: int | None = None,
+                   num_attention_heads: int | None = None, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A new model of the teacher's class with `num_hidden_layers` layers copied from the chosen teacher layers.
 
     Embeddings and the whole MLM head are copied too; weights the teacher ties stay tied in the student.
     The chosen indices are recorded as `config.distil_teacher_layers` for the model card. The student is built in
     `dtype` (float32: the master weights that mixed precision needs) whatever the teacher's dtype.
+
+    A narrower student (`hidden_size`, `intermediate_size` or `num_attention_heads` other than the teacher's, as in
+    TinyBERT's 4 × 312) cannot copy the teacher's weights: it is a fresh model of the teacher's class and vocabulary,
+    randomly initialised (config.distil_init = "random", and the card says so); `layers` is then not used.
     """
     teacher_layers = _encoder_layers(teacher)
+    widths = {"hidden_size": hidden_size, "intermediate_size": intermediate_size,
+              "num_attention_heads": num_attention_heads}
+    changed = {name: value for name, value in widths.items()
+               if value is not None and value != getattr(teacher.config, name)}
+    if changed:
+        return _random_student(teacher, num_hidden_layers, len(teacher_layers), changed, dtype)
     chosen = select_teacher_layers(len(teacher_layers), num_hidden_layers, layers)
 
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = num_hidden_layers
     config.distil_teacher_layers = chosen
     config.distil_layer_strategy = layer_strategy_name(layers)
+    config.distil_init = "teacher_layers"
     student = type(teacher)(config)
     student.to(dtype=dtype)  # float32 master weights whatever the teacher's dtype; --bf16/--fp16 autocast them
 
@@ -121,5 +137,33 @@ def create_student(teacher: PreTrainedModel, num_hidden_layers: int = 6, layers=
         raise RuntimeError(f"create_student could not copy all weights: missing {missing}, unexpected {unexpected}.")
     assert len(student_layers) == num_hidden_layers
     student.tie_weights()
+    student.train(teacher.training)
+    return student
+
+
+def _random_student(teacher: PreTrainedModel, num_hidden_layers: int, num_teacher_layers: int, changed: dict,
+                    dtype: torch.dtype) -> PreTrainedModel:
+    """A randomly initialised model of the teacher's class with the teacher's vocabulary and the changed widths."""
+    if not isinstance(num_hidden_layers, int) or num_hidden_layers < 1:
+        raise ModelMismatchError(f"num_hidden_layers={num_hidden_layers!r} must be a positive integer.")
+    bad = {name: value for name, value in changed.items() if not isinstance(value, int) or value < 1}
+    if bad:
+        raise ModelMismatchError(f"{', '.join(f'{k}={v!r}' for k, v in bad.items())} must be positive integers.")
+    config = copy.deepcopy(teacher.config)
+    for name, value in changed.items():
+        setattr(config, name, value)
+    if config.hidden_size % config.num_attention_heads:
+        raise ModelMismatchError(
+            f"hidden_size={config.hidden_size} is not divisible by num_attention_heads={config.num_attention_heads}: "
+            f"choose a head count that divides the width (e.g. 12 for 312 or 384)."
+        )
+    config.num_hidden_layers = num_hidden_layers
+    config.distil_teacher_layers = None
+    config.distil_layer_strategy = None
+    config.distil_init = "random"
+    config.distil_teacher_shape = {"num_hidden_layers": num_teacher_layers,
+                                   **{name: getattr(teacher.config, name) for name in WIDTH_FIELDS}}
+    student = type(teacher)(config)
+    student.to(dtype=dtype)
     student.train(teacher.training)
     return student

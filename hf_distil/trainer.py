@@ -17,6 +17,7 @@ from .checkpoints import ARGS_MARKER, disk_full_error, expected_save_bytes, late
 from .errors import ArgumentError, ModelMismatchError, TeacherLoadError, TeacherNotFoundError
 from .heads import unwrap
 from .hub import NoPickleHubMixin, check_push_to_hub
+from .layer_map import plan_layers
 from .objective import (
     BY_NAME,
     ROW_SETS,
@@ -33,6 +34,7 @@ from .objective import (
     weigh,
     weight_of,
 )
+from .projections import attach_projections, projections_of, without_projections
 from .signals import capture
 
 logger = logging.getLogger("hf_distil")
@@ -158,7 +160,14 @@ def check_compatibility(student: nn.Module, teacher: nn.Module | None, args: Dis
     if args.alpha_hidden > 0 and t_cfg.hidden_size != s_cfg.hidden_size:
         raise ModelMismatchError(
             f"alpha_hidden > 0 aligns last hidden states, but the teacher's hidden size is {t_cfg.hidden_size} and the "
-            f"student's {s_cfg.hidden_size}: set alpha_hidden=0 or use a student of the same width."
+            f"student's {s_cfg.hidden_size}: set alpha_hidden=0 (alpha_intermediate projects between widths) or use a "
+            "student of the same width."
+        )
+    if plan_layers(student, teacher, args) is not None and args.n_gpu > 1:
+        raise ArgumentError(
+            f"The attention / intermediate / relation terms capture layers with hooks, which nn.DataParallel's "
+            f"replicas would share ({args.n_gpu} GPUs in one process): launch one process per GPU with torchrun or "
+            "accelerate launch."
         )
 
 
@@ -239,11 +248,20 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
             )
         if isinstance(teacher_model, str):
             teacher_model = load_teacher(teacher_model, args)
+        layer_plan = None
         if model is not None:
             check_compatibility(model, teacher_model, args, kw.get("processing_class"))
             check_student_precision(model, args)
+            layer_plan = plan_layers(model, teacher_model, args) if teacher_model is not None else None
+            if layer_plan is not None and args.alpha_intermediate > 0:
+                s_width, t_width = unwrap(model).config.hidden_size, unwrap(teacher_model).config.hidden_size
+                if s_width != t_width:  # before Trainer places and wraps the model: optimizer, DDP, checkpoints
+                    attach_projections(model, layer_plan, s_width, t_width, args.seed)
 
         super().__init__(model, args, *trainer_args, **kw)
+        # The layers the attention / intermediate / relation terms compare (hf_distil.layer_map); None when all off.
+        self.layer_plan = layer_plan
+        self._saving_checkpoint = False
         if hasattr(self.data_collator, "epoch"):
             self.add_callback(CollatorEpochCallback(self.data_collator))
             if args.dataloader_num_workers > 0 and args.dataloader_persistent_workers:
@@ -349,7 +367,7 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         return row_counts_of(row_sets(inputs, self.args.kd_positions))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """alpha_kd·kd + alpha_mlm·mlm + alpha_hidden·hidden; each term also kept for logging."""
+        """Σ alpha_term · term over the weighted terms (hf_distil.objective.TERMS); each term also kept for logging."""
         if "labels" not in inputs:
             raise ValueError(
                 "DistillationTrainer needs masked-LM labels in each batch: use "
@@ -467,6 +485,7 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         """Never write a checkpoint whose weights went through a non-finite update; a full disk is said in words,
         with the last complete checkpoint named (torch.save reports it as a bare RuntimeError)."""
         self._raise_if_non_finite("before saving a checkpoint")
+        self._saving_checkpoint = True
         try:
             return super()._save_checkpoint(model, trial)
         except Exception as err:
@@ -474,6 +493,16 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
             if full is None:
                 raise
             raise full from err
+        finally:
+            self._saving_checkpoint = False
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Checkpoints keep the learned projections (resume needs them); every other save holds the student alone."""
+        if not self._saving_checkpoint and projections_of(self.model) is not None:
+            if state_dict is None:
+                state_dict = self.model.state_dict()
+            state_dict = without_projections(state_dict)
+        super()._save(output_dir, state_dict)
 
     def _distillation_loss(self, model, inputs, training, num_items_in_batch=None, want_stats=False):
         """The objective on one micro-batch: (loss, {term: value}, eval sums or None).
@@ -494,8 +523,8 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
 
     def _forward_pair(self, model, inputs, rows, terms):
         """One forward of the student and, when a term needs it, one of the teacher: their signals for `terms`."""
-        student_spec, teacher_spec = capture_specs(terms)
-        student = capture(model, inputs, rows.positions, student_spec, self.sparse_heads)
+        student_spec, teacher_spec = capture_specs(terms, self.layer_plan)
+        student = capture(model, inputs, rows.positions, student_spec, self.sparse_heads, projections_of(model))
         if teacher_spec is None:
             return student, None
         return student, self._run_teacher(inputs, rows.positions, teacher_spec)
@@ -544,7 +573,7 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
     # ---- logging -------------------------------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add `kd_loss`, `mlm_loss`, `hidden_loss` (means over the logging window, over all ranks) to train logs.
+        """Add each weighted term's `{name}_loss` (means over the logging window, over all ranks) to train logs.
 
         Every rank gathers the same fixed vector, even one that skipped all its micro-batches (nan_policy=skip),
         so the collective never mismatches.
@@ -665,5 +694,6 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
             epochs_completed=self.state.epoch,
             plot_path=os.path.join(args.output_dir, "loss_terms.png"),
             model_name=model_name,
+            layer_plan=self.layer_plan,
         )
         card.save(os.path.join(args.output_dir, "README.md"))

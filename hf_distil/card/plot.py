@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
-LOSS_TERMS = ("loss", "kd_loss", "mlm_loss", "hidden_loss")
+LOSS_TERMS = ("loss", "kd_loss", "mlm_loss", "hidden_loss", "attention_loss", "intermediate_loss", "relation_loss")
+# How the plot and the card name each logged term.
+TERM_LABELS = {"loss": "total", "kd_loss": "KD", "mlm_loss": "MLM", "hidden_loss": "hidden",
+               "attention_loss": "attention", "intermediate_loss": "intermediate", "relation_loss": "relation"}
 
 
 def plot_loss_terms(log_history: list[dict], path: str) -> bool:
@@ -21,7 +24,7 @@ def plot_loss_terms(log_history: list[dict], path: str) -> bool:
     fig = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(fig)  # Agg without touching pyplot's global backend
     ax = fig.add_subplot()
-    labels = {"loss": "total (weighted)", "kd_loss": "KD", "mlm_loss": "MLM", "hidden_loss": "hidden"}
+    labels = {**TERM_LABELS, "loss": "total (weighted)"}
     series["eval_loss"] = [(e["step"], float(e["eval_loss"])) for e in log_history if "eval_loss" in e and "step" in e]
     for term, points in series.items():
         if points:

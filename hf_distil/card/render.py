@@ -18,8 +18,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..heads import unwrap
 from ..parameters import ADAPTER_PARAMETER_NAMES, count_parameters
+from ..projections import ATTRIBUTE as PROJECTIONS
 from .facts import CardFacts
-from .plot import LOSS_TERMS, plot_loss_terms
+from .plot import LOSS_TERMS, TERM_LABELS, plot_loss_terms
 from .validate import is_dataset_id, is_hub_id, validate_model_card
 
 logger = logging.getLogger("hf_distil.card")
@@ -27,6 +28,8 @@ logger = logging.getLogger("hf_distil.card")
 TEMPLATE_NAME = "distilled_model_card.md"
 BASE_TAGS = ["distillation", "knowledge-distillation", "fill-mask", "clinical", "biomedical"]
 DISTILLATION_FIELDS = ("temperature", "alpha_kd", "alpha_mlm", "alpha_hidden", "hidden_loss", "kd_positions",
+                       "alpha_attention", "attention_loss", "alpha_intermediate", "intermediate_loss",
+                       "alpha_relation", "relation_teacher_layer", "relation_heads", "layer_map",
                        "teacher_dtype", "teacher_model_name_or_path")
 STRATEGY_NAMES = {
     "every_other": "every other layer",
@@ -39,6 +42,9 @@ METRIC_NAMES = {
     "kd_loss": "KD loss (KL × T²)",
     "mlm_loss": "MLM loss",
     "hidden_loss": "Hidden-state alignment loss",
+    "attention_loss": "Attention-map loss",
+    "intermediate_loss": "Intermediate hidden-state loss",
+    "relation_loss": "Self-attention relation loss",
     "perplexity": "Perplexity (exp of MLM loss)",
     "accuracy": "Masked-token accuracy",
     "teacher_agreement": "Top-1 agreement with the teacher",
@@ -124,6 +130,16 @@ def _architecture(config, n_params: int) -> str:
 def _initialisation(config, teacher: str) -> str:
     layers = getattr(config, "distil_teacher_layers", None)
     strategy = getattr(config, "distil_layer_strategy", None)
+    if getattr(config, "distil_init", None) == "random":
+        shape = getattr(config, "distil_teacher_shape", None) or {}
+        differs = ", ".join(f"{name.replace('_', ' ')} {getattr(config, name)} (teacher {shape[name]})"
+                            for name in ("hidden_size", "intermediate_size", "num_attention_heads")
+                            if name in shape and shape[name] != getattr(config, name, None))
+        return (
+            f"The student is narrower than {teacher} ({differs}), so no teacher weights fit it: it was randomly"
+            " initialised (the teacher's architecture family and vocabulary, no copied weights) and learned from"
+            " the teacher only through the training loss, as in TinyBERT's general distillation."
+        )
     if not layers:
         return (
             "The student's config does not record which teacher layers initialised it (for example, it was"
@@ -137,7 +153,44 @@ def _initialisation(config, teacher: str) -> str:
     )
 
 
-def _procedure(args) -> str:
+TEACHER_WEIGHTS = ("alpha_kd", "alpha_hidden", "alpha_attention", "alpha_intermediate", "alpha_relation")
+
+
+def _layer_map_text(args, plan) -> str:
+    pairs = ", ".join(f"{s}→{t}" for s, t in plan.layer_pairs)
+    how = "uniform, TinyBERT's mapping" if args.layer_map == "uniform" else "given explicitly"
+    return f"{args.layer_map!r} ({how}: student layer → teacher layer {pairs})"
+
+
+def _layer_terms(args, plan, projected: bool) -> list[tuple[str, str]]:
+    """(description, formula part) of each active layer term, with the layers it compares."""
+    if plan is None:
+        return []
+    out = []
+    if args.alpha_attention > 0:
+        kind = ("mean squared error of the attention probabilities" if args.attention_loss == "mse"
+                else "KL divergence between the attention distributions")
+        layers = ", ".join(f"{s}↔{t}" for s, t in plan.layer_pairs)
+        out.append((f"the {kind}, head by head, of student↔teacher layers {layers} (weight "
+                    f"{_weight(args.alpha_attention)})", f"{_weight(args.alpha_attention)} · attention"))
+    if args.alpha_intermediate > 0:
+        kind = "mean squared error" if args.intermediate_loss == "mse" else "cosine distance"
+        states = ", ".join(f"{s}↔{t}" for s, t in plan.hidden_pairs)
+        through = (" through learned linear projections from the student's width to the teacher's (trained with the"
+                   " student, not part of this model)" if projected else "")
+        out.append((f"the {kind} of student↔teacher hidden states {states} (0 is the embedding output, i the"
+                    f" output of layer i − 1){through} (weight {_weight(args.alpha_intermediate)})",
+                    f"{_weight(args.alpha_intermediate)} · intermediate"))
+    if args.alpha_relation > 0:
+        s, t = plan.relation_pair
+        out.append((f"MiniLM v2 self-attention relation distillation: the KL divergence between the teacher's and"
+                    f" the student's query-query, key-key and value-value relations with {args.relation_heads}"
+                    f" relation heads, student layer {s} against teacher layer {t} (weight"
+                    f" {_weight(args.alpha_relation)})", f"{_weight(args.alpha_relation)} · relation"))
+    return out
+
+
+def _procedure(args, plan=None, projected: bool = False) -> str:
     terms, formula = [], []
     if args.alpha_kd > 0:
         where = "on masked positions" if args.kd_positions == "masked" else "on all non-padding positions"
@@ -153,9 +206,14 @@ def _procedure(args) -> str:
         kind = "cosine alignment" if args.hidden_loss == "cosine" else "mean-squared-error alignment"
         terms.append(f"a {kind} of the last hidden states (weight {_weight(args.alpha_hidden)})")
         formula.append(f"{_weight(args.alpha_hidden)} · hidden")
+    for term, formula_name in _layer_terms(args, plan, projected):
+        terms.append(term)
+        formula.append(formula_name)
     lead = "a weighted sum of " if len(terms) > 1 else ""
     text = f"The training loss is {lead}{_join(terms)}: loss = {' + '.join(formula)}."
-    if args.alpha_kd > 0 or args.alpha_hidden > 0:
+    if plan is not None:
+        text += f" Layers count from 0; the layer map was {_layer_map_text(args, plan)}."
+    if any(getattr(args, name) > 0 for name in TEACHER_WEIGHTS):
         text += f" The teacher was frozen, kept in evaluation mode (no dropout) and run in {_teacher_dtype(args)}."
     return text
 
@@ -213,8 +271,7 @@ def _last_training_log(log_history: list[dict] | None) -> str | None:
     if not entries:
         return None
     last = entries[-1]
-    labels = {"loss": "total", "kd_loss": "KD", "mlm_loss": "MLM", "hidden_loss": "hidden"}
-    parts = [f"{labels[t]} {_round_metric(last[t])}" for t in LOSS_TERMS if t in last]
+    parts = [f"{TERM_LABELS[t]} {_round_metric(last[t])}" for t in LOSS_TERMS if t in last]
     return f"At the last logged training step ({last['step']}) the losses were: {', '.join(parts)}."
 
 
@@ -283,6 +340,7 @@ def build_model_card(
     epochs_completed: float | None = None,
     plot_path: str | None = None,
     model_name: str | None = None,
+    layer_plan=None,
     **fact_fields,
 ) -> ModelCard:
     """Build the student's card (front matter + body) from the model, the arguments and the run's results.
@@ -290,6 +348,8 @@ def build_model_card(
     `facts` says what the run cannot (see `CardFacts`); single facts may also be given as keywords
     (`dataset_name=...`, `license=...`), which take precedence over `facts`.
     `plot_path` should lie in the folder the card is saved to: the card links the image by file name.
+    `layer_plan` (hf_distil.layer_map.LayerPlan) names the layers the attention / intermediate / relation terms
+    compared, when any is on.
     """
     missing = [f for f in DISTILLATION_FIELDS if not hasattr(args, f)]
     if missing:
@@ -336,14 +396,16 @@ def build_model_card(
         eval_results=eval_results or None,
     )
     # The student's own weights only: an adapter's injected matrices are counted in the description.
-    _, n_params = count_parameters(base, exclude=ADAPTER_PARAMETER_NAMES if adapter else ())
+    # The learned projections of the intermediate term are not part of the saved model either.
+    excluded = (*(ADAPTER_PARAMETER_NAMES if adapter else ()), f"{PROJECTIONS}.")
+    _, n_params = count_parameters(base, exclude=excluded)
     template = files("hf_distil.model_card").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
     card = ModelCard.from_template(
         card_data,
         template_str=template,
         title=model_name,
         description=description,
-        procedure=_procedure(args),
+        procedure=_procedure(args, layer_plan, projected=getattr(base, PROJECTIONS, None) is not None),
         initialisation=_initialisation(base.config, teacher_display),
         architecture=_architecture(base.config, n_params),
         metric_rows=_metrics_rows(metrics),

@@ -1,0 +1,157 @@
+"""Which student layer learns from which teacher layer: `layer_map`, resolved once for a student/teacher pair.
+
+Layers count from 0. `layer_map="uniform"` pairs student layer i with teacher layer (i + 1) · L_t // L_s − 1
+(TinyBERT's mapping: for 4 → 12 layers, 0:2, 1:5, 2:8, 3:11); an explicit map such as "0:2,1:5,2:8,3:11" names
+student:teacher pairs (any subset of the student's layers, each once).
+
+The attention term compares the attention maps of each pair. The intermediate term compares hidden states, where
+hidden state 0 is the embedding output and hidden state i + 1 the output of layer i: so the pairs (0, 0) and
+(s + 1, t + 1) for each layer pair (s, t) — for 4 → 12 layers, teacher hidden states 0, 3, 6, 9, 12. The relation
+term (MiniLM v2) pairs the student's last layer with `relation_teacher_layer` (−1: the teacher's last).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import ArgumentError, ModelMismatchError
+from .heads import encoder_layers, self_attention, unwrap
+
+UNIFORM = "uniform"
+
+
+def parse_layer_map(spec) -> str | tuple[tuple[int, int], ...]:
+    """"uniform", or the explicit (student, teacher) pairs of "s:t,s:t" (or a YAML list / mapping of them)."""
+    if isinstance(spec, dict):
+        items = [f"{s}:{t}" for s, t in spec.items()]
+    elif isinstance(spec, (list, tuple)):
+        items = [str(item) for item in spec]
+    else:
+        text = str(spec).strip()
+        if text == UNIFORM:
+            return UNIFORM
+        items = [item for item in text.split(",") if item.strip()]
+    pairs = []
+    for item in items:
+        parts = item.split(":")
+        try:
+            student, teacher = (int(p) for p in parts)
+        except ValueError:
+            raise ArgumentError(
+                f"layer_map={spec!r}: {item.strip()!r} is not student:teacher; use 'uniform' or pairs of layer "
+                "indices counted from 0, e.g. '0:2,1:5,2:8,3:11'."
+            ) from None
+        if student < 0 or teacher < 0:
+            raise ArgumentError(f"layer_map={spec!r}: {item.strip()!r} has a negative layer; layers count from 0.")
+        pairs.append((student, teacher))
+    if not pairs:
+        raise ArgumentError(f"layer_map={spec!r} names no layers; use 'uniform' or e.g. '0:2,1:5,2:8,3:11'.")
+    students = [s for s, _ in pairs]
+    repeated = sorted({s for s in students if students.count(s) > 1})
+    if repeated:
+        raise ArgumentError(f"layer_map={spec!r} maps student layer(s) {repeated} more than once; name each once.")
+    return tuple(sorted(pairs))
+
+
+def canonical_layer_map(spec) -> str:
+    """The one string form of a layer map (what the arguments keep and the card shows)."""
+    parsed = parse_layer_map(spec)
+    return parsed if parsed == UNIFORM else ",".join(f"{s}:{t}" for s, t in parsed)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The layers each side exposes to the terms, resolved for one student and one teacher."""
+
+    layer_pairs: tuple[tuple[int, int], ...]  # (student layer, teacher layer): attention maps
+    relation_pair: tuple[int, int]  # (student's last layer, the teacher's relation layer)
+
+    @property
+    def hidden_pairs(self) -> tuple[tuple[int, int], ...]:
+        """(student hidden state, teacher hidden state): the embedding outputs, then each mapped layer's output."""
+        return ((0, 0),) + tuple((s + 1, t + 1) for s, t in self.layer_pairs)
+
+
+def resolve_layer_plan(spec, relation_teacher_layer: int, student_layers: int, teacher_layers: int) -> LayerPlan:
+    """The pairs of `layer_map` and of the relation term for these depths; layers out of range name themselves."""
+    parsed = parse_layer_map(spec)
+    if parsed == UNIFORM:
+        if student_layers > teacher_layers:
+            raise ModelMismatchError(
+                f"layer_map='uniform' maps each student layer to a deeper teacher layer, but the student has "
+                f"{student_layers} layers and the teacher {teacher_layers}: give an explicit layer_map."
+            )
+        pairs = tuple((i, (i + 1) * teacher_layers // student_layers - 1) for i in range(student_layers))
+    else:
+        pairs = parsed
+        bad_student = [f"{s}:{t}" for s, t in pairs if s >= student_layers]
+        if bad_student:
+            raise ModelMismatchError(
+                f"layer_map {', '.join(bad_student)}: the student has layers 0..{student_layers - 1} "
+                f"({student_layers} layers)."
+            )
+        bad_teacher = [f"{s}:{t}" for s, t in pairs if t >= teacher_layers]
+        if bad_teacher:
+            raise ModelMismatchError(
+                f"layer_map {', '.join(bad_teacher)}: the teacher has layers 0..{teacher_layers - 1} "
+                f"({teacher_layers} layers)."
+            )
+    relation = relation_teacher_layer if relation_teacher_layer >= 0 else teacher_layers + relation_teacher_layer
+    if not 0 <= relation < teacher_layers:
+        raise ModelMismatchError(
+            f"relation_teacher_layer={relation_teacher_layer}: the teacher has layers 0..{teacher_layers - 1} "
+            "(−1 is its last)."
+        )
+    return LayerPlan(pairs, (student_layers - 1, relation))
+
+
+def _layer_count(model, side: str) -> int:
+    layers = encoder_layers(model)
+    if layers is None:
+        raise ModelMismatchError(
+            f"The {side} ({type(unwrap(model)).__name__}) keeps its layers where hf_distil does not know them "
+            "(BERT/RoBERTa layout: <base>.encoder.layer), so the attention, intermediate and relation terms cannot "
+            "read them: set alpha_attention, alpha_intermediate and alpha_relation to 0."
+        )
+    return len(layers)
+
+
+def plan_layers(student, teacher, args) -> LayerPlan | None:
+    """The layer plan of a run whose attention / intermediate / relation terms are on (None when all are off), after
+    checking that each term can compare these two models: one line naming the problem and the fix otherwise."""
+    if not (args.alpha_attention > 0 or args.alpha_intermediate > 0 or args.alpha_relation > 0):
+        return None
+    plan = resolve_layer_plan(args.layer_map, args.relation_teacher_layer, _layer_count(student, "student"),
+                              _layer_count(teacher, "teacher"))
+    s_cfg, t_cfg = unwrap(student).config, unwrap(teacher).config
+    if args.alpha_attention > 0 or args.alpha_relation > 0:
+        for model, side in ((student, "student"), (teacher, "teacher")):
+            if self_attention(encoder_layers(model)[0]) is None:
+                raise ModelMismatchError(
+                    f"The {side}'s self-attention has no query/key/value projections where hf_distil looks "
+                    "(layer.attention.self.query/key/value): set alpha_attention and alpha_relation to 0."
+                )
+    if args.alpha_attention > 0 and s_cfg.num_attention_heads != t_cfg.num_attention_heads:
+        raise ModelMismatchError(
+            f"alpha_attention > 0 compares attention maps head by head, but the student's layers have "
+            f"{s_cfg.num_attention_heads} attention head(s) and the teacher's {t_cfg.num_attention_heads}: build the student "
+            f"with num_attention_heads={t_cfg.num_attention_heads}, or use alpha_relation (MiniLM v2), which frees the "
+            "head count."
+        )
+    if args.alpha_intermediate > 0 and args.intermediate_loss == "cosine" and s_cfg.hidden_size != t_cfg.hidden_size:
+        raise ModelMismatchError(
+            f"intermediate_loss='cosine' needs equal widths, but the student is {s_cfg.hidden_size} wide and the "
+            f"teacher {t_cfg.hidden_size}: use intermediate_loss='mse' (through a learned projection)."
+        )
+    if args.alpha_relation > 0:
+        bad = [f"the {side}'s width {width}" for side, width in (("student", s_cfg.hidden_size),
+                                                                  ("teacher", t_cfg.hidden_size))
+               if width % args.relation_heads]
+        if bad:
+            common = math.gcd(s_cfg.hidden_size, t_cfg.hidden_size)
+            raise ModelMismatchError(
+                f"relation_heads={args.relation_heads} does not divide {' and '.join(bad)}: choose a divisor of "
+                f"{common} (e.g. {max(d for d in range(1, min(common, 64) + 1) if common % d == 0)})."
+            )
+    return plan
