@@ -72,7 +72,8 @@ class DistillationArguments(TrainingArguments):
     )
     attention_loss: str = field(
         default="mse",
-        metadata={"help": "Attention-map loss: mse of the attention probabilities (TinyBERT) or kl (teacher ‖ student)."},
+        metadata={"help": "Attention-map loss: mse of the attention probabilities (TinyBERT), or kl "
+                  "(teacher ‖ student)."},
     )
     alpha_intermediate: float = field(
         default=0.0,

@@ -135,9 +135,9 @@ def plan_layers(student, teacher, args) -> LayerPlan | None:
     if args.alpha_attention > 0 and s_cfg.num_attention_heads != t_cfg.num_attention_heads:
         raise ModelMismatchError(
             f"alpha_attention > 0 compares attention maps head by head, but the student's layers have "
-            f"{s_cfg.num_attention_heads} attention head(s) and the teacher's {t_cfg.num_attention_heads}: build the student "
-            f"with num_attention_heads={t_cfg.num_attention_heads}, or use alpha_relation (MiniLM v2), which frees the "
-            "head count."
+            f"{s_cfg.num_attention_heads} attention head(s) and the teacher's {t_cfg.num_attention_heads}: build the "
+            f"student with num_attention_heads={t_cfg.num_attention_heads}, or use alpha_relation (MiniLM v2), which "
+            "frees the head count."
         )
     if args.alpha_intermediate > 0 and args.intermediate_loss == "cosine" and s_cfg.hidden_size != t_cfg.hidden_size:
         raise ModelMismatchError(

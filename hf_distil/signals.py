@@ -24,11 +24,23 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
-from .heads import embedding_module, encoder_layers, find_mlm_head, self_attention
+from .heads import embedding_module, encoder_layers, find_mlm_head, self_attention, unwrap
 
 # The signals a term may read (Term.student_reads / Term.teacher_reads name fields of `Signals`).
 SIGNALS = ("logits", "last_hidden_state", "hidden_states", "attention_qk", "relation_qkv")
+
+
+@dataclass
+class OutputWithProjections(ModelOutput):
+    """The student's output inside `capture` when it has learned projections: what `capture` reads, plus the
+    projected hidden states, so that DDP finds the projections' parameters among those the step used. (A ModelOutput
+    subclass: DDP rebuilds outputs through their pytree registration, which takes declared fields only.)"""
+
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    projected_hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,10 +118,21 @@ def _layer_hooks(model: nn.Module, spec: CaptureSpec, captured: dict, projection
             captured[key] = project(tensor) if project is not None else tensor
         return hook
 
+    projected = []
     for index in spec.hidden_states:
         module = embedding_module(model) if index == 0 else layers[index - 1]
         project = projections[str(index)] if projections is not None and str(index) in projections else None
         hooks.append(module.register_forward_hook(keep(("hidden", index), project)))
+        if project is not None:
+            projected.append(("hidden", index))
+    if projected:
+        # DDP (find_unused_parameters) looks for the parameters a step uses in the model's outputs: the projections
+        # are reached only through what the hooks captured, so the output carries those tensors too.
+        def expose(module, args, output):
+            return OutputWithProjections(logits=output.logits, hidden_states=output.get("hidden_states"),
+                                         projected_hidden_states=tuple(captured[key] for key in projected))
+
+        hooks.append(unwrap(model).register_forward_hook(expose))
     attention_layers = set(spec.attention) | ({spec.relation} if spec.relation is not None else set())
     for layer in sorted(attention_layers):
         attention = self_attention(layers[layer])

@@ -22,9 +22,8 @@ def _run(cmd, cwd, env_extra=None):
     return done
 
 
-@pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    work = tmp_path_factory.mktemp("ddp")
+def _one_and_two_processes(work, *extra):
+    """The recipe run once with 1 process × batch 8 (work/one) and once with 2 processes × batch 4 (work/two)."""
     # no dropout: ranks draw different dropout masks than one process
     write_workspace(work, n_texts=96, seed=2, min_len=8, dropout=0.0)
     config = {
@@ -38,11 +37,26 @@ def two_runs(tmp_path_factory):
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     script = os.path.join(ROOT, "recipes", "run_distil.py")
     single = _run([sys.executable, script, str(work / "config.yaml"), "--output_dir", str(work / "one"),
-                   "--per_device_train_batch_size", "8"], cwd=work)
+                   "--per_device_train_batch_size", "8", *extra], cwd=work)
     multi = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
                   script, str(work / "config.yaml"), "--output_dir", str(work / "two"),
-                  "--per_device_train_batch_size", "4", "--ddp_backend", "gloo"], cwd=work)
+                  "--per_device_train_batch_size", "4", "--ddp_backend", "gloo", *extra], cwd=work)
     return work, single, multi
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    return _one_and_two_processes(tmp_path_factory.mktemp("ddp"))
+
+
+@pytest.fixture(scope="module")
+def two_runs_layer_terms(tmp_path_factory):
+    """A narrower, randomly initialised student with the attention, intermediate (through projections) and
+    relation terms on; the last checkpoint holds the projections too."""
+    return _one_and_two_processes(
+        tmp_path_factory.mktemp("ddp_layers"), "--student_hidden_size", "16", "--student_intermediate_size", "32",
+        "--alpha_hidden", "0", "--alpha_attention", "1", "--alpha_intermediate", "1", "--alpha_relation", "1",
+        "--relation_heads", "2", "--save_strategy", "steps", "--save_steps", "5")
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(two_runs):
@@ -77,3 +91,21 @@ def test_distributed_evaluation_drops_the_padding_duplicates(two_runs):
     for key in ("eval_loss", "eval_kd_loss", "eval_mlm_loss", "eval_hidden_loss", "eval_accuracy",
                 "eval_teacher_agreement"):
         assert one[key] == pytest.approx(two[key], rel=1e-4), key
+
+
+def test_two_processes_equal_one_with_the_layer_terms_and_their_projections(two_runs_layer_terms):
+    work, _, _ = two_runs_layer_terms
+    one = load_file(work / "one" / "checkpoint-5" / "model.safetensors")
+    two = load_file(work / "two" / "checkpoint-5" / "model.safetensors")
+    assert one.keys() == two.keys()
+    projections = [name for name in one if name.startswith("distil_projections.")]
+    assert len(projections) == 6  # hidden states 0, 1, 2 of the 2-layer student: weight and bias each
+    for name in one:
+        assert torch.allclose(one[name], two[name], rtol=1e-4, atol=1e-6), name
+    final = load_file(work / "two" / "model.safetensors")
+    assert not [name for name in final if "distil_projections" in name]
+    logs = {name: [h for h in json.loads((work / name / "trainer_state.json").read_text())["log_history"]
+                   if "loss" in h] for name in ("one", "two")}
+    for a, b in zip(logs["one"], logs["two"], strict=True):
+        for key in ("kd_loss", "mlm_loss", "attention_loss", "intermediate_loss", "relation_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from tiny import args_for, batch_of, bert_config, premasked_dataset, tiny_teacher
+from tiny import args_for, batch_of, premasked_dataset, tiny_teacher
 from transformers import BertForMaskedLM, BertTokenizerFast, pipeline
 
 from hf_distil import DistillationArguments, DistillationTrainer, create_student
@@ -191,7 +191,8 @@ def test_intermediate_cosine_for_equal_widths_needs_no_projection(tmp_path):
     values, trainer = terms_of(tmp_path, student, teacher, batch, alpha_intermediate=1.0, intermediate_loss="cosine",
                                layer_map="1:3")
     assert not hasattr(trainer.model, "distil_projections")
-    s_hidden, t_hidden = _reference_states(student, batch).hidden_states, _reference_states(teacher, batch).hidden_states
+    s_hidden = _reference_states(student, batch).hidden_states
+    t_hidden = _reference_states(teacher, batch).hidden_states
     mask = batch["attention_mask"].bool()
     expected = sum((1 - F.cosine_similarity(s_hidden[s][mask], t_hidden[t][mask], dim=-1)).sum()
                    for s, t in ((0, 0), (2, 4))) / mask.sum()
@@ -206,7 +207,8 @@ def test_relation_term_with_different_head_counts_and_widths(tmp_path):
     values, trainer = terms_of(tmp_path, student, teacher, batch, alpha_relation=1.0, relation_heads=4,
                                relation_teacher_layer=2)
     assert trainer.layer_plan.relation_pair == (1, 2)
-    s_hidden, t_hidden = _reference_states(student, batch).hidden_states, _reference_states(teacher, batch).hidden_states
+    s_hidden = _reference_states(student, batch).hidden_states
+    t_hidden = _reference_states(teacher, batch).hidden_states
     mask = batch["attention_mask"].bool()
     total, rows = 0.0, int(mask.sum())
     for b in range(4):

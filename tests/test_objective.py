@@ -32,12 +32,13 @@ def args_for(tmp_path, **kw):
 
 def test_the_registry_is_consistent_with_the_arguments_and_the_signals():
     fields = {f.name for f in dataclasses.fields(DistillationArguments)}
-    assert TERM_NAMES == ("kd", "mlm", "hidden")  # the logged order: kd_loss, mlm_loss, hidden_loss
+    # the logged order: kd_loss, mlm_loss, hidden_loss, attention_loss, intermediate_loss, relation_loss
+    assert TERM_NAMES == ("kd", "mlm", "hidden", "attention", "intermediate", "relation")
     for term in TERMS:
         assert term.weight in fields and term.rows in ROW_SETS
         assert set(term.student_reads) | set(term.teacher_reads) <= set(SIGNALS)
         assert term.needs_teacher == (term.name != "mlm")
-    assert EVAL_FIELDS == ("kd", "mlm", "hidden", "P", "M", "N", "correct", "agree")
+    assert EVAL_FIELDS == TERM_NAMES + ("P", "M", "N", "correct", "agree")
     with pytest.raises(ValueError, match="Unknown signal"):
         CaptureSpec.reading(["attention_probs"])
 
@@ -124,8 +125,10 @@ def test_eval_stats_are_named_per_example_sums(tmp_path):
     stats = dict(zip(EVAL_FIELDS, eval_stats(per_row, rows, s, t).unbind(1)))
     assert stats["M"].tolist() == (batch["labels"] != -100).sum(1).double().tolist()
     assert stats["N"].tolist() == batch["attention_mask"].sum(1).double().tolist()
+    assert set(per_row) == {"kd", "mlm", "hidden"}  # the seed objective's terms; the layer terms are off
     for name in TERM_NAMES:
-        assert torch.allclose(stats[name].sum(), per_row[name].values.double().sum())
+        expected = per_row[name].values.double().sum() if name in per_row else torch.zeros((), dtype=torch.float64)
+        assert torch.allclose(stats[name].sum(), expected)
     assert 0 <= float(stats["agree"].sum()) <= float(stats["M"].sum())
 
 

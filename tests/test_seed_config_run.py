@@ -5,56 +5,27 @@ Only paths, step counts, the batch size and `use_cpu` (CI has no GPU) are overri
 while only the teacher is bfloat16.
 """
 
-import csv
 import json
 import os
-import random
 
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, BertTokenizerFast, pipeline
+from tiny import bio_clinical_bert_shaped, noteevents_csv
+from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
 from hf_distil.recipe import main
 from hf_distil.trainer import DistillationTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "recipes", "configs", "distil_clinical_bert.yaml")
-WORDS = ("patient admitted with chest pain shortness of breath history hypertension diabetes denies fever cough "
-         "exam lungs clear heart regular rate rhythm plan continue aspirin metoprolol monitor labs follow up "
-         "discharged home stable condition nursing note alert oriented vital signs within normal limits").split()
-NOTEEVENTS_HEADER = ["ROW_ID", "SUBJECT_ID", "HADM_ID", "CHARTDATE", "CHARTTIME", "STORETIME", "CATEGORY",
-                     "DESCRIPTION", "CGID", "ISERROR", "TEXT"]
-
-
-def _bio_clinical_bert_shaped(folder):
-    """12 × 768, vocabulary 28996 (random weights) with a cased WordPiece tokenizer of the same size."""
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = specials + WORDS + [f"[unused{i}]" for i in range(28996 - len(specials) - len(WORDS))]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=False)
-    torch.manual_seed(0)
-    BertForMaskedLM(BertConfig(vocab_size=28996)).save_pretrained(folder / "teacher")
-    tokenizer.save_pretrained(folder / "teacher")
-    return folder / "teacher"
-
-
-def _noteevents(path, n=80, seed=0):
-    rng = random.Random(seed)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, quoting=csv.QUOTE_NONNUMERIC)
-        writer.writerow(NOTEEVENTS_HEADER)
-        for i in range(n):
-            text = ". ".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(20))
-            writer.writerow([i + 1, 9000 + i, 190000 + i, "2150-03-02", "", "", "Nursing", "Note", "", "", text])
-    return path
 
 
 @pytest.fixture(scope="module")
 def seed_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("seed")
-    teacher = _bio_clinical_bert_shaped(folder)
-    corpus = _noteevents(folder / "NOTEEVENTS.csv")
+    teacher = bio_clinical_bert_shaped(folder)
+    corpus = noteevents_csv(folder / "NOTEEVENTS.csv")
     seen = {}
     original = DistillationTrainer.compute_loss
 

@@ -1,6 +1,8 @@
 """Tiny models, a tiny tokenizer and pre-masked data shared by the tests."""
 
+import csv
 import json
+import random
 
 import torch
 from datasets import Dataset
@@ -111,3 +113,37 @@ def free_port() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return str(s.getsockname()[1])
+
+
+# ---- a Bio_ClinicalBERT-shaped teacher and a NOTEEVENTS-shaped corpus, for the shipped configs run as shipped ----
+
+CLINICAL_WORDS = (
+    "patient admitted with chest pain shortness of breath history hypertension diabetes denies fever cough "
+    "exam lungs clear heart regular rate rhythm plan continue aspirin metoprolol monitor labs follow up "
+    "discharged home stable condition nursing note alert oriented vital signs within normal limits"
+).split()
+NOTEEVENTS_HEADER = ["ROW_ID", "SUBJECT_ID", "HADM_ID", "CHARTDATE", "CHARTTIME", "STORETIME", "CATEGORY",
+                     "DESCRIPTION", "CGID", "ISERROR", "TEXT"]
+
+
+def bio_clinical_bert_shaped(folder):
+    """12 × 768, vocabulary 28996 (random weights) with a cased WordPiece tokenizer of the same size."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = specials + CLINICAL_WORDS + [f"[unused{i}]" for i in range(28996 - len(specials) - len(CLINICAL_WORDS))]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=False)
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=28996)).save_pretrained(folder / "teacher")
+    tokenizer.save_pretrained(folder / "teacher")
+    return folder / "teacher"
+
+
+def noteevents_csv(path, n=80, seed=0):
+    rng = random.Random(seed)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, quoting=csv.QUOTE_NONNUMERIC)
+        writer.writerow(NOTEEVENTS_HEADER)
+        for i in range(n):
+            text = ". ".join(" ".join(rng.choice(CLINICAL_WORDS) for _ in range(12)) for _ in range(20))
+            writer.writerow([i + 1, 9000 + i, 190000 + i, "2150-03-02", "", "", "Nursing", "Note", "", "", text])
+    return path

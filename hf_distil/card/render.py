@@ -213,6 +213,9 @@ def _procedure(args, plan=None, projected: bool = False) -> str:
     text = f"The training loss is {lead}{_join(terms)}: loss = {' + '.join(formula)}."
     if plan is not None:
         text += f" Layers count from 0; the layer map was {_layer_map_text(args, plan)}."
+    if args.alpha_kd == 0 and args.alpha_mlm == 0:
+        text += (" No term trained the masked-LM head (alpha_kd = alpha_mlm = 0), so its fill-mask predictions are not"
+                 " meaningful: use this model as an encoder to fine-tune.")
     if any(getattr(args, name) > 0 for name in TEACHER_WEIGHTS):
         text += f" The teacher was frozen, kept in evaluation mode (no dropout) and run in {_teacher_dtype(args)}."
     return text
