@@ -123,3 +123,42 @@ def test_zero3_saves_a_float32_hub_folder(zero3_run):
     start = teacher.bert.encoder.layer[3].output.dense.weight
     trained = student.bert.encoder.layer[1].output.dense.weight
     assert trained.shape == start.shape and not torch.allclose(trained, start)  # two SGD steps moved it
+
+
+LAYER_TERMS = ["--student_hidden_size", "16", "--student_intermediate_size", "32", "--alpha_hidden", "0",
+               "--alpha_attention", "1", "--alpha_intermediate", "1", "--alpha_relation", "1", "--relation_heads", "2"]
+
+
+@pytest.fixture(scope="module")
+def zero3_layer_run(tmp_path_factory):
+    """A narrower, randomly initialised student with the attention, intermediate (projected) and relation terms."""
+    work = tmp_path_factory.mktemp("zero3_layers")
+    write_workspace(work, n_texts=64, seed=2, min_len=8, dropout=0.0)
+    config = {
+        "teacher_model_name_or_path": str(work / "teacher"), "student_num_layers": 2, "line_by_line": True,
+        "train_file": str(work / "corpus.jsonl"), "validation_split_percentage": 10, "max_seq_length": 48,
+        "max_steps": 2, "logging_steps": 1, "learning_rate": 0.05, "optim": "sgd", "eval_strategy": "no",
+        "save_strategy": "no", "report_to": "none", "use_cpu": True, "disable_tqdm": True,
+        "dataloader_num_workers": 0, "seed": 11, "per_device_eval_batch_size": 4, "evaluate_before_training": False,
+    }
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    script = os.path.join(ROOT, "recipes", "run_distil.py")
+    _run([sys.executable, script, str(work / "config.yaml"), "--output_dir", str(work / "plain"),
+          "--per_device_train_batch_size", "8", *LAYER_TERMS], cwd=work)
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+          script, str(work / "config.yaml"), "--output_dir", str(work / "zero3"), "--per_device_train_batch_size", "4",
+          "--deepspeed", os.path.join(ROOT, "recipes", "configs", "ds_zero3.json"), *LAYER_TERMS],
+         cwd=work, DS_ACCELERATOR="cpu")
+    return work
+
+
+def test_zero3_with_the_layer_terms_and_projections(zero3_layer_run):
+    work = zero3_layer_run
+    logs = {name: [h for h in json.loads((work / name / "trainer_state.json").read_text())["log_history"]
+                   if "loss" in h] for name in ("plain", "zero3")}
+    for key in ("loss", "attention_loss", "intermediate_loss", "relation_loss"):
+        assert logs["zero3"][0][key] == pytest.approx(logs["plain"][0][key], rel=1e-4), key
+    weights = load_file(work / "zero3" / "model.safetensors")
+    assert not [name for name in weights if "distil_projections" in name]
+    assert {t.dtype for t in weights.values()} == {torch.float32} and all(t.numel() > 0 for t in weights.values())
+    assert AutoModelForMaskedLM.from_pretrained(work / "zero3").config.hidden_size == 16
