@@ -14,6 +14,10 @@ Levers, each `ours` with one change (not run unless named in --contenders):
   ours_dense         full-vocabulary heads (DistillationTrainer's dense reference path): what sparse heads save
   ours_bf16_teacher  teacher weights in bfloat16 (the KL stays float32)
   ours_compiled      torch.compile of the student's and/or teacher's encoder (--compile)
+  ours_attention     + the attention-map term (MSE, every student layer against its uniform-map teacher layer)
+  ours_intermediate  + the intermediate hidden-state term (MSE, the embedding output and every mapped layer)
+  ours_relation      + the MiniLM v2 relation term (student's last layer against the teacher's, --heads relation
+                     heads); each term lever is also reported against `ours` (the cost of that term alone)
 
 Before timing, the loss of `ours` is asserted equal to the seed-style loss on the same batch and weights.
 Default sizes are the real ones: a teacher of Bio_ClinicalBERT's shape (random weights), a 6-layer student
@@ -38,7 +42,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CONTENDERS = ("ours", "seed", "floor", "ours_dense", "ours_bf16_teacher", "ours_compiled")
+CONTENDERS = ("ours", "seed", "floor", "ours_dense", "ours_bf16_teacher", "ours_compiled", "ours_attention",
+              "ours_intermediate", "ours_relation")
+# The layer-term levers: the seed's objective plus one more term, weight 1.
+TERM_LEVERS = {"ours_attention": dict(alpha_attention=1.0), "ours_intermediate": dict(alpha_intermediate=1.0),
+               "ours_relation": dict(alpha_relation=1.0)}
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 COMPILE = ("student", "teacher", "both")
 # The seed's objective: temperature and the weights of KL, student masked-LM loss and cosine alignment.
@@ -181,7 +189,9 @@ def build_trainer(name: str, a, teacher, student, examples, device: str, output_
     common = dict(train_dataset=examples, data_collator=default_data_collator)
     if name.startswith("ours"):
         dtype = "bfloat16" if name == "ours_bf16_teacher" else a.teacher_dtype
-        args = training_args(a, DistillationArguments, device, output_dir, teacher_dtype=dtype, **SEED_SETTINGS)
+        term = {**TERM_LEVERS.get(name, {}), **({"relation_heads": a.heads} if name == "ours_relation" else {})}
+        args = training_args(a, DistillationArguments, device, output_dir, teacher_dtype=dtype, **SEED_SETTINGS,
+                             **term)
         if name == "ours_compiled":
             compile_encoders(a.compile, student, teacher)
         trainer_cls = DistillationTrainer if name != "ours_dense" else type(
@@ -273,6 +283,15 @@ def run_worker(a) -> dict:
     with tempfile.TemporaryDirectory() as out:
         trainer = build_trainer(a.worker, a, teacher, student, examples, device, out)
         trainer.add_callback(TurnTimer())
+        if hasattr(trainer, "_distillation_loss"):
+            compute = trainer._distillation_loss
+
+            def remembering(*args, **kwargs):
+                loss, terms, stats = compute(*args, **kwargs)
+                trainer._last_terms = tuple(terms)
+                return loss, terms, stats
+
+            trainer._distillation_loss = remembering
         setup_rss = _rss_mib()
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -286,6 +305,8 @@ def run_worker(a) -> dict:
         "setup_rss_mib": setup_rss,
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
         "device": device,
+        # The loss terms this contender's last step computed (the distillation trainers' only).
+        "terms": sorted(getattr(trainer, "_last_terms", ())),
     }
     if "prof" in profiled:
         result["profile"] = _profile_summary(profiled["prof"], a.vocab)
@@ -437,7 +458,8 @@ def ratios(summary: dict, runs: dict[str, list[dict]]) -> dict:
     memory = "cuda_peak_mib" if next(iter(summary.values()))["cuda_peak_mib"] is not None else "peak_rss_mib"
     out = {}
     for name in summary:
-        for base in ("seed", "floor"):
+        bases = ("seed", "floor", "ours") if name in TERM_LEVERS else ("seed", "floor")
+        for base in bases:
             if base in summary and name != base and not (name == "floor" and base == "seed"):
                 paired = [mine / theirs for ours_run, base_run in zip(runs[name], runs[base])
                           for mine, theirs in zip(ours_run["step_times_s"], base_run["step_times_s"])]
@@ -469,6 +491,11 @@ def print_report(a, check, summary, rat, device):
         print(f"\nours vs seed: {1 / r['time']:.2f}× faster (target ≥ 1.30), memory {r['memory']:.2f}× (target ≤ 0.75)")
     if "ours/floor" in rat:
         print(f"ours vs floor: time {rat['ours/floor']['time']:.2f}× (target ≤ 0.90)")
+    for name in TERM_LEVERS:
+        if f"{name}/ours" in rat:
+            r = rat[f"{name}/ours"]
+            print(f"{name} vs ours: time {r['time']:.3f}× (paired steps {r['time_paired']:.3f}×), "
+                  f"memory {r['memory']:.3f}×")
     if check:
         print(f"loss check: ours {check['ours_loss']:.6f} = seed-style {check['seed_loss']:.6f} "
               f"(relative difference {check['rel_diff']:.1e})")

@@ -70,6 +70,24 @@ def test_bench_step_runs_end_to_end_and_writes_the_figures(tmp_path, capsys):
     assert "ours vs seed:" in printed and "ours vs floor:" in printed
 
 
+def test_bench_step_measures_each_layer_term_against_ours(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    sizes = ["--teacher_layers", "4", "--hidden", "32", "--heads", "2", "--vocab", "100", "--batch", "4", "--seq",
+             "16", "--threads", "1"]
+    bench_step.main([*sizes, "--steps", "1", "--warmup", "1", "--rounds", "1", "--skip_check", "--json", str(out),
+                     "--contenders", "ours,ours_attention,ours_intermediate,ours_relation"])
+    report = json.loads(out.read_text())
+    seed_terms = ["hidden", "kd", "mlm"]
+    assert report["runs"]["ours"][0]["terms"] == seed_terms
+    for term in ("attention", "intermediate", "relation"):
+        name = f"ours_{term}"
+        assert report["runs"][name][0]["terms"] == sorted([*seed_terms, term])  # the lever really ran its term
+        r = report["ratios"][f"{name}/ours"]
+        assert r["time"] == pytest.approx(report["contenders"][name]["median_step_s"]
+                                          / report["contenders"]["ours"]["median_step_s"])
+    assert "ours_relation vs ours: time" in capsys.readouterr().out
+
+
 def test_bench_step_rejects_unknown_contenders(capsys):
     with pytest.raises(SystemExit):
         bench_step.parse_args(["--contenders", "ours,teacher_only"])
