@@ -84,10 +84,22 @@ class Student:
     """One row of the table: how the student starts and what it is trained on (same budget for all)."""
 
     name: str
-    init: str  # "teacher": every other teacher layer (create_student); "random": a fresh model of the same shape
+    # "teacher": every other teacher layer (create_student); "random": a fresh model of the same shape, or, with
+    # `widths`, a narrower one (create_student's random init)
+    init: str
     objective: dict
     trained: bool = True
     note: str = ""
+    widths: dict | None = None  # hidden_size / intermediate_size / num_attention_heads of a narrower student
+
+
+# Narrower students: half the teacher's width (128 → 64), its 2 heads (so attention maps compare head by head).
+NARROW = {"hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 2}
+# TinyClinicalBERT's recipe (recipes/configs/tiny_clinical_bert.yaml): attention-map MSE over the uniform layer map,
+# hidden-state MSE through learned projections, soft cross-entropy at T 1 on the masked positions, no MLM term.
+TINYBERT_OBJECTIVE = {"alpha_attention": 1.0, "alpha_intermediate": 1.0, "alpha_kd": 1.0, "temperature": 1.0}
+# MiniLM v2 (recipes/configs/minilm_clinical.yaml): the self-attention relations of the teacher's last layer alone.
+MINILM_OBJECTIVE = {"alpha_relation": 1.0, "relation_heads": 4}
 
 
 STUDENTS = (
@@ -96,8 +108,15 @@ STUDENTS = (
             note="same init and budget, the seed's masked-LM term alone (no teacher signal)"),
     Student("random-init distilled", "random", SEED_OBJECTIVE, note="seed objective from a random init"),
     Student("init only", "teacher", {}, trained=False, note="every-other-layer init, not trained (reference)"),
-    # The methods of the next issues (intermediate layers, attention, relations) add their rows here.
+    Student("TinyBERT-style", "random", TINYBERT_OBJECTIVE, widths=NARROW,
+            note="3 × 64 from random init: attention + projected hidden states + KD at T 1 (TinyClinicalBERT's)"),
+    Student("MiniLM-style", "random", MINILM_OBJECTIVE, widths=NARROW,
+            note="3 × 64 from random init: Q-Q/K-K/V-V relations of the teacher's last layer alone (MiniLM v2)"),
+    Student("narrow mlm-only", "random", {"alpha_mlm": 2.0}, widths=NARROW,
+            note="3 × 64 from random init, the masked-LM term alone: the narrow students' control"),
 )
+# Paired per-seed comparisons of the summary: (method, its control with the same shape, init and budget).
+COMPARISONS = (("distilled", "mlm-only"), ("TinyBERT-style", "narrow mlm-only"), ("MiniLM-style", "narrow mlm-only"))
 
 
 # ---------------------------------------------------------------- data
@@ -195,11 +214,12 @@ def distil_student(student: Student, teacher_dir: Path, corpus: Path, folder: Pa
         untrained_student(teacher_dir, sizes.student_layers, folder)
         return {"minutes": (time.perf_counter() - start) / 60}
     objective = {"alpha_kd": 0.0, "alpha_mlm": 0.0, "alpha_hidden": 0.0, **student.objective}
+    widths = {f"student_{name}": value for name, value in (student.widths or {}).items()}
     flags = {
         "teacher_model_name_or_path": teacher_dir, "train_file": corpus / "train.jsonl",
         "validation_file": corpus / "valid.jsonl", "output_dir": folder, "overwrite_output_dir": "true",
         "student_num_layers": sizes.student_layers, "student_layers": "every_other", "max_seq_length": 128,
-        "mlm_probability": 0.15, **objective,
+        "mlm_probability": 0.15, **objective, **widths,
         "max_steps": sizes.distil_steps, "per_device_train_batch_size": sizes.distil_batch,
         "per_device_eval_batch_size": 64, "learning_rate": sizes.learning_rate, "lr_scheduler_type": "linear",
         "warmup_steps": 0.05, "weight_decay": 1e-4, "seed": seed, "data_seed": seed,
@@ -208,7 +228,7 @@ def distil_student(student: Student, teacher_dir: Path, corpus: Path, folder: Pa
         "max_eval_samples": sizes.max_eval_blocks, "logging_nan_inf_filter": "false",
         "disable_tqdm": "true", "use_cpu": str(device == "cpu").lower(),
     }
-    if student.init == "random":
+    if student.init == "random" and not student.widths:  # a narrower student is randomly initialised by the recipe
         flags["student_model_name_or_path"] = random_student(teacher_dir, sizes.student_layers, seed,
                                                              folder.parent / f"{folder.name}-start")
     argv = [item for key, value in flags.items() if value is not None for item in (f"--{key}", str(value))]
@@ -398,17 +418,23 @@ def summarise(report: dict) -> dict:
             row[f"{metric}_retention"] = row[metric] / teacher[metric] if teacher[metric] else float("nan")
         if row["tokens_per_second"] and teacher["tokens_per_second"]:
             row["speedup"] = row["tokens_per_second"] / teacher["tokens_per_second"]
-    gaps = {}
-    if "distilled" in rows and "mlm-only" in rows:  # the fine-tuning seeds are shared: compare seed by seed
-        runs = {name: {r["seed"]: r for r in report["models"][name]["finetune"]} for name in ("distilled", "mlm-only")}
+    comparisons = {}
+    for method, control in COMPARISONS:
+        if method not in rows or control not in rows:
+            continue
+        # The fine-tuning seeds are shared: compare seed by seed.
+        runs = {name: {r["seed"]: r for r in report["models"][name]["finetune"]} for name in (method, control)}
+        gaps = {}
         for metric in ("accuracy", "macro_f1"):
-            diffs = [runs["distilled"][seed][metric] - runs["mlm-only"][seed][metric] for seed in runs["distilled"]]
+            diffs = [runs[method][seed][metric] - runs[control][seed][metric] for seed in runs[method]]
             mean, sd = mean_std(diffs)
-            spread = max(rows["distilled"][f"{metric}_std"], rows["mlm-only"][f"{metric}_std"])
+            spread = max(rows[method][f"{metric}_std"], rows[control][f"{metric}_std"])
             gaps[metric] = {"paired_differences": diffs, "mean": mean, "sd": sd,
                             "standard_error": sd / math.sqrt(len(diffs)), "largest_seed_sd": spread,
                             "beats_spread": mean > spread}
-    return {"rows": rows, "distilled_minus_mlm_only": gaps}
+        comparisons[f"{method} − {control}"] = gaps
+    return {"rows": rows, "distilled_minus_mlm_only": comparisons.get("distilled − mlm-only", {}),
+            "comparisons": comparisons}
 
 
 def markdown_table(report: dict) -> str:
@@ -436,11 +462,15 @@ def markdown_notes(report: dict) -> str:
              f"({report['sizes']['distil_steps']} steps of {report['sizes']['distil_batch']} blocks of 128 tokens). "
              "F1 kept: mean macro-F1 over the teacher's. Perplexity, masked accuracy and teacher agreement: the MTS "
              "test texts, 15 % of their tokens masked at fixed positions."]
-    for metric, gap in report["summary"]["distilled_minus_mlm_only"].items():
-        verdict = "more" if gap["beats_spread"] else "not more"
-        lines.append(f"- distilled − mlm-only, {metric.replace('_', '-')}: {gap['mean']:+.3f} ± "
-                     f"{gap['standard_error']:.3f} (standard error of the paired per-seed differences), {verdict} "
-                     f"than the largest seed-to-seed sd ({gap['largest_seed_sd']:.3f}).")
+    for pair, gaps in report["summary"]["comparisons"].items():
+        for metric, gap in gaps.items():
+            verdict = "more" if gap["beats_spread"] else "not more"
+            lines.append(f"- {pair}, {metric.replace('_', '-')}: {gap['mean']:+.3f} ± "
+                         f"{gap['standard_error']:.3f} (standard error of the paired per-seed differences), {verdict} "
+                         f"than the largest seed-to-seed sd ({gap['largest_seed_sd']:.3f}).")
+    if "MiniLM-style" in report["summary"]["rows"]:
+        lines.append("The MiniLM-style student is trained on relations alone, so its masked-LM head is untrained: "
+                     "its perplexity, masked accuracy and agreement say nothing; its fine-tuning scores do.")
     return "\n".join(lines)
 
 
@@ -451,14 +481,14 @@ def plot(report: dict, path: Path) -> None:
 
     rows = report["summary"]["rows"]
     names = list(rows)
-    fig = Figure(figsize=(8, 4), dpi=100)
+    fig = Figure(figsize=(11, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.38
     for offset, metric in ((-width / 2, "accuracy"), (width / 2, "macro_f1")):
         ax.bar([i + offset for i in range(len(names))], [rows[n][metric] for n in names], width,
                yerr=[rows[n][f"{metric}_std"] for n in names], capsize=4, label=metric.replace("_", "-"))
-    ax.set_xticks(range(len(names)), names, rotation=15)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_ylabel(f"MTS-Dialog test ({report['seeds']} seeds, mean ± sd)")
     ax.set_title("Section-header classification after fine-tuning")
     ax.legend()

@@ -146,16 +146,27 @@ def test_smoke_runs_every_model_through_distillation_finetuning_and_scoring(tmp_
     assert rows["distilled"]["parameters"] < rows["teacher"]["parameters"]
     # Same budget for every trained student: their arguments differ only in the objective, the init and the paths.
     budgets = []
+    objective_keys = {key for student in bench_quality.STUDENTS for key in student.objective}
     for student in bench_quality.STUDENTS:
         if not student.trained:
             continue
-        args = json.loads((out / "students" / student.name.replace(" ", "-") / "distillation_args.json").read_text())
+        folder = out / "students" / student.name.replace(" ", "-")
+        args = json.loads((folder / "distillation_args.json").read_text())
         assert args["max_steps"] == sizes.distil_steps
-        for term in ("alpha_kd", "alpha_mlm", "alpha_hidden"):
+        for term in ("alpha_kd", "alpha_mlm", "alpha_hidden", "alpha_attention", "alpha_intermediate",
+                     "alpha_relation"):
             assert args[term] == student.objective.get(term, 0.0)
-        budgets.append({k: v for k, v in args.items() if not k.startswith(("alpha_", "output_dir", "logging_dir",
-                                                                          "student_model_name_or_path"))})
-    assert len(budgets) == 3 and all(b == budgets[0] for b in budgets)
+        config = json.loads((folder / "config.json").read_text())
+        for name, value in (student.widths or {}).items():  # the narrower students are narrower
+            assert config[name] == value and config["distil_init"] == "random"
+        budgets.append({k: v for k, v in args.items() if k not in objective_keys
+                        and not k.startswith(("alpha_", "output_dir", "logging_dir", "student_model_name_or_path"))})
+    assert len(budgets) == 6 and all(b == budgets[0] for b in budgets)
+    narrow = rows["TinyBERT-style"]["parameters"]
+    assert narrow == rows["MiniLM-style"]["parameters"] == rows["narrow mlm-only"]["parameters"]
+    assert narrow < rows["distilled"]["parameters"]
+    assert set(report["summary"]["comparisons"]) == {"distilled − mlm-only", "TinyBERT-style − narrow mlm-only",
+                                                     "MiniLM-style − narrow mlm-only"}
     # Every model is fine-tuned with float32 weights, the float16 teacher included.
     for folder in (out / "finetune").glob("*/seed*"):
         assert json.loads((folder / "config.json").read_text())["dtype"] == "float32", folder
