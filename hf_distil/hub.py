@@ -105,6 +105,9 @@ class NoPickleHubMixin:
         if os.path.exists(pickled):
             os.remove(pickled)
 
+    def _before_upload(self, folder: str) -> None:
+        """A subclass's last word on the files copied from a checkpoint into `folder` before they are uploaded."""
+
     def push_to_hub(self, *args, **kwargs):
         """Trainer's push, refused (before anything is uploaded) when the folder holds a pickle."""
         if self.is_world_process_zero():
@@ -138,6 +141,7 @@ class NoPickleHubMixin:
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         self._write_args(output_dir)
+        self._before_upload(output_dir)
         if args.save_strategy == SaveStrategy.STEPS:
             message = f"Training in progress, step {self.state.global_step}"
         else:

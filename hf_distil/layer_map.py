@@ -16,13 +16,18 @@ import math
 from dataclasses import dataclass
 
 from .errors import ArgumentError, ModelMismatchError
-from .heads import encoder_layers, self_attention, unwrap
+from .heads import embedding_module, encoder_layers, self_attention, unwrap
 
 UNIFORM = "uniform"
 
 
 def parse_layer_map(spec) -> str | tuple[tuple[int, int], ...]:
     """"uniform", or the explicit (student, teacher) pairs of "s:t,s:t" (or a YAML list / mapping of them)."""
+    if isinstance(spec, (list, tuple)) and any(isinstance(item, int) for item in spec):
+        raise ArgumentError(
+            f"layer_map={spec!r} holds a number where a student:teacher pair belongs (YAML reads an unquoted 3:11 as "
+            "191): quote the pairs, e.g. layer_map: \"0:2,1:5,2:8,3:11\"."
+        )
     if isinstance(spec, dict):
         items = [f"{s}:{t}" for s, t in spec.items()]
     elif isinstance(spec, (list, tuple)):
@@ -31,6 +36,11 @@ def parse_layer_map(spec) -> str | tuple[tuple[int, int], ...]:
         text = str(spec).strip()
         if text == UNIFORM:
             return UNIFORM
+        if text.isdigit():
+            raise ArgumentError(
+                f"layer_map={spec!r} is a number where student:teacher pairs belong (YAML reads an unquoted 3:11 as "
+                "191): quote the pairs, e.g. layer_map: \"0:2,1:5,2:8,3:11\"."
+            )
         items = [item for item in text.split(",") if item.strip()]
     pairs = []
     for item in items:
@@ -65,7 +75,7 @@ class LayerPlan:
     """The layers each side exposes to the terms, resolved for one student and one teacher."""
 
     layer_pairs: tuple[tuple[int, int], ...]  # (student layer, teacher layer): attention maps
-    relation_pair: tuple[int, int]  # (student's last layer, the teacher's relation layer)
+    relation_pair: tuple[int, int] | None  # (student's last layer, the teacher's relation layer); None: not used
 
     @property
     def hidden_pairs(self) -> tuple[tuple[int, int], ...]:
@@ -73,8 +83,25 @@ class LayerPlan:
         return ((0, 0),) + tuple((s + 1, t + 1) for s, t in self.layer_pairs)
 
 
-def resolve_layer_plan(spec, relation_teacher_layer: int, student_layers: int, teacher_layers: int) -> LayerPlan:
-    """The pairs of `layer_map` and of the relation term for these depths; layers out of range name themselves."""
+def resolve_layer_plan(spec, relation_teacher_layer: int, student_layers: int, teacher_layers: int,
+                       pairs_used: bool = True, relation_used: bool = True) -> LayerPlan:
+    """The pairs of `layer_map` and of the relation term for these depths; layers out of range name themselves.
+
+    A part no active term uses (`pairs_used`: the attention / intermediate terms; `relation_used`) is not checked and
+    comes back empty / None."""
+    pairs = _layer_pairs(spec, student_layers, teacher_layers) if pairs_used else ()
+    if not relation_used:
+        return LayerPlan(pairs, None)
+    relation = relation_teacher_layer if relation_teacher_layer >= 0 else teacher_layers + relation_teacher_layer
+    if not 0 <= relation < teacher_layers:
+        raise ModelMismatchError(
+            f"relation_teacher_layer={relation_teacher_layer}: the teacher has layers 0..{teacher_layers - 1} "
+            "(−1 is its last)."
+        )
+    return LayerPlan(pairs, (student_layers - 1, relation))
+
+
+def _layer_pairs(spec, student_layers: int, teacher_layers: int) -> tuple[tuple[int, int], ...]:
     parsed = parse_layer_map(spec)
     if parsed == UNIFORM:
         if student_layers > teacher_layers:
@@ -97,13 +124,7 @@ def resolve_layer_plan(spec, relation_teacher_layer: int, student_layers: int, t
                 f"layer_map {', '.join(bad_teacher)}: the teacher has layers 0..{teacher_layers - 1} "
                 f"({teacher_layers} layers)."
             )
-    relation = relation_teacher_layer if relation_teacher_layer >= 0 else teacher_layers + relation_teacher_layer
-    if not 0 <= relation < teacher_layers:
-        raise ModelMismatchError(
-            f"relation_teacher_layer={relation_teacher_layer}: the teacher has layers 0..{teacher_layers - 1} "
-            "(−1 is its last)."
-        )
-    return LayerPlan(pairs, (student_layers - 1, relation))
+    return pairs
 
 
 def _layer_count(model, side: str) -> int:
@@ -117,20 +138,49 @@ def _layer_count(model, side: str) -> int:
     return len(layers)
 
 
+def plan_layers_wanted(args) -> bool:
+    """Whether any term that compares layers (attention, intermediate, relation) is on."""
+    return args.alpha_attention > 0 or args.alpha_intermediate > 0 or args.alpha_relation > 0
+
+
 def plan_layers(student, teacher, args) -> LayerPlan | None:
     """The layer plan of a run whose attention / intermediate / relation terms are on (None when all are off), after
     checking that each term can compare these two models: one line naming the problem and the fix otherwise."""
-    if not (args.alpha_attention > 0 or args.alpha_intermediate > 0 or args.alpha_relation > 0):
+    if not plan_layers_wanted(args):
         return None
     plan = resolve_layer_plan(args.layer_map, args.relation_teacher_layer, _layer_count(student, "student"),
-                              _layer_count(teacher, "teacher"))
+                              _layer_count(teacher, "teacher"),
+                              pairs_used=args.alpha_attention > 0 or args.alpha_intermediate > 0,
+                              relation_used=args.alpha_relation > 0)
     s_cfg, t_cfg = unwrap(student).config, unwrap(teacher).config
-    if args.alpha_attention > 0 or args.alpha_relation > 0:
-        for model, side in ((student, "student"), (teacher, "teacher")):
-            if self_attention(encoder_layers(model)[0]) is None:
+    reentrant = (args.gradient_checkpointing_kwargs or {}).get("use_reentrant", False)
+    if args.gradient_checkpointing and reentrant:
+        raise ModelMismatchError(
+            "gradient_checkpointing with use_reentrant=True runs each layer's forward without gradients, so the "
+            "attention / intermediate / relation terms would capture tensors that cannot train the student: drop "
+            "use_reentrant from gradient_checkpointing_kwargs (the default is use_reentrant=False)."
+        )
+    needs_attention = {"student": [s for s, _ in plan.layer_pairs] if args.alpha_attention > 0 else [],
+                       "teacher": [t for _, t in plan.layer_pairs] if args.alpha_attention > 0 else []}
+    if plan.relation_pair is not None:
+        needs_attention["student"].append(plan.relation_pair[0])
+        needs_attention["teacher"].append(plan.relation_pair[1])
+    for model, side in ((student, "student"), (teacher, "teacher")):
+        layers = encoder_layers(model)
+        missing = sorted({i for i in needs_attention[side] if self_attention(layers[i]) is None})
+        if missing:
+            raise ModelMismatchError(
+                f"The {side}'s layer(s) {missing} have no self-attention query/key/value projections where hf_distil "
+                "looks (layer.attention.self.query/key/value): set alpha_attention and alpha_relation to 0."
+            )
+    if args.alpha_intermediate > 0:
+        for cfg, side in ((s_cfg, "student"), (t_cfg, "teacher")):
+            embedding = getattr(cfg, "embedding_size", None) or cfg.hidden_size
+            if embedding != cfg.hidden_size or embedding_module(student if side == "student" else teacher) is None:
                 raise ModelMismatchError(
-                    f"The {side}'s self-attention has no query/key/value projections where hf_distil looks "
-                    "(layer.attention.self.query/key/value): set alpha_attention and alpha_relation to 0."
+                    f"The intermediate term compares the embedding outputs (hidden state 0), but the {side}'s is "
+                    f"{embedding} wide, not its hidden size {cfg.hidden_size}, or is not where hf_distil looks: set "
+                    "alpha_intermediate to 0 for this model."
                 )
     if args.alpha_attention > 0 and s_cfg.num_attention_heads != t_cfg.num_attention_heads:
         raise ModelMismatchError(
@@ -150,8 +200,9 @@ def plan_layers(student, teacher, args) -> LayerPlan | None:
                if width % args.relation_heads]
         if bad:
             common = math.gcd(s_cfg.hidden_size, t_cfg.hidden_size)
+            examples = [d for d in (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64) if common % d == 0][-3:]
             raise ModelMismatchError(
                 f"relation_heads={args.relation_heads} does not divide {' and '.join(bad)}: choose a divisor of "
-                f"{common} (e.g. {max(d for d in range(1, min(common, 64) + 1) if common % d == 0)})."
+                f"{common}, e.g. {', '.join(map(str, examples))}."
             )
     return plan

@@ -179,11 +179,10 @@ def layer_selections(plan: LayerPlan | None) -> tuple[LayerSelection, LayerSelec
     """The layers the student and the teacher expose under `plan` (none without one)."""
     if plan is None:
         return LayerSelection(), LayerSelection()
+    relation = plan.relation_pair or (None, None)
     return (
-        LayerSelection(tuple(s for s, _ in plan.hidden_pairs), tuple(s for s, _ in plan.layer_pairs),
-                       plan.relation_pair[0]),
-        LayerSelection(tuple(t for _, t in plan.hidden_pairs), tuple(t for _, t in plan.layer_pairs),
-                       plan.relation_pair[1]),
+        LayerSelection(tuple(s for s, _ in plan.hidden_pairs), tuple(s for s, _ in plan.layer_pairs), relation[0]),
+        LayerSelection(tuple(t for _, t in plan.hidden_pairs), tuple(t for _, t in plan.layer_pairs), relation[1]),
     )
 
 

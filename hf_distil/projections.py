@@ -60,3 +60,41 @@ def attach_projections(student: nn.Module, plan: LayerPlan, student_width: int, 
 
 def without_projections(state_dict: dict) -> dict:
     return {k: v for k, v in state_dict.items() if not is_projection_key(k)}
+
+
+def strip_projections_from_folder(folder: str) -> list[str]:
+    """Rewrite a saved model's safetensors weights (one file or shards with their index) without the projections;
+    returns the keys removed."""
+    import json
+    import os
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    index_path = os.path.join(folder, "model.safetensors.index.json")
+    index = None
+    if os.path.isfile(index_path):
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+        files = sorted(set(index.get("weight_map", {}).values()))
+    else:
+        files = ["model.safetensors"]
+    removed = []
+    for name in files:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        with safe_open(path, framework="pt") as weights:
+            keys = list(weights.keys())
+            drop = [k for k in keys if is_projection_key(k)]
+            if not drop:
+                continue
+            kept = {k: weights.get_tensor(k) for k in keys if k not in drop}
+            metadata = weights.metadata() or {"format": "pt"}
+        save_file(kept, path, metadata=metadata)
+        removed += drop
+    if index is not None and removed:
+        index["weight_map"] = {k: v for k, v in index["weight_map"].items() if not is_projection_key(k)}
+        with open(index_path, "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2)
+    return removed

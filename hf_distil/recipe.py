@@ -334,6 +334,14 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
         raise RecipeError(
             "No teacher: set teacher_model_name_or_path in the config or pass --teacher_model_name_or_path."
         )
+    widths = {flag: getattr(model_args, flag) for flag in ("student_hidden_size", "student_intermediate_size",
+                                                           "student_num_attention_heads")}
+    if model_args.student_model_name_or_path and any(v is not None for v in widths.values()):
+        given = ", ".join(f"--{flag} {value}" for flag, value in widths.items() if value is not None)
+        raise RecipeError(
+            f"{given} shape(s) a student built from the teacher, but --student_model_name_or_path loads an existing "
+            "one: drop one of them."
+        )
     common = {"trust_remote_code": model_args.trust_remote_code, "cache_dir": model_args.cache_dir}
     # A student copied from the teacher starts from its float32 weights; the trainer then casts the teacher alone.
     dtype = training_args.teacher_torch_dtype if model_args.student_model_name_or_path else torch.float32

@@ -104,18 +104,19 @@ def _output_tensor(output) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def _layer_hooks(model: nn.Module, spec: CaptureSpec, captured: dict, projections) -> list:
-    """Forward hooks that put the spec's hidden states (projected where `projections` has an entry) and q/k/v
-    outputs into `captured`, keyed ("hidden", i) / ("q" | "k" | "v", layer)."""
+def _layer_hooks(model: nn.Module, spec: CaptureSpec, captured: dict, projections, hooks: list) -> None:
+    """Register (into `hooks`, which the caller removes, also when this raises part-way) forward hooks that put the
+    spec's hidden states (projected where `projections` has an entry) and q/k/v outputs into `captured`, keyed
+    ("hidden", i) / ("q" | "k" | "v", layer)."""
     layers = encoder_layers(model)
     if layers is None:
         raise ValueError(f"{type(model).__name__}: hf_distil.heads does not know where its encoder layers are.")
-    hooks = []
 
     def keep(key, project=None):
         def hook(module, args, output):
             tensor = _output_tensor(output)
-            captured[key] = project(tensor) if project is not None else tensor
+            # The projections are float32; a half-precision student outside autocast feeds them its own dtype.
+            captured[key] = project(tensor.to(project.weight.dtype)) if project is not None else tensor
         return hook
 
     projected = []
@@ -143,7 +144,6 @@ def _layer_hooks(model: nn.Module, spec: CaptureSpec, captured: dict, projection
         for part in parts:
             module = {"q": attention.query, "k": attention.key, "v": attention.value}[part]
             hooks.append(module.register_forward_hook(keep((part, layer))))
-    return hooks
 
 
 def _signals(logits: torch.Tensor, spec: CaptureSpec, captured: dict) -> Signals:
@@ -169,8 +169,10 @@ def capture(model: nn.Module, inputs: dict, positions: torch.Tensor, spec: Captu
     sparse = sparse and not isinstance(model, nn.DataParallel)
     head = find_mlm_head(model) if sparse else None
     captured: dict = {}
-    hooks = _layer_hooks(model, spec, captured, projections) if spec.needs_layers else []
+    hooks: list = []
     try:
+        if spec.needs_layers:
+            _layer_hooks(model, spec, captured, projections, hooks)
         if head is None:
             out = model(**_model_inputs(inputs), output_hidden_states=spec.last_hidden_state, return_dict=True)
             logits = out.logits.reshape(-1, out.logits.shape[-1]).index_select(0, positions)

@@ -148,7 +148,8 @@ def _random_student(teacher: PreTrainedModel, num_hidden_layers: int, num_teache
         raise ModelMismatchError(f"num_hidden_layers={num_hidden_layers!r} must be a positive integer.")
     bad = {name: value for name, value in changed.items() if not isinstance(value, int) or value < 1}
     if bad:
-        raise ModelMismatchError(f"{', '.join(f'{k}={v!r}' for k, v in bad.items())} must be positive integers.")
+        raise ModelMismatchError(f"{', '.join(f'{k}={v!r}' for k, v in bad.items())}: widths and head counts must be "
+                                 "positive integers.")
     config = copy.deepcopy(teacher.config)
     for name, value in changed.items():
         setattr(config, name, value)

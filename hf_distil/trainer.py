@@ -17,7 +17,7 @@ from .checkpoints import ARGS_MARKER, disk_full_error, expected_save_bytes, late
 from .errors import ArgumentError, ModelMismatchError, TeacherLoadError, TeacherNotFoundError
 from .heads import unwrap
 from .hub import NoPickleHubMixin, check_push_to_hub
-from .layer_map import plan_layers
+from .layer_map import plan_layers, plan_layers_wanted
 from .objective import (
     BY_NAME,
     ROW_SETS,
@@ -34,7 +34,7 @@ from .objective import (
     weigh,
     weight_of,
 )
-from .projections import attach_projections, projections_of, without_projections
+from .projections import attach_projections, projections_of, strip_projections_from_folder, without_projections
 from .signals import capture
 
 logger = logging.getLogger("hf_distil")
@@ -256,8 +256,19 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
             if layer_plan is not None and args.alpha_intermediate > 0:
                 s_width, t_width = unwrap(model).config.hidden_size, unwrap(teacher_model).config.hidden_size
                 if s_width != t_width:  # before Trainer places and wraps the model: optimizer, DDP, checkpoints
+                    if unwrap(model) is not model:
+                        raise ArgumentError(
+                            f"alpha_intermediate between widths {s_width} and {t_width} trains projections beside "
+                            f"the student, which a {type(model).__name__} (e.g. peft) would not save in its "
+                            "checkpoints: distil a plain student, or set alpha_intermediate=0."
+                        )
                     attach_projections(model, layer_plan, s_width, t_width, args.seed)
 
+        if model is None and kw.get("model_init") is not None and plan_layers_wanted(args):
+            raise ArgumentError(
+                "model_init with alpha_attention / alpha_intermediate / alpha_relation > 0 is not supported (the "
+                "layer map and projections are set up for the model passed in): pass model=... instead."
+            )
         super().__init__(model, args, *trainer_args, **kw)
         # The layers the attention / intermediate / relation terms compare (hf_distil.layer_map); None when all off.
         self.layer_plan = layer_plan
@@ -503,6 +514,11 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
                 state_dict = self.model.state_dict()
             state_dict = without_projections(state_dict)
         super()._save(output_dir, state_dict)
+
+    def _before_upload(self, folder: str) -> None:
+        """Pushes after each save copy the checkpoint's weights into output_dir: without the projections there too."""
+        if projections_of(self.model) is not None:
+            strip_projections_from_folder(folder)
 
     def _distillation_loss(self, model, inputs, training, num_items_in_batch=None, want_stats=False):
         """The objective on one micro-batch: (loss, {term: value}, eval sums or None).

@@ -405,3 +405,110 @@ def test_select_rows_unchanged_for_layer_terms_only(tmp_path):
     terms = active_terms(a, has_teacher=True, evaluating=False)
     assert [t.name for t in terms] == ["relation"]
     assert select_rows(batch_of(2), a, terms, evaluating=False).positions.numel() == 0
+
+
+# ---- faults and neighbours found in review ---------------------------------------------------------------------
+
+def test_hub_pushes_after_each_save_carry_no_projections(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+    from hub_fake import go_online
+    from tiny import write_workspace
+
+    from hf_distil.recipe import main
+
+    write_workspace(tmp_path, n_texts=40)
+    go_online(monkeypatch)
+    pushed = []
+
+    def upload_folder(self, repo_id, folder_path, run_as_future=False, **kwargs):
+        with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+            pushed.append(sorted(k for k in f.keys() if "distil_projections" in k))
+        from concurrent.futures import Future
+
+        future = Future()
+        future.set_result(None)
+        return future if run_as_future else None
+
+    import huggingface_hub
+
+    monkeypatch.setattr(HfApi, "create_repo",
+                        lambda self, repo_id, **kw: huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    code = main(["--teacher_model_name_or_path", str(tmp_path / "teacher"), "--train_file",
+                 str(tmp_path / "corpus.jsonl"), "--line_by_line", "true", "--output_dir", str(tmp_path / "out"),
+                 "--student_num_layers", "2", "--student_hidden_size", "16", "--student_intermediate_size", "32",
+                 "--alpha_hidden", "0", "--alpha_intermediate", "1", "--max_steps", "2", "--save_steps", "1",
+                 "--max_seq_length", "32", "--use_cpu", "true", "--report_to", "none", "--push_to_hub", "true",
+                 "--hub_model_id", "me/tiny", "--hub_token", "hf_x"])
+    assert code == 0 and len(pushed) >= 3  # after each of the two saves, and the final push
+    assert pushed == [[]] * len(pushed)
+    with safe_open(str(tmp_path / "out" / "checkpoint-2" / "model.safetensors"), "pt") as f:
+        assert "distil_projections.0.weight" in set(f.keys())  # the checkpoint itself keeps them for resuming
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_reentrant_is_refused(tmp_path):
+    teacher = tiny_teacher(layers=4, dropout=0.0)
+    student = narrow_student(teacher)
+    batch = batch_of(4, seed=3)
+    alphas = dict(alpha_kd=1.0, alpha_mlm=0.0, alpha_hidden=0.0, alpha_attention=1.0, alpha_intermediate=1.0,
+                  alpha_relation=1.0, relation_heads=2)
+
+    def gradients(**kw):
+        trainer = DistillationTrainer(model=copy.deepcopy(student), teacher_model=teacher,
+                                      args=args_for(tmp_path, **alphas, **kw))
+        model = trainer.model
+        if kw.get("gradient_checkpointing"):
+            model.gradient_checkpointing_enable(kw.get("gradient_checkpointing_kwargs"))
+        model.train()
+        trainer.compute_loss(model, batch).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = gradients(), gradients(gradient_checkpointing=True)
+    assert plain.keys() == checkpointed.keys() and any(n.startswith("distil_projections") for n in plain)
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], rtol=1e-4, atol=1e-6), name
+    with pytest.raises(ModelMismatchError, match="use_reentrant=True runs each layer's forward without gradients"):
+        gradients(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True})
+
+
+def test_model_init_and_peft_students_are_refused_with_the_layer_terms(tmp_path):
+    teacher = tiny_teacher(layers=4)
+    with pytest.raises(ArgumentError, match="model_init with alpha_attention"):
+        DistillationTrainer(model_init=lambda: narrow_student(teacher), teacher_model=teacher,
+                            args=args_for(tmp_path, alpha_hidden=0.0, alpha_relation=1.0, relation_heads=2))
+    peft = pytest.importorskip("peft")
+    adapted = peft.get_peft_model(narrow_student(teacher), peft.LoraConfig(target_modules=["query", "value"]))
+    with pytest.raises(ArgumentError, match="trains projections beside the student"):
+        DistillationTrainer(model=adapted, teacher_model=teacher,
+                            args=args_for(tmp_path, alpha_hidden=0.0, alpha_intermediate=1.0))
+
+
+def test_a_capture_that_fails_part_way_leaves_no_hook_behind():
+    model = tiny_teacher(layers=2)
+    with pytest.raises(IndexError):
+        capture(model, batch_of(2), torch.arange(2), CaptureSpec(hidden_states=(0,), attention=(5,)))
+    assert not model.bert.embeddings._forward_hooks and not model._forward_hooks
+
+
+def test_unused_layer_settings_are_not_held_against_a_run(tmp_path):
+    """A relation-only run needs no layer_map (a deeper student is fine); an attention-only run ignores the
+    relation layer."""
+    teacher = tiny_teacher(layers=2)
+    deeper = narrow_student(teacher, layers=3)
+    DistillationTrainer(model=deeper, teacher_model=teacher,
+                        args=args_for(tmp_path, **LAYER_ALPHAS, alpha_relation=1.0, relation_heads=2))
+    DistillationTrainer(model=narrow_student(teacher, layers=2), teacher_model=teacher,
+                        args=args_for(tmp_path, **LAYER_ALPHAS, alpha_attention=1.0, relation_teacher_layer=7))
+
+
+@pytest.mark.parametrize("spec", [191, "191", ["0:2", 65]])
+def test_an_unquoted_yaml_layer_map_says_to_quote_it(tmp_path, spec):
+    with pytest.raises(ArgumentError, match="quote the pairs"):
+        args_for(tmp_path, layer_map=spec)
+
+
+def test_a_half_precision_student_feeds_the_float32_projections(tmp_path):
+    teacher = tiny_teacher(layers=4, dropout=0.0)
+    student = narrow_student(teacher).to(torch.bfloat16)
+    values, _ = terms_of(tmp_path, student, teacher, batch_of(2), alpha_intermediate=1.0)
+    assert torch.isfinite(values["intermediate"])

@@ -176,8 +176,8 @@ def _layer_terms(args, plan, projected: bool) -> list[tuple[str, str]]:
     if args.alpha_intermediate > 0:
         kind = "mean squared error" if args.intermediate_loss == "mse" else "cosine distance"
         states = ", ".join(f"{s}↔{t}" for s, t in plan.hidden_pairs)
-        through = (" through learned linear projections from the student's width to the teacher's (trained with the"
-                   " student, not part of this model)" if projected else "")
+        through = (" through learned linear projections from the student's width to the teacher's, one per hidden"
+                   " state (trained with the student, not part of this model)" if projected else "")
         out.append((f"the {kind} of student↔teacher hidden states {states} (0 is the embedding output, i the"
                     f" output of layer i − 1){through} (weight {_weight(args.alpha_intermediate)})",
                     f"{_weight(args.alpha_intermediate)} · intermediate"))
@@ -211,7 +211,7 @@ def _procedure(args, plan=None, projected: bool = False) -> str:
         formula.append(formula_name)
     lead = "a weighted sum of " if len(terms) > 1 else ""
     text = f"The training loss is {lead}{_join(terms)}: loss = {' + '.join(formula)}."
-    if plan is not None:
+    if plan is not None and plan.layer_pairs:
         text += f" Layers count from 0; the layer map was {_layer_map_text(args, plan)}."
     if args.alpha_kd == 0 and args.alpha_mlm == 0:
         text += (" No term trained the masked-LM head (alpha_kd = alpha_mlm = 0), so its fill-mask predictions are not"
