@@ -410,8 +410,8 @@ def test_select_rows_unchanged_for_layer_terms_only(tmp_path):
 # ---- faults and neighbours found in review ---------------------------------------------------------------------
 
 def test_hub_pushes_after_each_save_carry_no_projections(tmp_path, monkeypatch):
-    from huggingface_hub import HfApi
     from hub_fake import go_online
+    from huggingface_hub import HfApi
     from tiny import write_workspace
 
     from hf_distil.recipe import main
