@@ -322,6 +322,8 @@ def test_narrower_student_is_randomly_initialised_and_recorded():
     assert type(student) is type(teacher) and all(p.dtype == torch.float32 for p in student.parameters())
     with pytest.raises(ModelMismatchError, match="hidden_size=16 is not divisible by num_attention_heads=3"):
         create_student(teacher, 2, hidden_size=16, num_attention_heads=3)
+    with pytest.raises(ModelMismatchError, match="hidden_size=0: widths and head counts must be positive integers"):
+        create_student(teacher, 2, hidden_size=0)
     # the same widths as the teacher: copied layers, as before
     assert create_student(teacher, 2, hidden_size=32).config.distil_init == "teacher_layers"
 
@@ -512,3 +514,18 @@ def test_a_half_precision_student_feeds_the_float32_projections(tmp_path):
     student = narrow_student(teacher).to(torch.bfloat16)
     values, _ = terms_of(tmp_path, student, teacher, batch_of(2), alpha_intermediate=1.0)
     assert torch.isfinite(values["intermediate"])
+
+
+def test_width_flags_with_an_existing_student_are_refused(tmp_path, capsys):
+    from tiny import write_workspace
+
+    from hf_distil.recipe import main
+
+    write_workspace(tmp_path, n_texts=8)
+    code = main(["--teacher_model_name_or_path", str(tmp_path / "teacher"), "--train_file",
+                 str(tmp_path / "corpus.jsonl"), "--output_dir", str(tmp_path / "out"), "--student_model_name_or_path",
+                 str(tmp_path / "teacher"), "--student_hidden_size", "16", "--use_cpu", "true"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "hf-distil: error: --student_hidden_size 16 shape(s) a student built from the teacher, but "
+        "--student_model_name_or_path loads an existing one: drop one of them.")
