@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from tiny import args_for, batch_of, premasked_dataset, tiny_teacher
+from tiny import StopAt, args_for, batch_of, premasked_dataset, tiny_teacher
 from transformers import BertForMaskedLM, BertTokenizerFast, pipeline
 
 from hf_distil import DistillationArguments, DistillationTrainer, create_student
@@ -20,6 +20,9 @@ from hf_distil.objective import active_terms, select_rows
 from hf_distil.signals import CaptureSpec, capture
 
 LAYER_ALPHAS = dict(alpha_kd=0.0, alpha_mlm=0.0, alpha_hidden=0.0)
+# KD plus every layer term, for a 16-wide, 2-head student of the 32-wide, 2-head tiny teacher.
+ALL_TERMS = dict(alpha_kd=1.0, alpha_mlm=0.0, alpha_hidden=0.0, alpha_attention=1.0, alpha_intermediate=1.0,
+                 alpha_relation=1.0, relation_heads=2)
 
 
 def narrow_student(teacher, layers=2, hidden=16, heads=2, seed=1):
@@ -328,27 +331,11 @@ def test_narrower_student_is_randomly_initialised_and_recorded():
     assert create_student(teacher, 2, hidden_size=32).config.distil_init == "teacher_layers"
 
 
-class _StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def __getattr__(self, name):
-        if name.startswith("on_"):
-            return lambda args, state, control, **kw: self._stop(state, control)
-        raise AttributeError(name)
-
-    def _stop(self, state, control):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-        return control
-
-
 def test_projections_resume_bit_exact_and_stay_out_of_the_final_folder(tmp_path):
     teacher = tiny_teacher(layers=4, dropout=0.1)
     student = narrow_student(teacher)
     data = premasked_dataset(32, seed=2)
-    alphas = dict(alpha_kd=1.0, alpha_mlm=0.0, alpha_hidden=0.0, alpha_attention=1.0, alpha_intermediate=1.0,
-                  alpha_relation=1.0, relation_heads=2)
+    alphas = ALL_TERMS
 
     def run(name, stop=None, resume=None):
         a = args_for(tmp_path, output_dir=str(tmp_path / name), max_steps=6, save_strategy="steps", save_steps=3,
@@ -356,7 +343,7 @@ def test_projections_resume_bit_exact_and_stay_out_of_the_final_folder(tmp_path)
         trainer = DistillationTrainer(model=copy.deepcopy(student), teacher_model=teacher, args=a,
                                       train_dataset=data)
         if stop:
-            trainer.add_callback(_StopAt(stop))
+            trainer.add_callback(StopAt(stop))
         trainer.train(resume_from_checkpoint=resume)
         return trainer
 
@@ -452,8 +439,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_reentrant_is_refuse
     teacher = tiny_teacher(layers=4, dropout=0.0)
     student = narrow_student(teacher)
     batch = batch_of(4, seed=3)
-    alphas = dict(alpha_kd=1.0, alpha_mlm=0.0, alpha_hidden=0.0, alpha_attention=1.0, alpha_intermediate=1.0,
-                  alpha_relation=1.0, relation_heads=2)
+    alphas = ALL_TERMS
 
     def gradients(**kw):
         trainer = DistillationTrainer(model=copy.deepcopy(student), teacher_model=teacher,

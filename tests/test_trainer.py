@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from tiny import args_for, batch_of, premasked_dataset, text_dataset, tiny_teacher
+from tiny import StopAt, args_for, batch_of, premasked_dataset, text_dataset, tiny_teacher
 from transformers import (
     DataCollatorForLanguageModeling,
     RobertaConfig,
@@ -256,7 +256,7 @@ def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path, tokenizer):
         trainer = DistillationTrainer(model=copy.deepcopy(student), teacher_model=teacher, args=a,
                                       train_dataset=data, data_collator=collator, processing_class=tokenizer)
         if max_steps < 6:
-            trainer.add_callback(_StopAt(max_steps))
+            trainer.add_callback(StopAt(max_steps))
         trainer.train(resume_from_checkpoint=resume)
         return trainer
 
@@ -265,23 +265,6 @@ def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path, tokenizer):
     resumed = run("cut", 6, resume=str(tmp_path / "cut" / "checkpoint-3"))
     for (n, p1), p2 in zip(full.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(p1, p2), n
-
-
-class _StopAt:
-    """A callback that ends training after `step` optimizer steps (the 'interruption')."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def __getattr__(self, name):
-        if name.startswith("on_"):
-            return lambda args, state, control, **kw: self._maybe_stop(state, control)
-        raise AttributeError(name)
-
-    def _maybe_stop(self, state, control):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-        return control
 
 
 def test_evaluation_streams_the_metrics(tmp_path):

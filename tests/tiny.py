@@ -106,6 +106,23 @@ def write_workspace(folder, n_texts=120, seed=1, min_len=10, max_len=40, dropout
     return folder
 
 
+class StopAt:
+    """A Trainer callback that ends training after `step` optimizer steps (an 'interruption' to resume from)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __getattr__(self, name):
+        if name.startswith("on_"):
+            return lambda args, state, control, **kw: self._maybe_stop(state, control)
+        raise AttributeError(name)
+
+    def _maybe_stop(self, state, control):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
 def free_port() -> str:
     """A TCP port nobody listens on now, for torchrun's rendezvous (a fixed port collides with parallel runs)."""
     import socket
