@@ -362,6 +362,11 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
                 f"Student {model_args.student_model_name_or_path!r} could not be loaded ({str(err).splitlines()[0]}): "
                 "pass a folder holding config.json and weights, or drop --student_model_name_or_path."
             ) from err
+        layers = getattr(student.config, "num_hidden_layers", None)
+        if layers is not None and layers != model_args.student_num_layers:
+            logger.warning("student_num_layers=%d and student_layers are not used: the student loaded from %s has %d "
+                           "layers of its own.", model_args.student_num_layers,
+                           model_args.student_model_name_or_path, layers)
     else:
         set_seed(training_args.seed)  # a narrower student is randomly initialised: the same seed, the same student
         student = create_student(teacher, model_args.student_num_layers, parse_layers(model_args.student_layers),

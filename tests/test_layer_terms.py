@@ -515,3 +515,19 @@ def test_width_flags_with_an_existing_student_are_refused(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "hf-distil: error: --student_hidden_size 16 shape(s) a student built from the teacher, but "
         "--student_model_name_or_path loads an existing one: drop one of them.")
+
+
+def test_an_existing_student_of_another_depth_says_the_layer_flags_are_unused(tmp_path, caplog):
+    from tiny import write_workspace
+
+    from hf_distil.recipe import main
+
+    write_workspace(tmp_path, n_texts=24)
+    create_student(tiny_teacher(), 3, [0, 1, 3]).save_pretrained(tmp_path / "student")
+    code = main(["--teacher_model_name_or_path", str(tmp_path / "teacher"), "--train_file",
+                 str(tmp_path / "corpus.jsonl"), "--line_by_line", "true", "--output_dir", str(tmp_path / "out"),
+                 "--student_model_name_or_path", str(tmp_path / "student"), "--max_steps", "1", "--use_cpu", "true",
+                 "--report_to", "none", "--max_seq_length", "32"])
+    assert code == 0
+    assert "student_num_layers=6 and student_layers are not used: the student loaded from" in caplog.text
+    assert "has 3 layers of its own" in caplog.text
