@@ -2,8 +2,9 @@
 
 The teacher is `benchmarks/assets/medical-bert-teacher`: a 6-layer BERT pretrained from scratch on real medical text
 (recipes/pretrain_medical_teacher.py; its card has the command, the numbers and the data licences). Every student has
-3 layers and the same budget (steps, batch, learning-rate schedule, data order, seed); each is trained through the
-recipe's own code (`hf_distil.recipe.main`) on the teacher's pretraining text. Then the teacher and every student are
+3 layers (the teacher's width 128, or 64 for the narrow TinyBERT-style / MiniLM-style rows and their MLM-only control)
+and the same budget (steps, batch, learning-rate schedule, data order, seed); each is trained through the recipe's
+own code (`hf_distil.recipe.main`) on the teacher's pretraining text. Then the teacher and every student are
 
 - fine-tuned (all weights, `hf_distil.finetune`) on MTS-Dialog section-header classification (20 classes; TrainingSet
   to train, ValidationSet to pick the epoch, both Final_200_TestSets, 400 sections, to report), with several seeds:
@@ -15,7 +16,7 @@ recipe's own code (`hf_distil.recipe.main`) on the teacher's pretraining text. T
 Writes OUT/quality.json (every number, every seed), OUT/quality.md (the table) and OUT/quality.png (bars with
 error bars). ../shared/data holds the text (never committed; see its README for the licences).
 
-    python benchmarks/bench_quality.py --out out/quality              # 2 CPU cores: about 26 minutes
+    python benchmarks/bench_quality.py --out out/quality              # 2 CPU cores: about 43 minutes
     python benchmarks/bench_quality.py --smoke --out /tmp/q           # the whole pipeline at toy sizes
     python benchmarks/bench_quality.py --device cuda --out out/q      # bigger budgets on a GPU
 """
