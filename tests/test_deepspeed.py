@@ -7,8 +7,10 @@ at the end holds float32 weights that `from_pretrained` loads.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -60,8 +62,23 @@ def _run(cmd, cwd, **env_extra):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": ROOT, **env_extra}
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-6000:])
+    if done.returncode != 0 and "Signal 6 (SIGABRT) received" in done.stderr:
+        # Once in a full CI run (not reproduced in 8 + 6 reruns, also under load) a rank of this CPU-only DeepSpeed
+        # run died by SIGABRT in native code with no Python error; a failure of ours raises a Python exception.
+        # Retry such a crash once, and say so.
+        warnings.warn("a DeepSpeed rank died by SIGABRT; retrying once. " + " | ".join(_why(done.stderr)[-8:]),
+                      stacklevel=2)
+        shutil.rmtree(cmd[cmd.index("--output_dir") + 1], ignore_errors=True)  # the crashed run's partial folder
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:  # the lines that say why first: a long traceback tail would hide them
+        pytest.fail(f"exit code {done.returncode}\n" + "\n".join(_why(done.stderr)[-40:]) + "\n--- stderr tail ---\n"
+                    + done.stderr[-6000:], pytrace=False)
     return done
+
+
+def _why(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines()
+            if any(word in line for word in ("Error", "error:", "what()", "terminate", "Signal", "Abort"))]
 
 
 @pytest.fixture(scope="module")
