@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.utils.checkpoint
 
 from .losses import (
     attention_loss_rows,
@@ -117,26 +118,47 @@ def _by_query_row(log_probs: torch.Tensor) -> torch.Tensor:
     return log_probs.transpose(1, 2).reshape(batch * length, heads, keys)
 
 
+# Recompute each pair's (batch, heads, length, length) maps in the backward pass instead of keeping them from the
+# forward: the attention / relation terms then hold the small query/key/value tensors only (see bench_step's
+# ours_attention lever). False keeps the maps (the reference the tests compare against).
+RECOMPUTE_MAPS = True
+
+
+def _recomputed(fn, *tensors):
+    """fn(*tensors), with its intermediates recomputed in backward when a gradient will flow through it."""
+    if RECOMPUTE_MAPS and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return torch.utils.checkpoint.checkpoint(fn, *tensors, use_reentrant=False)
+    return fn(*tensors)
+
+
 def _attention(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
     """Σ over the layer pairs of the attention-map loss per query position (padded keys excluded)."""
     keys = rows.sets["N"]
     real_keys = keys.sum(1).repeat_interleave(keys.shape[1])
-    values = 0
-    for (s_q, s_k), (t_q, t_k) in zip(student.attention_qk, teacher.attention_qk, strict=True):
+
+    def pair_loss(s_q, s_k, t_q, t_k):
         s = scaled_dot_log_probs(s_q, s_k, student.attention_heads, keys)
         t = scaled_dot_log_probs(t_q, t_k, teacher.attention_heads, keys)
-        values = values + attention_loss_rows(_by_query_row(s), _by_query_row(t), args.attention_loss, real_keys)
+        return attention_loss_rows(_by_query_row(s), _by_query_row(t), args.attention_loss, real_keys)
+
+    values = 0
+    for (s_q, s_k), (t_q, t_k) in zip(student.attention_qk, teacher.attention_qk, strict=True):
+        values = values + _recomputed(pair_loss, s_q, s_k, t_q, t_k)
     return _every_position(values, rows)
 
 
 def _relation(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
     """MiniLM v2: Σ over Q-Q, K-K, V-V of the relation KL per position, with `relation_heads` heads on each side."""
     keys = rows.sets["N"]
-    values = 0
-    for s, t in zip(student.relation_qkv, teacher.relation_qkv, strict=True):
+
+    def relation_loss(s, t):
         s_rel = scaled_dot_log_probs(s, s, args.relation_heads, keys)
         t_rel = scaled_dot_log_probs(t, t, args.relation_heads, keys)
-        values = values + relation_kl_rows(_by_query_row(s_rel), _by_query_row(t_rel))
+        return relation_kl_rows(_by_query_row(s_rel), _by_query_row(t_rel))
+
+    values = 0
+    for s, t in zip(student.relation_qkv, teacher.relation_qkv, strict=True):
+        values = values + _recomputed(relation_loss, s, t)
     return _every_position(values, rows)
 
 

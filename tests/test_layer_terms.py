@@ -531,3 +531,32 @@ def test_an_existing_student_of_another_depth_says_the_layer_flags_are_unused(tm
     assert code == 0
     assert "student_num_layers=6 and student_layers are not used: the student loaded from" in caplog.text
     assert "has 3 layers of its own" in caplog.text
+
+
+def test_recomputing_the_maps_in_backward_gives_the_same_gradients(tmp_path, monkeypatch):
+    """The attention and relation maps are recomputed in the backward pass (memory); the gradients stay the same."""
+    import hf_distil.objective as objective
+
+    teacher = tiny_teacher(layers=4, dropout=0.0)
+    student = narrow_student(teacher)
+    batch = batch_of(4, seed=3)
+
+    calls = []
+    original = objective.scaled_dot_log_probs
+    monkeypatch.setattr(objective, "scaled_dot_log_probs", lambda *a: calls.append(1) or original(*a))
+
+    def gradients(recompute):
+        monkeypatch.setattr(objective, "RECOMPUTE_MAPS", recompute)
+        trainer = DistillationTrainer(model=copy.deepcopy(student), teacher_model=teacher,
+                                      args=args_for(tmp_path, **ALL_TERMS))
+        trainer.model.train()
+        calls.clear()
+        trainer.compute_loss(trainer.model, batch).backward()
+        return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}, len(calls)
+
+    (kept, kept_calls), (recomputed, recomputed_calls) = gradients(False), gradients(True)
+    # 2 attention pairs + 3 relations, 2 maps each; recomputing runs them all again in backward
+    assert (kept_calls, recomputed_calls) == (10, 20)
+    assert kept.keys() == recomputed.keys()
+    for name in kept:
+        assert torch.allclose(kept[name], recomputed[name], rtol=1e-5, atol=1e-7), name
