@@ -10,6 +10,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .errors import ModelMismatchError
+from .heads import encoder_layers
 
 # DistilBERT's choice for a 12 → 6 layer student (Sanh et al. research code).
 _DISTILBERT_LAYERS = (0, 2, 4, 7, 9, 11)
@@ -57,15 +58,13 @@ def select_teacher_layers(num_teacher_layers: int, num_hidden_layers: int, layer
 
 
 def _encoder_layers(model: nn.Module) -> nn.ModuleList:
-    base = getattr(model, model.base_model_prefix, None)
-    encoder = getattr(base, "encoder", None)
-    layer = getattr(encoder, "layer", None)
-    if not isinstance(layer, nn.ModuleList):
+    layers = encoder_layers(model)
+    if layers is None:
         raise ModelMismatchError(
             f"create_student supports BERT- and RoBERTa-style masked LMs (model.<base>.encoder.layer); "
             f"{type(model).__name__} has no such layer list."
         )
-    return layer
+    return layers
 
 
 def _gathered(teacher: nn.Module, chosen: list[int]):

@@ -135,7 +135,8 @@ def _embedding_rows(folder: str) -> tuple[str, int] | None:
 
 
 def check_compatibility(student: nn.Module, teacher: nn.Module | None, args: DistillationArguments, tokenizer=None):
-    """Fail before any compute when teacher, student and tokenizer cannot be distilled together."""
+    """Fail before any compute when teacher, student and tokenizer cannot be distilled together; returns the layer
+    plan of the attention / intermediate / relation terms (hf_distil.layer_map), None when they are off."""
     s_cfg = unwrap(student).config
     if tokenizer is not None and hasattr(tokenizer, "__len__"):
         padded = s_cfg.vocab_size % 8 == 0 and 0 < s_cfg.vocab_size - len(tokenizer) < 128
@@ -145,7 +146,7 @@ def check_compatibility(student: nn.Module, teacher: nn.Module | None, args: Dis
                 "use the tokenizer that belongs to the teacher (tokenizer_name / processing_class)."
             )
     if teacher is None:
-        return
+        return None
     t_cfg = unwrap(teacher).config
     if t_cfg.vocab_size != s_cfg.vocab_size:
         raise ModelMismatchError(
@@ -163,12 +164,14 @@ def check_compatibility(student: nn.Module, teacher: nn.Module | None, args: Dis
             f"student's {s_cfg.hidden_size}: set alpha_hidden=0 (alpha_intermediate projects between widths) or use a "
             "student of the same width."
         )
-    if plan_layers(student, teacher, args) is not None and args.n_gpu > 1:
+    plan = plan_layers(student, teacher, args)
+    if plan is not None and args.n_gpu > 1:
         raise ArgumentError(
             f"The attention / intermediate / relation terms capture layers with hooks, which nn.DataParallel's "
             f"replicas would share ({args.n_gpu} GPUs in one process): launch one process per GPU with torchrun or "
             "accelerate launch."
         )
+    return plan
 
 
 def check_student_precision(student: nn.Module, args: DistillationArguments):
@@ -250,9 +253,8 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
             teacher_model = load_teacher(teacher_model, args)
         layer_plan = None
         if model is not None:
-            check_compatibility(model, teacher_model, args, kw.get("processing_class"))
+            layer_plan = check_compatibility(model, teacher_model, args, kw.get("processing_class"))
             check_student_precision(model, args)
-            layer_plan = plan_layers(model, teacher_model, args) if teacher_model is not None else None
             if layer_plan is not None and args.alpha_intermediate > 0:
                 s_width, t_width = unwrap(model).config.hidden_size, unwrap(teacher_model).config.hidden_size
                 if s_width != t_width:  # before Trainer places and wraps the model: optimizer, DDP, checkpoints

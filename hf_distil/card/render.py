@@ -153,9 +153,6 @@ def _initialisation(config, teacher: str) -> str:
     )
 
 
-TEACHER_WEIGHTS = ("alpha_kd", "alpha_hidden", "alpha_attention", "alpha_intermediate", "alpha_relation")
-
-
 def _layer_map_text(args, plan) -> str:
     pairs = ", ".join(f"{s}→{t}" for s, t in plan.layer_pairs)
     how = "uniform, TinyBERT's mapping" if args.layer_map == "uniform" else "given explicitly"
@@ -216,7 +213,7 @@ def _procedure(args, plan=None, projected: bool = False) -> str:
     if args.alpha_kd == 0 and args.alpha_mlm == 0:
         text += (" No term trained the masked-LM head (alpha_kd = alpha_mlm = 0), so its fill-mask predictions are not"
                  " meaningful: use this model as an encoder to fine-tune.")
-    if any(getattr(args, name) > 0 for name in TEACHER_WEIGHTS):
+    if args.needs_teacher:
         text += f" The teacher was frozen, kept in evaluation mode (no dropout) and run in {_teacher_dtype(args)}."
     return text
 
