@@ -29,6 +29,8 @@ class DistillationArguments(TrainingArguments):
     loss = alpha_kd · T² · KL(teacher ‖ student) + alpha_mlm · CE(student, labels) + alpha_hidden · align(h_s, h_t)
            + alpha_attention · attention + alpha_intermediate · intermediate + alpha_relation · relation
     The last three are off (0) by default; they compare layers paired by `layer_map` (hf_distil.layer_map).
+    A task student (token or sequence classification, distilled from a teacher fine-tuned on the same labels) has
+    alpha_task · CE(student, gold labels) in place of the masked-LM term, and the KL over its labels.
     """
 
     teacher_model_name_or_path: str | None = field(
@@ -49,7 +51,14 @@ class DistillationArguments(TrainingArguments):
     alpha_kd: float = field(
         default=5.0, metadata={"help": "Weight of the KL term between teacher and student MLM distributions (>= 0)."}
     )
-    alpha_mlm: float = field(default=2.0, metadata={"help": "Weight of the student's own masked-LM loss (>= 0)."})
+    alpha_mlm: float = field(
+        default=2.0, metadata={"help": "Weight of a masked-LM student's own masked-LM loss (>= 0); a task student's "
+                               "own loss is alpha_task."})
+    alpha_task: float | None = field(
+        default=None,
+        metadata={"help": "Weight of a task student's (*ForTokenClassification / *ForSequenceClassification) own "
+                  "cross-entropy on the gold labels (>= 0; unset: 1.0). A masked-LM student's is alpha_mlm."},
+    )
     alpha_hidden: float = field(
         default=1.0, metadata={"help": "Weight of the last-hidden-state alignment loss (>= 0)."}
     )
@@ -138,9 +147,11 @@ class DistillationArguments(TrainingArguments):
         weights = [term.weight for term in TERMS]
         for name in weights:
             value = getattr(self, name)
+            if value is None and name == "alpha_task":  # unset: the task term's default, for task students only
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ArgumentError(f"{name}={value!r} must be a finite number >= 0 (0 switches the term off).")
-        if not any(getattr(self, name) > 0 for name in weights):
+        if not any((getattr(self, name) or 0) > 0 for name in weights):
             raise ArgumentError(
                 f"{', '.join(weights)} are all 0: nothing to train; set at least one of them > 0."
             )
@@ -186,6 +197,6 @@ class DistillationArguments(TrainingArguments):
     def needs_teacher(self) -> bool:
         """Whether any weighted loss term reads the teacher (when not, training never runs it); the term registry
         knows which do."""
-        from .objective import TERMS
+        from .objective import TERMS, weight_of
 
-        return any(term.needs_teacher and getattr(self, term.weight) > 0 for term in TERMS)
+        return any(term.needs_teacher and weight_of(self, term.name) > 0 for term in TERMS)

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import sys
 
-from transformers import TrainingArguments
-
+from .arguments import DistillationArguments
 from .finetune import FinetuneArguments, FinetuneResult, run_finetune
 from .recipe import USER_ERRORS, parse_config_and_flags
 
 PROG = "hf-distil-finetune"
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[FinetuneArguments, TrainingArguments]:
-    """A YAML / JSON config and/or flags (flags override the config): FinetuneArguments + TrainingArguments."""
+def parse_args(argv: list[str] | None = None) -> tuple[FinetuneArguments, DistillationArguments]:
+    """A YAML / JSON config and/or flags (flags override the config): FinetuneArguments + DistillationArguments
+    (TrainingArguments and the distillation objective's flags, which only --distil_from uses)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    return parse_config_and_flags((FinetuneArguments, TrainingArguments), argv, PROG)
+    return parse_config_and_flags((FinetuneArguments, DistillationArguments), argv, PROG)
 
 
 def main(argv: list[str] | None = None) -> list[FinetuneResult]:

@@ -36,9 +36,28 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+# What a model's head predicts, from its transformers class name (`BertForTokenClassification` → ...): a masked LM
+# predicts a token per position, a token classifier a label per token, a sequence classifier a label per example.
+MASKED_LM = "masked-lm"
+TOKEN_CLASSIFICATION = "token-classification"
+SEQUENCE_CLASSIFICATION = "sequence-classification"
+TASK_HEADS = {"ForMaskedLM": MASKED_LM, "ForTokenClassification": TOKEN_CLASSIFICATION,
+              "ForSequenceClassification": SEQUENCE_CLASSIFICATION}
+
+
+def model_task(model: nn.Module) -> str | None:
+    """MASKED_LM, TOKEN_CLASSIFICATION or SEQUENCE_CLASSIFICATION, from the class of the model inside any wrapper;
+    None for any other class (a bare encoder, a causal LM, ...)."""
+    name = type(unwrap(model)).__name__
+    return next((task for suffix, task in TASK_HEADS.items() if name.endswith(suffix)), None)
+
+
 def find_mlm_head(model: nn.Module) -> nn.Module | None:
-    """The head module mapping the last hidden state to vocabulary logits, or None when unknown."""
+    """The head module mapping the last hidden state to vocabulary logits, or None when unknown (and for a task
+    model, whose classifier is small enough to apply everywhere)."""
     inner = unwrap(model)
+    if model_task(inner) not in (MASKED_LM, None):
+        return None
     for name in _HEAD_ATTRIBUTES:
         head = getattr(inner, name, None)
         if isinstance(head, nn.Module):

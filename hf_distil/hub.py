@@ -119,6 +119,27 @@ class NoPickleHubMixin:
                 )
         return super().push_to_hub(*args, **kwargs)
 
+    def push_output_folder(self, commit_message: str = "End of training", ignore_patterns=()) -> None:
+        """Upload output_dir as it stands (card included, not rewritten), minus `ignore_patterns` (e.g. a control
+        model's subfolder), pickles, checkpoints and `_*`; refused, before anything is uploaded, on a pickle."""
+        if not self.is_world_process_zero():
+            return
+        found = [name for name in pickles_in(self.args.output_dir)
+                 if not any(Path(name).match(pattern) for pattern in ignore_patterns)]
+        if found:
+            raise HubError(
+                f"{self.args.output_dir} holds pickle files that push_to_hub would upload ({', '.join(found)}): "
+                "move them out of the output folder and push again."
+            )
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=self.args.hub_token)
+        self._finish_current_push()
+        hf_api().upload_folder(
+            repo_id=self.hub_model_id, folder_path=self.args.output_dir, commit_message=commit_message,
+            token=self.args.hub_token, revision=self.args.hub_revision,
+            ignore_patterns=["_*", f"{PREFIX_CHECKPOINT_DIR}-*", *PICKLE_PATTERNS, *ignore_patterns],
+        )
+
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Trainer's push after each save, without the training_args.bin it writes there and uploads."""
         args = self.args

@@ -2,7 +2,8 @@
 
 Every function returns one value per row, shape `(rows,)`; the caller (hf_distil.objective) sums them and chooses
 the denominator: the rows of this batch (a per-batch mean) or the rows of the whole accumulated (and, across ranks,
-global) batch. A row is one token position: `rows` is however many positions the caller selected.
+global) batch. A row is one token position (or, for a sequence classifier's logits, one example): `rows` is however
+many the caller selected.
 Every function computes in float32 whatever the inputs' dtype (bf16/fp16 teachers and autocast students).
 """
 
@@ -15,10 +16,11 @@ import torch.nn.functional as F
 
 
 def kd_loss_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T² · KL(softmax(t/T) ‖ softmax(s/T)) per row, KL summed over the vocabulary.
+    """T² · KL(softmax(t/T) ‖ softmax(s/T)) per row, KL summed over the classes (the vocabulary of a masked LM, the
+    labels of a task head).
 
-    student_logits: (rows, vocab)
-    teacher_logits: (rows, vocab), the same rows
+    student_logits: (rows, classes)
+    teacher_logits: (rows, classes), the same rows
     returns:        (rows,) float32
     """
     s = F.log_softmax(student_logits.float() / temperature, dim=-1)
@@ -27,10 +29,11 @@ def kd_loss_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
 
 
 def mlm_loss_rows(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the student's logits against the labels per row (rows labelled -100 give 0).
+    """Cross-entropy of the student's logits against the labels per row (rows labelled -100 give 0): the masked-LM
+    loss on token ids, and a task student's loss on its gold labels.
 
-    student_logits: (rows, vocab)
-    labels:         (rows,) long, token ids or -100
+    student_logits: (rows, classes)
+    labels:         (rows,) long, token (or label) ids or -100
     returns:        (rows,) float32
     """
     return F.cross_entropy(student_logits.float(), labels, ignore_index=-100, reduction="none")

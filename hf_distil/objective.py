@@ -12,6 +12,11 @@ Row sets, as (batch, length) bool masks, and their counts (the denominators):
   P  the KL positions (the masked ones, or every non-padding one with kd_positions="all")
   M  the masked positions (labels != -100)
   N  the non-padding positions
+
+Task students (hf_distil.heads.model_task) use the same row sets: a token classifier's labelled tokens are M (its
+sub-tokens, special tokens and padding carry -100), and a sequence classifier's examples are rows too, each at its
+first position (`label_grid` puts an example's label there), so every count, denominator and per-example statistic
+below holds for the three kinds of student alike.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.utils.checkpoint
 
+from .heads import MASKED_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
 from .losses import (
     attention_loss_rows,
     hidden_loss_rows,
@@ -75,6 +81,8 @@ class Term:
     per_row: Callable[[Signals, Signals | None, Rows, DistillationArguments], PerRow]
     # Also scored in evaluation when weighted 0 (a baseline's report needs it; it must cost no extra capture).
     always_evaluated: bool = False
+    # The students (hf_distil.heads.model_task) whose objective has this term; None: every student.
+    students: tuple[str | None, ...] | None = None
 
     @property
     def needs_teacher(self) -> bool:
@@ -87,6 +95,14 @@ def _kd(student: Signals, teacher: Signals, rows: Rows, args: DistillationArgume
 
 def _mlm(student: Signals, teacher: Signals | None, rows: Rows, args: DistillationArguments) -> PerRow:
     return PerRow(mlm_loss_rows(student.logits, rows.labels), rows.positions)
+
+
+# The students of each supervised term: the masked-LM loss for masked LMs (and models of unknown class, as before
+# task students existed), the cross-entropy on the gold labels for token and sequence classifiers.
+MLM_STUDENTS = (MASKED_LM, None)
+TASK_STUDENTS = (TOKEN_CLASSIFICATION, SEQUENCE_CLASSIFICATION)
+# alpha_task when unset (None): a task student learns from its gold labels by default.
+DEFAULT_TASK_WEIGHT = 1.0
 
 
 def _every_position(values: torch.Tensor, rows: Rows) -> PerRow:
@@ -167,7 +183,7 @@ TERMS = (
     Term("kd", weight="alpha_kd", rows="P", student_reads=("logits",), teacher_reads=("logits",), per_row=_kd,
          always_evaluated=True),
     Term("mlm", weight="alpha_mlm", rows="M", student_reads=("logits",), teacher_reads=(), per_row=_mlm,
-         always_evaluated=True),
+         always_evaluated=True, students=MLM_STUDENTS),
     Term("hidden", weight="alpha_hidden", rows="N", student_reads=("last_hidden_state",),
          teacher_reads=("last_hidden_state",), per_row=_hidden),
     Term("attention", weight="alpha_attention", rows="N", student_reads=("attention_qk",),
@@ -176,6 +192,9 @@ TERMS = (
          teacher_reads=("hidden_states",), per_row=_intermediate),
     Term("relation", weight="alpha_relation", rows="N", student_reads=("relation_qkv",),
          teacher_reads=("relation_qkv",), per_row=_relation),
+    # A task student's own loss: the same cross-entropy, on the gold labels (per labelled token, or per example).
+    Term("task", weight="alpha_task", rows="M", student_reads=("logits",), teacher_reads=(), per_row=_mlm,
+         always_evaluated=True, students=TASK_STUDENTS),
 )
 # Terms that compare layers paired by `layer_map` (they need hf_distil.heads to know the layers of both models).
 LAYER_TERMS = ("attention", "intermediate", "relation")
@@ -184,17 +203,24 @@ BY_NAME = {term.name: term for term in TERMS}
 
 
 def weight_of(args: DistillationArguments, name: str) -> float:
-    return getattr(args, BY_NAME[name].weight)
+    value = getattr(args, BY_NAME[name].weight)
+    return DEFAULT_TASK_WEIGHT if value is None and name == "task" else value
 
 
-def active_terms(args: DistillationArguments, has_teacher: bool, evaluating: bool) -> tuple[Term, ...]:
+def applies_to(term: Term, student_task: str | None) -> bool:
+    """Whether `term` is part of the objective of a student of this kind (hf_distil.heads.model_task)."""
+    return term.students is None or student_task in term.students
+
+
+def active_terms(args: DistillationArguments, has_teacher: bool, evaluating: bool,
+                 student_task: str | None = MASKED_LM) -> tuple[Term, ...]:
     """The terms a micro-batch computes: training only weighted ones; evaluation also the always-evaluated ones.
 
-    A term that needs the teacher is never computed without one.
+    A term that needs the teacher is never computed without one, nor one that is not the student's (`applies_to`).
     """
     return tuple(term for term in TERMS
                  if (weight_of(args, term.name) > 0 or (evaluating and term.always_evaluated))
-                 and (has_teacher or not term.needs_teacher))
+                 and (has_teacher or not term.needs_teacher) and applies_to(term, student_task))
 
 
 def layer_selections(plan: LayerPlan | None) -> tuple[LayerSelection, LayerSelection]:
@@ -220,12 +246,29 @@ def capture_specs(terms: tuple[Term, ...], plan: LayerPlan | None = None) -> tup
 
 # ---- select rows -------------------------------------------------------------------------------------------------
 
+def label_grid(inputs: dict) -> torch.Tensor:
+    """The batch's labels as (batch, length): as given for a masked LM or a token classifier; a sequence
+    classifier's (batch,) labels at each example's first position, -100 elsewhere."""
+    labels = inputs["labels"]
+    if labels.dim() != 1:
+        return labels
+    grid = torch.full_like(inputs["input_ids"], -100)
+    grid[:, 0] = labels
+    return grid
+
+
 def row_sets(inputs: dict, kd_positions: str) -> dict[str, torch.Tensor]:
     """The P / M / N masks of a batch, each (batch, length) bool."""
-    masked = inputs["labels"] != -100
+    masked = label_grid(inputs) != -100
     attention = inputs.get("attention_mask")
     non_pad = attention.bool() if attention is not None else torch.ones_like(masked)
-    kd_rows = masked if kd_positions == "masked" else (non_pad | masked)
+    if kd_positions == "masked":
+        kd_rows = masked
+    elif inputs["labels"].dim() == 1:  # a sequence classifier: every example, labelled or not
+        kd_rows = torch.zeros_like(masked)
+        kd_rows[:, 0] = True
+    else:
+        kd_rows = non_pad | masked
     return {"P": kd_rows, "M": masked, "N": non_pad}
 
 
@@ -249,7 +292,7 @@ def select_rows(inputs: dict, args: DistillationArguments, terms: tuple[Term, ..
     else:
         selected = torch.zeros_like(sets["M"])
     positions = selected.reshape(-1).nonzero().squeeze(1)
-    labels = inputs["labels"].reshape(-1).index_select(0, positions)
+    labels = label_grid(inputs).reshape(-1).index_select(0, positions)
     return Rows(sets, positions, labels)
 
 
@@ -302,19 +345,23 @@ def eval_stats(per_row: dict[str, PerRow], rows: Rows, student: Signals, teacher
     return torch.stack([stats.get(name, zero) for name in EVAL_FIELDS], dim=1)
 
 
-def eval_metrics(sums: torch.Tensor, args: DistillationArguments, has_teacher: bool) -> dict[str, float]:
+def eval_metrics(sums: torch.Tensor, args: DistillationArguments, has_teacher: bool,
+                 student_task: str | None = MASKED_LM) -> dict[str, float]:
     """Token-weighted means over the whole evaluation set from the summed `eval_stats` ((len(EVAL_FIELDS),)).
 
-    `{term}_loss` for every term evaluated, their weighted total `loss`, `perplexity` and `accuracy` of the student on
-    the masked tokens, and, with a teacher, `teacher_agreement` (its top-1 agreement with the student's there).
+    `{term}_loss` for every term evaluated, their weighted total `loss`, `accuracy` of the student on the masked
+    tokens (a task student: on the labelled tokens or examples) and a masked LM's `perplexity`, and, with a teacher,
+    `teacher_agreement` (its top-1 agreement with the student's there).
     """
     s = dict(zip(EVAL_FIELDS, sums.tolist()))
     # The student's own terms first, then those against the teacher.
-    terms = sorted(active_terms(args, has_teacher, evaluating=True), key=lambda term: term.needs_teacher)
+    terms = sorted(active_terms(args, has_teacher, evaluating=True, student_task=student_task),
+                   key=lambda term: term.needs_teacher)
     metrics = {f"{term.name}_loss": s[term.name] / max(s[term.rows], 1) for term in terms}
     metrics["loss"] = sum(weight_of(args, term.name) * metrics[f"{term.name}_loss"] for term in terms
                           if weight_of(args, term.name) > 0)
-    metrics["perplexity"] = float(torch.exp(torch.tensor(min(metrics["mlm_loss"], 80.0))))
+    if "mlm_loss" in metrics:
+        metrics["perplexity"] = float(torch.exp(torch.tensor(min(metrics["mlm_loss"], 80.0))))
     metrics["accuracy"] = s["correct"] / max(s["M"], 1)
     if has_teacher:
         metrics["teacher_agreement"] = s["agree"] / max(s["M"], 1)

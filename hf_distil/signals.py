@@ -85,7 +85,7 @@ class CaptureSpec:
 class Signals:
     """What one forward of one model exposed to the loss terms."""
 
-    logits: torch.Tensor  # (rows, vocab): logits at the selected positions only
+    logits: torch.Tensor  # (rows, classes): logits at the selected positions only (vocabulary or task labels)
     last_hidden_state: torch.Tensor | None = None  # (batch, length, hidden) when the spec asks for it
     # One (batch, length, width) per spec.hidden_states index, in that order (the student's through its projection).
     hidden_states: tuple[torch.Tensor, ...] = ()
@@ -161,7 +161,8 @@ def capture(model: nn.Module, inputs: dict, positions: torch.Tensor, spec: Captu
             sparse: bool = True, projections: nn.ModuleDict | None = None) -> Signals:
     """Forward `model` once on `inputs`; the logits at `positions` and what `spec` asks for.
 
-    positions:   (rows,) long, flat indices into batch × length (the rows whose logits the terms read)
+    positions:   (rows,) long, flat indices into batch × length (the rows whose logits the terms read; a sequence
+                 classifier's rows are its examples, each at its first position: hf_distil.objective.label_grid)
     projections: the student's learned projections, by hidden-state index as a string (hf_distil.projections)
     With `sparse=False`, for nn.DataParallel, or for an unknown architecture, the full logits are computed and the
     rows selected afterwards.
@@ -175,7 +176,10 @@ def capture(model: nn.Module, inputs: dict, positions: torch.Tensor, spec: Captu
             _layer_hooks(model, spec, captured, projections, hooks)
         if head is None:
             out = model(**_model_inputs(inputs), output_hidden_states=spec.last_hidden_state, return_dict=True)
-            logits = out.logits.reshape(-1, out.logits.shape[-1]).index_select(0, positions)
+            if out.logits.dim() == 2:  # a sequence classifier: one row per example, at the example's first position
+                logits = out.logits.index_select(0, positions // inputs["input_ids"].shape[1])
+            else:
+                logits = out.logits.reshape(-1, out.logits.shape[-1]).index_select(0, positions)
             if spec.last_hidden_state:
                 captured["last_hidden_state"] = out.hidden_states[-1]
             return _signals(logits, spec, captured)

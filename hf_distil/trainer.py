@@ -8,14 +8,23 @@ import os
 
 import torch
 from torch import nn
-from transformers import AutoModelForMaskedLM, PreTrainedModel, Trainer, TrainerCallback, TrainerState
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainerState,
+)
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
 from .arguments import DistillationArguments
 from .card import CardFacts, build_model_card
+from .card.downstream import update_model_card
 from .checkpoints import ARGS_MARKER, disk_full_error, expected_save_bytes, latest_complete_checkpoint
 from .errors import ArgumentError, ModelMismatchError, TeacherLoadError, TeacherNotFoundError
-from .heads import unwrap
+from .heads import MASKED_LM, SEQUENCE_CLASSIFICATION, TASK_HEADS, TOKEN_CLASSIFICATION, model_task, unwrap
 from .hub import NoPickleHubMixin, check_push_to_hub
 from .layer_map import plan_layers, plan_layers_wanted
 from .objective import (
@@ -23,6 +32,7 @@ from .objective import (
     ROW_SETS,
     TERM_NAMES,
     active_terms,
+    applies_to,
     capture_specs,
     eval_metrics,
     eval_stats,
@@ -41,16 +51,19 @@ logger = logging.getLogger("hf_distil")
 
 
 def load_teacher(name_or_path: str, args: DistillationArguments, **kwargs) -> PreTrainedModel:
-    """Load a masked-LM teacher from a local folder or the Hub; what a user can fix raises TeacherLoadError (one line).
+    """Load a teacher from a local folder or the Hub: a masked LM, or, when its config.json names a token- or
+    sequence-classification architecture (a fine-tuned model), that task model. What a user can fix raises
+    TeacherLoadError (one line).
 
     Remote code runs only with trust_remote_code=True passed in: transformers would otherwise prompt on stdin.
     """
     kwargs.setdefault("trust_remote_code", False)
+    auto = AutoModelForMaskedLM
     if os.path.isdir(name_or_path):
-        _check_teacher_folder(name_or_path)
+        auto = _TASK_AUTO_CLASSES.get(_check_teacher_folder(name_or_path), AutoModelForMaskedLM)
     kwargs.setdefault("dtype", args.teacher_torch_dtype)
     try:
-        return AutoModelForMaskedLM.from_pretrained(name_or_path, **kwargs)
+        return auto.from_pretrained(name_or_path, **kwargs)
     except OSError as err:
         where = "a local folder" if os.path.isdir(name_or_path) else "a local path or a Hub id reachable from here"
         raise TeacherNotFoundError(
@@ -78,6 +91,10 @@ def load_teacher(name_or_path: str, args: DistillationArguments, **kwargs) -> Pr
         ) from err
 
 
+_TASK_AUTO_CLASSES = {TOKEN_CLASSIFICATION: AutoModelForTokenClassification,
+                      SEQUENCE_CLASSIFICATION: AutoModelForSequenceClassification}
+
+
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [""])[0]
 
@@ -85,8 +102,9 @@ def _first_line(err: BaseException) -> str:
 _EMBEDDING_SUFFIXES = ("word_embeddings.weight", "embed_tokens.weight", "tok_embeddings.weight")
 
 
-def _check_teacher_folder(folder: str) -> None:
-    """A local teacher needs config.json, and its vocab_size must match the weights' embedding rows.
+def _check_teacher_folder(folder: str) -> str | None:
+    """A local teacher needs config.json, and its vocab_size must match the weights' embedding rows; returns the task
+    its config's `architectures` names (hf_distil.heads.TASK_HEADS), None when they name none.
 
     transformers would fail on the mismatch with a size report but no sizes in the error (see `load_teacher`).
     """
@@ -98,9 +116,10 @@ def _check_teacher_folder(folder: str) -> None:
         )
     try:
         with open(config_path, encoding="utf-8") as f:
-            vocab_size = json.load(f).get("vocab_size")
+            config = json.load(f)
     except json.JSONDecodeError as err:
         raise TeacherLoadError(f"{config_path} is not valid JSON (line {err.lineno}: {err.msg}): repair it.") from err
+    vocab_size = config.get("vocab_size") if isinstance(config, dict) else None
     rows = _embedding_rows(folder)
     if rows is not None and isinstance(vocab_size, int) and rows[1] != vocab_size:
         raise ModelMismatchError(
@@ -108,6 +127,12 @@ def _check_teacher_folder(folder: str) -> None:
             f"rows: the config belongs to another checkpoint; restore the matching config.json "
             f"(vocab_size={rows[1]})."
         )
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    for name in architectures if isinstance(architectures, list) else []:
+        for suffix, task in TASK_HEADS.items():
+            if isinstance(name, str) and name.endswith(suffix):
+                return task
+    return None
 
 
 def _embedding_rows(folder: str) -> tuple[str, int] | None:
@@ -153,7 +178,9 @@ def check_compatibility(student: nn.Module, teacher: nn.Module | None, args: Dis
             f"Teacher vocabulary ({t_cfg.vocab_size}) and student vocabulary ({s_cfg.vocab_size}) differ: "
             "distillation compares distributions over the same tokens; build the student with create_student(teacher)."
         )
-    if args.alpha_kd > 0 and unwrap(teacher).get_output_embeddings() is None:
+    check_task_heads(student, teacher)
+    if args.alpha_kd > 0 and model_task(student) in (MASKED_LM, None) and \
+            unwrap(teacher).get_output_embeddings() is None:
         raise ModelMismatchError(
             f"The teacher ({type(unwrap(teacher)).__name__}) has no masked-LM head, so the KL term cannot be computed: "
             "load it with AutoModelForMaskedLM, or set alpha_kd=0."
@@ -174,6 +201,45 @@ def check_compatibility(student: nn.Module, teacher: nn.Module | None, args: Dis
     return plan
 
 
+_KIND = {MASKED_LM: "a masked LM", TOKEN_CLASSIFICATION: "a token classifier",
+         SEQUENCE_CLASSIFICATION: "a sequence classifier", None: "a model of no known head"}
+
+
+def check_task_heads(student: nn.Module, teacher: nn.Module) -> None:
+    """Student and teacher must predict the same thing: both masked LMs, or both classifiers of the same kind over the
+    same labels in the same order (`id2label`), single-label (a softmax over the labels, as the KL term assumes)."""
+    s_task, t_task = model_task(student), model_task(teacher)
+    s_name, t_name = type(unwrap(student)).__name__, type(unwrap(teacher)).__name__
+    if s_task != t_task and MASKED_LM in (s_task, t_task) and None in (s_task, t_task):
+        return  # a masked LM beside a model class we do not know: the checks of the masked-LM path apply
+    if s_task != t_task:
+        fix = ("build the student with create_student(teacher) (it copies the head and the labels)"
+               if t_task != MASKED_LM else "distil a masked-LM student from a masked-LM teacher, then fine-tune it")
+        raise ModelMismatchError(
+            f"The student is {_KIND[s_task]} ({s_name}) but the teacher is {_KIND[t_task]} ({t_name}): the KL term "
+            f"compares the predictions of two models of the same head; {fix}."
+        )
+    if s_task not in (TOKEN_CLASSIFICATION, SEQUENCE_CLASSIFICATION):
+        return
+    s_cfg, t_cfg = unwrap(student).config, unwrap(teacher).config
+    for name, config in (("student", s_cfg), ("teacher", t_cfg)):
+        if getattr(config, "problem_type", None) not in (None, "single_label_classification"):
+            raise ModelMismatchError(
+                f"The {name} ({type(config).__name__}) has problem_type={config.problem_type!r}: task distillation "
+                "covers single-label classification (a softmax over the labels), not regression or multi-label."
+            )
+    s_labels = [s_cfg.id2label[i] for i in sorted(s_cfg.id2label)]
+    t_labels = [t_cfg.id2label[i] for i in sorted(t_cfg.id2label)]
+    if s_labels != t_labels:
+        how = ("the same labels in another order" if sorted(map(str, s_labels)) == sorted(map(str, t_labels))
+               else "other labels")
+        raise ModelMismatchError(
+            f"The student's labels {s_labels} and the teacher's {t_labels} differ ({how}): the KL term compares "
+            "the two models label by label; build the student with create_student(teacher) (it copies the head and "
+            "id2label), or give it the teacher's id2label in the teacher's order."
+        )
+
+
 def check_student_precision(student: nn.Module, args: DistillationArguments):
     """Mixed precision (--bf16/--fp16) needs float32 master weights: a half-precision student is refused up front."""
     half = sorted({str(p.dtype).removeprefix("torch.") for p in unwrap(student).parameters()
@@ -188,6 +254,26 @@ def check_student_precision(student: nn.Module, args: DistillationArguments):
         )
     logger.warning("The student's trainable weights are %s: the optimizer updates them without float32 master "
                    "weights. Use a float32 student with --bf16 for mixed precision.", "/".join(half))
+
+
+def check_objective_of(student_task: str | None, args: DistillationArguments, has_teacher: bool) -> None:
+    """The weights that apply to this student must train something; a supervised weight that does not apply to it
+    (alpha_mlm for a task student, alpha_task for a masked LM) is said once, not silently ignored."""
+    from .objective import TERMS, applies_to
+
+    weighted = [term for term in TERMS if applies_to(term, student_task) and weight_of(args, term.name) > 0
+                and (has_teacher or not term.needs_teacher)]
+    if not weighted:
+        names = ", ".join(term.weight for term in TERMS if applies_to(term, student_task))
+        raise ArgumentError(f"{names} are all 0 (or need a teacher) for {_KIND[student_task]} student: nothing to "
+                            "train; set at least one of them > 0.")
+    default_mlm = DistillationArguments.__dataclass_fields__["alpha_mlm"].default
+    if student_task in (TOKEN_CLASSIFICATION, SEQUENCE_CLASSIFICATION) and args.alpha_mlm != default_mlm:
+        logger.warning("alpha_mlm=%g is not used: the student is %s, whose own loss on the gold labels is weighted by "
+                       "alpha_task (now %g).", args.alpha_mlm, _KIND[student_task], weight_of(args, "task"))
+    if student_task in (MASKED_LM, None) and args.alpha_task is not None:
+        logger.warning("alpha_task=%g is not used: the student is a masked LM, whose own loss is weighted by "
+                       "alpha_mlm (now %g).", args.alpha_task, args.alpha_mlm)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -272,6 +358,9 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
                 "layer map and projections are set up for the model passed in): pass model=... instead."
             )
         super().__init__(model, args, *trainer_args, **kw)
+        # What the student predicts (hf_distil.heads.model_task): which supervised term its objective has.
+        self.student_task = model_task(self.model) if self.model is not None else MASKED_LM
+        check_objective_of(self.student_task, args, has_teacher=teacher_model is not None)
         # The layers the attention / intermediate / relation terms compare (hf_distil.layer_map); None when all off.
         self.layer_plan = layer_plan
         self._saving_checkpoint = False
@@ -297,6 +386,9 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         self._eval_sums: torch.Tensor | None = None
         # What the card cannot learn from the model or the arguments; the recipe passes what its data loader resolved.
         self.card_facts = card_facts if card_facts is not None else CardFacts()
+        # Downstream results to add to the card, as (results, dataset name) (hf_distil.card.downstream); task
+        # distillation sets them once its comparison is measured.
+        self.card_downstream: tuple[list, str] | None = None
 
     # ---- teacher lifecycle -------------------------------------------------------------------------------------
 
@@ -382,9 +474,12 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Σ alpha_term · term over the weighted terms (hf_distil.objective.TERMS); each term also kept for logging."""
         if "labels" not in inputs:
+            collator = ("DataCollatorForLanguageModeling(tokenizer, mlm=True)" if self.student_task in (MASKED_LM, None)
+                        else "DataCollatorForTokenClassification(tokenizer)"
+                        if self.student_task == TOKEN_CLASSIFICATION else "DataCollatorWithPadding(tokenizer)")
             raise ValueError(
-                "DistillationTrainer needs masked-LM labels in each batch: use "
-                "DataCollatorForLanguageModeling(tokenizer, mlm=True) as data_collator."
+                f"DistillationTrainer needs labels in each batch (the student is {_KIND[self.student_task]}): use "
+                f"{collator} as data_collator, on a dataset with a labels column."
             )
         training = model.training
         loss, terms, _ = self._distillation_loss(model, inputs, training, num_items_in_batch)
@@ -529,7 +624,7 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         weighted terms; evaluation (`want_stats`) also the always-evaluated ones, so a run without teacher terms
         still reports its student against the teacher.
         """
-        terms = active_terms(self.args, self.teacher is not None, evaluating=want_stats)
+        terms = active_terms(self.args, self.teacher is not None, evaluating=want_stats, student_task=self.student_task)
         rows = select_rows(inputs, self.args, terms, evaluating=want_stats)
         student, teacher = self._forward_pair(model, inputs, rows, terms)
         per_row = per_row_losses(terms, student, teacher, rows, self.args)
@@ -619,7 +714,8 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
 
     def _term_weight(self, name: str) -> float:
         """The weight of a term that training computes (teacher terms need a teacher)."""
-        if BY_NAME[name].needs_teacher and self.teacher is None:
+        term = BY_NAME[name]
+        if (term.needs_teacher and self.teacher is None) or not applies_to(term, self.student_task):
             return 0.0
         return weight_of(self.args, name)
 
@@ -656,13 +752,16 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
                 self.data_collator.epoch = epoch
         if self._eval_sums is not None:
             sums = self._eval_sums
-            output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in self._eval_metrics(sums).items()})
+            for key, value in self._eval_metrics(sums).items():
+                name = f"{metric_key_prefix}_{key}"
+                if key == "loss" or name not in output.metrics:  # compute_metrics' own values (accuracy, ...) win
+                    output.metrics[name] = value
             self._eval_sums = None
         return output
 
     def _eval_metrics(self, sums: torch.Tensor) -> dict[str, float]:
         """Token-weighted means over the whole evaluation set (see hf_distil.objective.eval_metrics)."""
-        return eval_metrics(sums, self.args, self.teacher is not None)
+        return eval_metrics(sums, self.args, self.teacher is not None, self.student_task)
 
     # ---- output --------------------------------------------------------------------------------------------------
 
@@ -713,5 +812,8 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
             plot_path=os.path.join(args.output_dir, "loss_terms.png"),
             model_name=model_name,
             layer_plan=self.layer_plan,
+            index_metrics=self.card_downstream is None,
         )
         card.save(os.path.join(args.output_dir, "README.md"))
+        if self.card_downstream is not None:  # (results, dataset name): the downstream table a recipe measured
+            update_model_card(args.output_dir, *self.card_downstream)

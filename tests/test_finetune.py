@@ -7,7 +7,6 @@ recipes/make_finetune_fixtures.py. Everything runs offline.
 import importlib.util
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -17,15 +16,14 @@ import pytest
 import torch
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
+from tiny import save_fixture_mlm
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
-    BertConfig,
     BertForMaskedLM,
     BertForTokenClassification,
-    BertTokenizerFast,
     TrainingArguments,
     set_seed,
 )
@@ -62,21 +60,7 @@ def _load_recipe(name):
 
 def _save_tiny_mlm(folder: Path, hidden: int) -> Path:
     """Tiny BertForMaskedLM + a tokenizer whose vocab has the fixtures' short words (long ones -> wordpieces)."""
-    words = set()
-    for path in FIXTURES.iterdir():
-        words |= set(re.findall(r"[a-z0-9]+|[^\sa-z0-9]", path.read_text(encoding="utf-8").lower()))
-    chars = sorted({c for w in words for c in w})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(w for w in words if len(w) <= 9), *chars]
-    vocab += [f"##{c}" for c in chars]
-    folder.mkdir(parents=True)
-    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"))
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=64)
-    torch.manual_seed(0)
-    BertForMaskedLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_fixture_mlm(folder, hidden)
 
 
 @pytest.fixture(scope="module")

@@ -32,12 +32,12 @@ def args_for(tmp_path, **kw):
 
 def test_the_registry_is_consistent_with_the_arguments_and_the_signals():
     fields = {f.name for f in dataclasses.fields(DistillationArguments)}
-    # the logged order: kd_loss, mlm_loss, hidden_loss, attention_loss, intermediate_loss, relation_loss
-    assert TERM_NAMES == ("kd", "mlm", "hidden", "attention", "intermediate", "relation")
+    # the logged order: kd_loss, mlm_loss, hidden_loss, attention_loss, intermediate_loss, relation_loss, task_loss
+    assert TERM_NAMES == ("kd", "mlm", "hidden", "attention", "intermediate", "relation", "task")
     for term in TERMS:
         assert term.weight in fields and term.rows in ROW_SETS
         assert set(term.student_reads) | set(term.teacher_reads) <= set(SIGNALS)
-        assert term.needs_teacher == (term.name != "mlm")
+        assert term.needs_teacher == (term.name not in ("mlm", "task"))
     assert EVAL_FIELDS == TERM_NAMES + ("P", "M", "N", "correct", "agree")
     with pytest.raises(ValueError, match="Unknown signal"):
         CaptureSpec.reading(["attention_probs"])

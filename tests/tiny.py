@@ -164,3 +164,31 @@ def noteevents_csv(path, n=80, seed=0):
             text = ". ".join(" ".join(rng.choice(CLINICAL_WORDS) for _ in range(12)) for _ in range(20))
             writer.writerow([i + 1, 9000 + i, 190000 + i, "2150-03-02", "", "", "Nursing", "Note", "", "", text])
     return path
+
+
+FINETUNE_FIXTURES = __import__("pathlib").Path(__file__).resolve().parent / "fixtures" / "finetune"
+
+
+def save_fixture_mlm(folder, hidden=32, layers=2, dropout=0.1, seed=0):
+    """A tiny BertForMaskedLM + a tokenizer whose vocab has the fine-tuning fixtures' short words (long ones ->
+    wordpieces), saved into `folder`."""
+    import re
+    from pathlib import Path
+
+    folder = Path(folder)
+    words = set()
+    for path in FINETUNE_FIXTURES.iterdir():
+        words |= set(re.findall(r"[a-z0-9]+|[^\sa-z0-9]", path.read_text(encoding="utf-8").lower()))
+    chars = sorted({c for w in words for c in w})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(w for w in words if len(w) <= 9), *chars]
+    vocab += [f"##{c}" for c in chars]
+    folder.mkdir(parents=True)
+    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"))
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
+    torch.manual_seed(seed)
+    BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
-LOSS_TERMS = ("loss", "kd_loss", "mlm_loss", "hidden_loss", "attention_loss", "intermediate_loss", "relation_loss")
+LOSS_TERMS = ("loss", "kd_loss", "mlm_loss", "task_loss", "hidden_loss", "attention_loss", "intermediate_loss",
+              "relation_loss")
 # How the plot and the card name each logged term.
-TERM_LABELS = {"loss": "total", "kd_loss": "KD", "mlm_loss": "MLM", "hidden_loss": "hidden",
+TERM_LABELS = {"loss": "total", "kd_loss": "KD", "mlm_loss": "MLM", "task_loss": "task", "hidden_loss": "hidden",
                "attention_loss": "attention", "intermediate_loss": "intermediate", "relation_loss": "relation"}
 
 

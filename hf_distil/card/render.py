@@ -16,7 +16,7 @@ from importlib.resources import files
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..heads import unwrap
+from ..heads import MASKED_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, model_task, unwrap
 from ..parameters import ADAPTER_PARAMETER_NAMES, count_parameters
 from ..projections import ATTRIBUTE as PROJECTIONS
 from .facts import CardFacts
@@ -27,7 +27,14 @@ logger = logging.getLogger("hf_distil.card")
 
 TEMPLATE_NAME = "distilled_model_card.md"
 BASE_TAGS = ["distillation", "knowledge-distillation", "fill-mask", "clinical", "biomedical"]
-DISTILLATION_FIELDS = ("temperature", "alpha_kd", "alpha_mlm", "alpha_hidden", "hidden_loss", "kd_positions",
+# Per student task (hf_distil.heads.model_task): the Hub pipeline tag and task name, and what the KL term compared.
+PIPELINES = {
+    MASKED_LM: ("fill-mask", "Masked Language Modeling", "masked-LM output distributions"),
+    TOKEN_CLASSIFICATION: ("token-classification", "Token Classification", "label distributions per token"),
+    SEQUENCE_CLASSIFICATION: ("text-classification", "Text Classification", "label distributions per example"),
+}
+DISTILLATION_FIELDS = ("temperature", "alpha_kd", "alpha_mlm", "alpha_task", "alpha_hidden", "hidden_loss",
+                       "kd_positions",
                        "alpha_attention", "attention_loss", "alpha_intermediate", "intermediate_loss",
                        "alpha_relation", "relation_teacher_layer", "relation_heads", "layer_map",
                        "teacher_dtype", "teacher_model_name_or_path")
@@ -41,6 +48,7 @@ METRIC_NAMES = {
     "loss": "Validation loss (weighted total)",
     "kd_loss": "KD loss (KL × T²)",
     "mlm_loss": "MLM loss",
+    "task_loss": "Task loss (cross-entropy on the gold labels)",
     "hidden_loss": "Hidden-state alignment loss",
     "attention_loss": "Attention-map loss",
     "intermediate_loss": "Intermediate hidden-state loss",
@@ -48,7 +56,11 @@ METRIC_NAMES = {
     "perplexity": "Perplexity (exp of MLM loss)",
     "accuracy": "Masked-token accuracy",
     "teacher_agreement": "Top-1 agreement with the teacher",
+    "f1": "Entity F1", "precision": "Entity precision", "recall": "Entity recall", "macro_f1": "Macro-F1",
 }
+# A task student's accuracy is over its labelled tokens or its examples, not masked tokens.
+TASK_METRIC_NAMES = {TOKEN_CLASSIFICATION: {"accuracy": "Accuracy (labelled tokens)"},
+                     SEQUENCE_CLASSIFICATION: {"accuracy": "Accuracy"}}
 SKIPPED_METRICS = {"runtime", "samples_per_second", "steps_per_second", "epoch", "step", "total_flos",
                    "model_preparation_time"}
 
@@ -146,11 +158,22 @@ def _initialisation(config, teacher: str) -> str:
             " started from an existing checkpoint rather than built from the teacher), so this card cannot say."
         )
     how = f" ({STRATEGY_NAMES.get(strategy, strategy)})" if strategy else ""
+    head = "masked-LM head" if model_task_of_config(config) in (MASKED_LM, None) else "classification head (and labels)"
     return (
         f"The student was initialised from {teacher}: its {len(layers)} transformer layers were copied from"
         f" the teacher's layers {', '.join(str(i) for i in layers)}{how}, counting from 0, and the embeddings"
-        " and masked-LM head were copied whole."
+        f" and {head} were copied whole."
     )
+
+
+def model_task_of_config(config) -> str | None:
+    """The task a config's `architectures` names (hf_distil.heads.model_task's answer for the model it describes)."""
+    for name in getattr(config, "architectures", None) or []:
+        for task, suffix in ((MASKED_LM, "ForMaskedLM"), (TOKEN_CLASSIFICATION, "ForTokenClassification"),
+                             (SEQUENCE_CLASSIFICATION, "ForSequenceClassification")):
+            if name.endswith(suffix):
+                return task
+    return None
 
 
 def _layer_map_text(args, plan) -> str:
@@ -187,18 +210,31 @@ def _layer_terms(args, plan, projected: bool) -> list[tuple[str, str]]:
     return out
 
 
-def _procedure(args, plan=None, projected: bool = False) -> str:
+_KD_ROWS = {
+    (MASKED_LM, "masked"): "on masked positions", (MASKED_LM, "all"): "on all non-padding positions",
+    (TOKEN_CLASSIFICATION, "masked"): "on the labelled tokens (first sub-token of each word)",
+    (TOKEN_CLASSIFICATION, "all"): "on all non-padding tokens",
+    (SEQUENCE_CLASSIFICATION, "masked"): "on each labelled example",
+    (SEQUENCE_CLASSIFICATION, "all"): "on each example",
+}
+
+
+def _procedure(args, plan=None, projected: bool = False, task: str | None = MASKED_LM) -> str:
     terms, formula = [], []
+    task = task if task in PIPELINES else MASKED_LM
     if args.alpha_kd > 0:
-        where = "on masked positions" if args.kd_positions == "masked" else "on all non-padding positions"
         terms.append(
-            "KL divergence between the teacher's and student's masked-LM output distributions at temperature"
-            f" {_weight(args.temperature)} {where} (weight {_weight(args.alpha_kd)})"
+            f"KL divergence between the teacher's and student's {PIPELINES[task][2]} at temperature"
+            f" {_weight(args.temperature)} {_KD_ROWS[task, args.kd_positions]} (weight {_weight(args.alpha_kd)})"
         )
         formula.append(f"{_weight(args.alpha_kd)} · T² · KL")
-    if args.alpha_mlm > 0:
+    if task == MASKED_LM and args.alpha_mlm > 0:
         terms.append(f"the student's masked-LM loss (weight {_weight(args.alpha_mlm)})")
         formula.append(f"{_weight(args.alpha_mlm)} · MLM")
+    task_weight = 1.0 if args.alpha_task is None else args.alpha_task
+    if task != MASKED_LM and task_weight > 0:
+        terms.append(f"the student's cross-entropy on the gold labels (weight {_weight(task_weight)})")
+        formula.append(f"{_weight(task_weight)} · CE")
     if args.alpha_hidden > 0:
         kind = "cosine alignment" if args.hidden_loss == "cosine" else "mean-squared-error alignment"
         terms.append(f"a {kind} of the last hidden states (weight {_weight(args.alpha_hidden)})")
@@ -210,7 +246,7 @@ def _procedure(args, plan=None, projected: bool = False) -> str:
     text = f"The training loss is {lead}{_join(terms)}: loss = {' + '.join(formula)}."
     if plan is not None and plan.layer_pairs:
         text += f" Layers count from 0; the layer map was {_layer_map_text(args, plan)}."
-    if args.alpha_kd == 0 and args.alpha_mlm == 0:
+    if task == MASKED_LM and args.alpha_kd == 0 and args.alpha_mlm == 0:
         text += (" No term trained the masked-LM head (alpha_kd = alpha_mlm = 0), so its fill-mask predictions are not"
                  " meaningful: use this model as an encoder to fine-tune.")
     if args.needs_teacher:
@@ -253,14 +289,15 @@ def _hyperparameters(args, total_batch: int, world_size: int) -> list[tuple[str,
     ]
 
 
-def _metrics_rows(metrics: dict | None) -> list[tuple[str, object]]:
+def _metrics_rows(metrics: dict | None, task: str = MASKED_LM) -> list[tuple[str, object]]:
     rows, rest = {}, []
+    names = {**METRIC_NAMES, **TASK_METRIC_NAMES.get(task, {})}
     for key, value in (metrics or {}).items():
         short = key.removeprefix("eval_")
         if short in SKIPPED_METRICS or "memory" in short or "flos" in short:
             continue
-        if short in METRIC_NAMES:
-            rows[short] = (METRIC_NAMES[short], _round_metric(value))
+        if short in names:
+            rows[short] = (names[short], _round_metric(value))
         else:
             rest.append((short.replace("_", " ").capitalize(), _round_metric(value)))
     return [rows[k] for k in METRIC_NAMES if k in rows] + rest
@@ -275,18 +312,38 @@ def _last_training_log(log_history: list[dict] | None) -> str | None:
     return f"At the last logged training step ({last['step']}) the losses were: {', '.join(parts)}."
 
 
-def _eval_results(metrics: dict | None, dataset_type: str, dataset_name: str) -> list[EvalResult]:
+# The metrics of the front matter's model-index, per student task: (key, metric type, name).
+INDEX_METRICS = {
+    MASKED_LM: (("eval_perplexity", "perplexity", "Perplexity"),
+                ("eval_accuracy", "accuracy", "Masked-token accuracy")),
+    TOKEN_CLASSIFICATION: (("eval_f1", "f1", "Entity F1"), ("eval_precision", "precision", "Entity precision"),
+                           ("eval_recall", "recall", "Entity recall")),
+    SEQUENCE_CLASSIFICATION: (("eval_accuracy", "accuracy", "Accuracy"), ("eval_macro_f1", "f1", "Macro-F1")),
+}
+
+
+def _eval_results(metrics: dict | None, dataset_type: str, dataset_name: str,
+                  task: str = MASKED_LM) -> list[EvalResult]:
     results = []
-    for key, metric_type, pretty in (("eval_perplexity", "perplexity", "Perplexity"),
-                                     ("eval_accuracy", "accuracy", "Masked-token accuracy")):
+    pipeline, task_name, _ = PIPELINES[task]
+    for key, metric_type, pretty in INDEX_METRICS[task]:
         value = (metrics or {}).get(key)
         if value is not None and math.isfinite(float(value)):
             results.append(EvalResult(
-                task_type="fill-mask", task_name="Masked Language Modeling",
+                task_type=pipeline, task_name=task_name,
                 dataset_type=dataset_type, dataset_name=dataset_name,
                 metric_type=metric_type, metric_name=pretty, metric_value=_round_metric(value),
             ))
     return results
+
+
+def _task_model_text(config, task: str) -> str:
+    """The intended-use lead of a task student: what it predicts, over which labels."""
+    labels = [str(config.id2label[i]) for i in sorted(config.id2label)]
+    what = "a label for each token (word)" if task == TOKEN_CLASSIFICATION else "one label for each text"
+    return (f"This is a compact {PIPELINES[task][1].lower()} model: it predicts {what}, one of {len(labels)} labels"
+            f" ({', '.join(f'`{label}`' for label in labels)}), distilled from a teacher fine-tuned on the same task,"
+            " for the same task where a smaller, faster model is needed.")
 
 
 def _teacher(name: str | None) -> tuple[str, str | None]:
@@ -341,6 +398,7 @@ def build_model_card(
     plot_path: str | None = None,
     model_name: str | None = None,
     layer_plan=None,
+    index_metrics: bool = True,
     **fact_fields,
 ) -> ModelCard:
     """Build the student's card (front matter + body) from the model, the arguments and the run's results.
@@ -349,13 +407,15 @@ def build_model_card(
     (`dataset_name=...`, `license=...`), which take precedence over `facts`.
     `plot_path` should lie in the folder the card is saved to: the card links the image by file name.
     `layer_plan` (hf_distil.layer_map.LayerPlan) names the layers the attention / intermediate / relation terms
-    compared, when any is on.
+    compared, when any is on. `index_metrics=False` leaves the front matter's model-index to a downstream table
+    (hf_distil.card.downstream) that records the same metrics with their split.
     """
     missing = [f for f in DISTILLATION_FIELDS if not hasattr(args, f)]
     if missing:
         raise TypeError(f"build_model_card needs DistillationArguments; args lacks {', '.join(missing)}.")
     facts = dataclasses.replace(facts or CardFacts(), **fact_fields)
     base = unwrap(model)
+    task = model_task(base) if model_task(base) in PIPELINES else MASKED_LM
     adapter, adapter_params = _adapter(model)
     teacher_display, base_model = _teacher(teacher_name if teacher_name is not None
                                            else args.teacher_model_name_or_path)
@@ -381,12 +441,13 @@ def build_model_card(
 
     slug = re.sub(r"[^a-z0-9]+", "-", (dataset_name or "").lower()).strip("-")
     dataset_type = dataset_ids[0] if dataset_ids else slug or "custom"
-    eval_results = _eval_results(metrics, dataset_type, dataset_name or dataset_type)
+    eval_results = _eval_results(metrics, dataset_type, dataset_name or dataset_type, task) if index_metrics else []
     adapter_tags = ["peft", "lora"] if adapter and adapter.startswith("LoRA") else []
-    tags = list(dict.fromkeys(BASE_TAGS + adapter_tags + list(facts.extra_tags or [])))
+    base_tags = [PIPELINES[task][0] if tag == "fill-mask" else tag for tag in BASE_TAGS]
+    tags = list(dict.fromkeys(base_tags + adapter_tags + list(facts.extra_tags or [])))
     card_data = ModelCardData(
         library_name="peft" if adapter else "transformers",
-        pipeline_tag="fill-mask",
+        pipeline_tag=PIPELINES[task][0],
         base_model=base_model,
         tags=tags,
         language=facts.language,
@@ -405,15 +466,16 @@ def build_model_card(
         template_str=template,
         title=model_name,
         description=description,
-        procedure=_procedure(args, layer_plan, projected=getattr(base, PROJECTIONS, None) is not None),
+        procedure=_procedure(args, layer_plan, projected=getattr(base, PROJECTIONS, None) is not None, task=task),
         initialisation=_initialisation(base.config, teacher_display),
         architecture=_architecture(base.config, n_params),
-        metric_rows=_metrics_rows(metrics),
+        metric_rows=_metrics_rows(metrics, task),
         last_training_log=_last_training_log(log_history),
         plot_file=plot_file,
         hyperparameters=_hyperparameters(args, total_train_batch_size, world_size),
         teacher=teacher_display,
         data_use_note=facts.data_use_note,
+        task_model=None if task == MASKED_LM else _task_model_text(base.config, task),
     )
     validate_model_card(card)
     return card

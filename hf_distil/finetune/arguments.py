@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TASKS = ("auto", "ner", "classification")
+# --compare_with's word for "the same student, fine-tuned without the teacher" (with --distil_from).
+PLAIN = "plain"
 
 
 @dataclass
@@ -16,14 +18,36 @@ class FinetuneArguments:
     Parsed by ``HfArgumentParser`` beside ``transformers.TrainingArguments`` (CLI flags, JSON or YAML).
     """
 
-    model_name_or_path: str = field(
-        metadata={"help": "Masked-LM checkpoint to fine-tune (folder or Hub id), e.g. a distilled student."}
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Masked-LM checkpoint to fine-tune (folder or Hub id), e.g. a distilled student. With "
+                  "--distil_from: the student to distil into (optional; default: half the teacher's layers, copied "
+                  "from it with its head)."},
     )
-    train_file: str = field(
-        metadata={"help": "Training data: CoNLL (.conll/.bio/.iob/.txt) or jsonl for NER; csv/tsv/json/jsonl "
-                  "for classification."}
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "Training data (required): CoNLL (.conll/.bio/.iob/.txt) or jsonl for NER; csv/tsv/json/"
+                  "jsonl for classification."},
     )
-    validation_file: str = field(metadata={"help": "Evaluation data, same format as train_file."})
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Evaluation data (required), same format as train_file."})
+    distil_from: str | None = field(
+        default=None,
+        metadata={"help": "Task distillation: a teacher fine-tuned on this task (a *ForTokenClassification or "
+                  "*ForSequenceClassification folder or Hub id) whose predictions the student learns on the task "
+                  "data, beside the gold labels (--alpha_kd, --temperature, --alpha_task, --alpha_hidden, ...: the "
+                  "distillation flags of hf-distil). Nothing is fine-tuned plainly unless --compare_with plain."},
+    )
+    student_num_layers: int | None = field(
+        default=None,
+        metadata={"help": "With --distil_from and no --model_name_or_path: layers of the student copied from the "
+                  "teacher (default: half of the teacher's, at least 1)."},
+    )
+    student_layers: str = field(
+        default="every_other",
+        metadata={"help": "With --distil_from and no --model_name_or_path: the teacher layers the student copies: "
+                  "every_other, distilbert, or comma-separated indices, e.g. 0,3,6,9."},
+    )
     test_file: str | None = field(
         default=None,
         metadata={"help": "Optional held-out data; when given, reported metrics come from it instead of "
@@ -68,7 +92,8 @@ class FinetuneArguments:
     compare_with: str | None = field(
         default=None,
         metadata={"help": "Second checkpoint (e.g. the teacher) fine-tuned the same way; writes "
-                  "comparison.md / comparison.json to OUTPUT_DIR."},
+                  "comparison.md / comparison.json to OUTPUT_DIR. With --distil_from, 'plain' fine-tunes the same "
+                  "student (same initialisation, data, steps and seed) without the teacher, as the control."},
     )
     update_card: str | None = field(
         default=None,
@@ -91,6 +116,20 @@ class FinetuneArguments:
     )
 
     def __post_init__(self):
+        for name in ("train_file", "validation_file"):
+            if not getattr(self, name):
+                raise ValueError(f"--{name} is required: pass the path of the task's {name.split('_')[0]} data.")
+        if not self.model_name_or_path and not self.distil_from:
+            raise ValueError("--model_name_or_path is required (the checkpoint to fine-tune), or --distil_from "
+                             "TEACHER to distil a fine-tuned teacher into a smaller student.")
+        if self.compare_with == PLAIN and not self.distil_from:
+            raise ValueError(f"--compare_with {PLAIN} fine-tunes the student of --distil_from without its teacher: "
+                             "add --distil_from TEACHER, or pass a checkpoint to --compare_with.")
+        if self.distil_from and self.use_lora:
+            raise ValueError("--use_lora with --distil_from: task distillation trains all of the student's weights; "
+                             "drop --use_lora.")
+        if self.student_num_layers is not None and self.student_num_layers < 1:
+            raise ValueError(f"student_num_layers must be at least 1, got {self.student_num_layers}.")
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is not supported; use one of {', '.join(TASKS)}.")
         for name in ("max_seq_length", "lora_r", "speed_batches"):

@@ -60,13 +60,15 @@ class FinetuneTrainer(NoPickleHubMixin, Trainer):
 
 
 def finetune_model(model_name_or_path: str, raw: DatasetDict, task: str, label_list: list[str],
-                   args: FinetuneArguments, training_args, model=None) -> FinetuneResult:
+                   args: FinetuneArguments, training_args, model=None, name: str | None = None) -> FinetuneResult:
     """Fine-tune one checkpoint with ``Trainer``, evaluate, save, and time inference.
 
     Writes to ``training_args.output_dir``: the model (or LoRA adapter + the labelled config),
     tokenizer, ``eval_results.json``; with ``merge_lora`` also ``merged/``. Pass ``model`` to use a
-    model you built (e.g. with ``build_model``) instead of loading one.
+    model you built (e.g. with ``build_model``) instead of loading one (the tokenizer still comes from
+    ``model_name_or_path``), and ``name`` to report it under another name than that path's.
     """
+    name = name or display_name(model_name_or_path)
     from transformers import (
         AutoTokenizer,
         DataCollatorForTokenClassification,
@@ -89,7 +91,7 @@ def finetune_model(model_name_or_path: str, raw: DatasetDict, task: str, label_l
         probe_output_dir(training_args.output_dir, expected_save_bytes(
             model, checkpoint=training_args.save_strategy != "no", optimizer=not training_args.save_only_model))
     trainable, total = count_parameters(model)
-    print(f"{display_name(model_name_or_path)}: trainable params: {trainable:,d} || all params: {total:,d} "
+    print(f"{name}: trainable params: {trainable:,d} || all params: {total:,d} "
           f"|| trainable%: {100 * trainable / total:.4f}")
 
     collator = (DataCollatorForTokenClassification(tokenizer) if task == "ner"
@@ -129,7 +131,7 @@ def finetune_model(model_name_or_path: str, raw: DatasetDict, task: str, label_l
     )
     prefix = f"{eval_split}_"
     return FinetuneResult(
-        name=display_name(model_name_or_path), model_name_or_path=str(model_name_or_path), task=task,
+        name=name, model_name_or_path=str(model_name_or_path), task=task,
         split=eval_split,
         metrics={k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)},
         parameters=count_parameters(deployed)[1], trainable_parameters=trainable,
@@ -142,7 +144,7 @@ def check_finetune_output_dir(args: FinetuneArguments, training_args) -> None:
     """Raise OutputFolderError before any work when output_dir (or its compare_with/) is the folder of a model this
     run reads, holds a model an earlier run_finetune did not write, or is not empty without overwrite_output_dir."""
     sources = {"--model_name_or_path": args.model_name_or_path, "--compare_with": args.compare_with,
-               "--update_card": args.update_card}
+               "--update_card": args.update_card, "--distil_from": args.distil_from}
     out = str(training_args.output_dir)
     folders = [out] + ([os.path.join(out, "compare_with")] if args.compare_with else [])
     for folder in folders:
@@ -215,14 +217,24 @@ def run_finetune(args: FinetuneArguments, training_args) -> list[FinetuneResult]
     With push_to_hub the repository is private unless hub_private_repo says otherwise; only the first model is pushed.
     """
     check_push_to_hub(training_args)
-    for flag, path in (("model_name_or_path", args.model_name_or_path), ("compare_with", args.compare_with)):
+    for flag, path in (("model_name_or_path", args.model_name_or_path), ("compare_with", args.compare_with),
+                       ("distil_from", args.distil_from)):
         if path and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+            if os.path.isfile(os.path.join(path, "adapter_config.json")):
+                raise FinetuneFileNotFoundError(
+                    f"--{flag} {path} holds a LoRA adapter, not a whole model: pass the merged model "
+                    "(run_finetune.py --use_lora --merge_lora writes it to OUTPUT_DIR/merged)."
+                )
             raise FinetuneFileNotFoundError(
                 f"--{flag} {path} has no config.json: pass the folder that save_pretrained wrote."
             )
     if training_args.push_to_hub and training_args.hub_private_repo is None:
         training_args.hub_private_repo = True
     check_update_card(args)
+    if args.distil_from:
+        from .distil import distil_task
+
+        return distil_task(args, training_args, check_finetune_output_dir)
     check_finetune_output_dir(args, training_args)
     raw, task, label_list = load_splits(args)
     dataset_name = args.dataset_name or default_dataset_name(args.train_file)
