@@ -11,13 +11,18 @@ own code (`hf_distil.recipe.main`) on the teacher's pretraining text. Then the t
   accuracy and macro-F1, mean ± standard deviation, and the student/teacher retention ratio;
 - scored as masked LMs on the MTS test texts under one fixed masking (same positions for every model): masked-token
   accuracy, perplexity and top-1 agreement with the teacher, beside an add-one unigram model of the training text;
-- timed side by side (inference tokens/s of the fine-tuned classifiers on the same test batches, interleaved rounds).
+- timed side by side (inference tokens/s of the fine-tuned classifiers on the same test batches, interleaved rounds);
+- and, for task distillation, per seed: the teacher fine-tuned on the sections, distilled on them into a half-depth
+  student (`run_finetune.py recipes/configs/task_distil.yaml --distil_from`), beside the same student fine-tuned
+  without the teacher.
 
-Writes OUT/quality.json (every number, every seed), OUT/quality.md (the table) and OUT/quality.png (bars with
-error bars). ../shared/data holds the text (never committed; see its README for the licences).
+Writes OUT/quality.json (every number, every seed), OUT/quality.md (the table), OUT/quality.png (bars with
+error bars) and OUT/task_distillation.{json,md}. ../shared/data holds the text (never committed; see its README for
+the licences).
 
     python benchmarks/bench_quality.py --out out/quality              # 2 CPU cores: about 43 minutes
     python benchmarks/bench_quality.py --smoke --out /tmp/q           # the whole pipeline at toy sizes
+    python benchmarks/bench_quality.py --part task --out out/q        # the task-distillation rows alone
     python benchmarks/bench_quality.py --device cuda --out out/q      # bigger budgets on a GPU
 """
 
@@ -397,6 +402,110 @@ def inference_speed(model_dirs: dict[str, Path], mts_task, device: str, rounds: 
     return {name: statistics.median(values) for name, values in timings.items()}
 
 
+# ---------------------------------------------------------------- task distillation
+
+TASK_DISTIL_CONFIG = ROOT / "recipes" / "configs" / "task_distil.yaml"
+TASK_ROLES = ("fine-tuned teacher", "task-distilled student", "plain fine-tuned student")
+
+
+def task_distillation(teacher_dir: Path, mts_files: dict[str, Path], mts_task, out: Path, sizes: Sizes,
+                      device: str, phase=print) -> dict:
+    """Per seed: the teacher fine-tuned on MTS sections (as its row above), then `run_finetune.py
+    recipes/configs/task_distil.yaml --distil_from` that teacher with the shipped objective, `--compare_with plain`:
+    the half-depth student (every other fine-tuned teacher layer and its head) distilled, and the same student
+    fine-tuned without the teacher, with the fine-tuning budget of the rows above. Test-set metrics of all three."""
+    from hf_distil.finetune_cli import main as finetune_main
+
+    runs = []
+    for seed in range(sizes.seeds):
+        folder = out / "task" / f"seed{seed}"
+        phase(f"task distillation, seed {seed}: fine-tuning the teacher")
+        finetune(teacher_dir, TASK_ROLES[0], seed, mts_task, folder / "teacher", sizes, device)
+        phase(f"task distillation, seed {seed}: distilling it, and the plain control")
+        flags = {
+            "distil_from": folder / "teacher", "train_file": mts_files["train"],
+            "validation_file": mts_files["validation"], "test_file": mts_files["test"], "task": "classification",
+            "output_dir": folder / "student", "overwrite_output_dir": "true", "compare_with": "plain",
+            "student_num_layers": sizes.student_layers, "num_train_epochs": sizes.finetune_epochs,
+            "learning_rate": sizes.finetune_lr, "metric_for_best_model": "macro_f1", "greater_is_better": "true",
+            "train_sampling_strategy": "group_by_length", "logging_strategy": "epoch", "seed": seed,
+            "speed_batches": 1, "speed_min_seconds": 0, "dataloader_num_workers": 0, "disable_tqdm": "true",
+            "use_cpu": str(device == "cpu").lower(),
+        }
+        argv = [str(TASK_DISTIL_CONFIG)] + [item for key, value in flags.items() for item in (f"--{key}", str(value))]
+        results = finetune_main(argv)
+        for path in (folder / "student").rglob("checkpoint-*"):
+            shutil.rmtree(path, ignore_errors=True)
+        distilled, teacher, plain = results
+        runs.append({"seed": seed, **{role: {"accuracy": r.metrics["accuracy"], "macro_f1": r.metrics["macro_f1"],
+                                              "parameters": r.parameters}
+                                      for role, r in zip((TASK_ROLES[1], TASK_ROLES[0], TASK_ROLES[2]),
+                                                         (distilled, teacher, plain))}})
+    import yaml
+
+    config = yaml.safe_load(TASK_DISTIL_CONFIG.read_text())
+    objective = {k: config[k] for k in ("temperature", "alpha_kd", "alpha_task", "alpha_hidden", "kd_positions")}
+    report = {"runs": runs, "objective": objective, "seeds": sizes.seeds, "student_layers": sizes.student_layers,
+              "epochs": sizes.finetune_epochs, "learning_rate": sizes.finetune_lr}
+    report["summary"] = summarise_task(report)
+    return report
+
+
+def summarise_task(report: dict) -> dict:
+    """Mean ± sd per role, the distilled student's share of the teacher, and the paired distilled − plain gap."""
+    runs = report["runs"]
+    rows = {}
+    for role in TASK_ROLES:
+        row = {"parameters": runs[0][role]["parameters"]}
+        for metric in ("accuracy", "macro_f1"):
+            row[metric], row[f"{metric}_std"] = mean_std([run[role][metric] for run in runs])
+        rows[role] = row
+    teacher, distilled, plain = (rows[role] for role in TASK_ROLES)
+    summary = {"rows": rows, "gap": {}}
+    for metric in ("accuracy", "macro_f1"):
+        distilled[f"{metric}_retention"] = distilled[metric] / teacher[metric] if teacher[metric] else float("nan")
+        plain[f"{metric}_retention"] = plain[metric] / teacher[metric] if teacher[metric] else float("nan")
+        diffs = [run[TASK_ROLES[1]][metric] - run[TASK_ROLES[2]][metric] for run in runs]
+        mean, sd = mean_std(diffs)
+        spread = max(distilled[f"{metric}_std"], plain[f"{metric}_std"])
+        summary["gap"][metric] = {"paired_differences": diffs, "mean": mean, "sd": sd,
+                                  "standard_error": sd / math.sqrt(len(diffs)), "largest_seed_sd": spread,
+                                  "beats_spread": mean > spread}
+    summary["keeps_97_percent_of_teacher_macro_f1"] = distilled["macro_f1_retention"] >= 0.97
+    return summary
+
+
+def task_markdown(report: dict) -> str:
+    summary = report["summary"]
+    lines = ["| model | params | test accuracy | test macro-F1 | macro-F1 kept |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for role in TASK_ROLES:
+        r = summary["rows"][role]
+        kept = f"{r['macro_f1_retention']:.1%}" if "macro_f1_retention" in r else "100.0%"
+        lines.append(f"| {role} | {r['parameters'] / 1e6:.2f} M | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "
+                     f"| {r['macro_f1']:.3f} ± {r['macro_f1_std']:.3f} | {kept} |")
+    objective = ", ".join(f"{k} {v}" for k, v in report["objective"].items())
+    lines.append("")
+    lines.append(f"± is one standard deviation over {report['seeds']} seeds; each seed fine-tunes its own teacher, "
+                 f"then distils it into a {report['student_layers']}-layer student (every other fine-tuned teacher "
+                 f"layer and its head) and fine-tunes the same student without the teacher, {report['epochs']} epochs "
+                 f"at learning rate {report['learning_rate']:g} each, the epoch with the best validation macro-F1 "
+                 f"kept. Objective (recipes/configs/task_distil.yaml): {objective}.")
+    for metric, gap in summary["gap"].items():
+        verdict = "more" if gap["beats_spread"] else "not more"
+        lines.append(f"- task-distilled − plain, {metric.replace('_', '-')}: {gap['mean']:+.3f} ± "
+                     f"{gap['standard_error']:.3f} (standard error of the paired per-seed differences), {verdict} "
+                     f"than the largest seed-to-seed sd ({gap['largest_seed_sd']:.3f}).")
+    return "\n".join(lines)
+
+
+def write_task_report(report: dict, out: Path) -> str:
+    (out / "task_distillation.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    text = task_markdown(report)
+    (out / "task_distillation.md").write_text(text + "\n", encoding="utf-8")
+    return text
+
+
 # ---------------------------------------------------------------- summary
 
 
@@ -517,6 +626,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="The whole pipeline at toy sizes (a few minutes).")
     parser.add_argument("--seeds", type=positive_int,
                         help="Fine-tuning seeds (default: 3 on CPU, 5 on a GPU, 2 smoke).")
+    parser.add_argument("--part", choices=("all", "task"), default="all",
+                        help="task: only the task-distillation rows (fine-tuned teacher → task-distilled and plain "
+                        "fine-tuned students), written to OUT/task_distillation.{json,md}.")
     args = parser.parse_args(argv)
     for name in ("medquad_answers.txt", "mts_sections.jsonl"):
         if not (args.data / name).is_file():
@@ -529,9 +641,27 @@ def main(argv: list[str] | None = None) -> dict:
     if args.seeds is not None:
         sizes = Sizes(**{**asdict(sizes), "seeds": args.seeds})
     try:
-        return run(args, sizes)
+        return run_task_only(args, sizes) if args.part == "task" else run(args, sizes)
     except BenchmarkInputError as err:
         parser.exit(2, f"bench_quality: error: {err}\n")
+
+
+def run_task_only(args: argparse.Namespace, sizes: Sizes) -> dict:
+    """The task-distillation rows alone (see `task_distillation`)."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    def phase(text):
+        print(f"[bench_quality {(time.perf_counter() - started) / 60:5.1f} min] {text}", flush=True)
+
+    mts_files = write_mts_files(read_mts(args.data), args.out / "mts", sizes.finetune_train_rows,
+                                sizes.finetune_eval_rows)
+    report = task_distillation(args.teacher, mts_files, load_mts_task(mts_files), args.out, sizes, args.device, phase)
+    report.update({"device": args.device, "smoke": args.smoke, "threads": torch.get_num_threads(),
+                   "teacher": str(args.teacher), "minutes": (time.perf_counter() - started) / 60})
+    print(write_task_report(report, args.out))
+    print(f"{report['minutes']:.1f} minutes; results in {args.out}/task_distillation.json, task_distillation.md")
+    return report
 
 
 def run(args: argparse.Namespace, sizes: Sizes) -> dict:
@@ -576,6 +706,8 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict:
             runs.append({"seed": seed, **{k: result.metrics[k] for k in ("accuracy", "macro_f1")}})
             model["parameters"] = result.parameters
         model["finetune"] = runs
+    task_report = task_distillation(args.teacher, mts_files, mts_task, out, sizes, args.device, phase)
+    write_task_report(task_report, out)
     phase("inference speed, side by side")
     speeds = inference_speed({name: out / "finetune" / name.replace(" ", "-") / "seed0" for name in models},
                              mts_task, args.device, **({"rounds": 1, "min_seconds": 0.1} if args.smoke else {}))
@@ -589,13 +721,15 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict:
                  **{f"mts_{split}": sum(1 for _ in open(path, encoding="utf-8")) for split, path in mts_files.items()}},
         "distillation_runs_per_student": 1,
         "unigram": unigram, "reference_classifiers": reference_classifiers(mts_files),
+        "task_distillation": task_report,
         "models": {name: {k: (str(v) if isinstance(v, Path) else v) for k, v in m.items()}
                    for name, m in models.items()},
     }
     report["summary"] = summarise(report)
     report["minutes"] = (time.perf_counter() - started) / 60
     (out / "quality.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    text = markdown_table(report) + "\n\n" + markdown_notes(report)
+    text = (markdown_table(report) + "\n\n" + markdown_notes(report) + "\n\n## Task distillation\n\n"
+            + task_markdown(task_report))
     (out / "quality.md").write_text(text + "\n", encoding="utf-8")
     plot(report, out / "quality.png")
     print(text)

@@ -119,9 +119,6 @@ class FinetuneArguments:
         for name in ("train_file", "validation_file"):
             if not getattr(self, name):
                 raise ValueError(f"--{name} is required: pass the path of the task's {name.split('_')[0]} data.")
-        if not self.model_name_or_path and not self.distil_from:
-            raise ValueError("--model_name_or_path is required (the checkpoint to fine-tune), or --distil_from "
-                             "TEACHER to distil a fine-tuned teacher into a smaller student.")
         if self.compare_with == PLAIN and not self.distil_from:
             raise ValueError(f"--compare_with {PLAIN} fine-tunes the student of --distil_from without its teacher: "
                              "add --distil_from TEACHER, or pass a checkpoint to --compare_with.")

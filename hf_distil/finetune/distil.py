@@ -127,6 +127,7 @@ def evaluate_model(model, data, collator, task: str, label_list: list, training_
     from .run import FinetuneTrainer
 
     eval_args = dataclasses.replace(training_args, report_to=[], push_to_hub=False, save_strategy="no",
+                                    eval_strategy="no", load_best_model_at_end=False,
                                     per_device_eval_batch_size=batch_size)
     trainer = FinetuneTrainer(model=model, args=eval_args, data_collator=collator,
                               compute_metrics=build_compute_metrics(task, label_list),

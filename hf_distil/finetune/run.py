@@ -217,6 +217,9 @@ def run_finetune(args: FinetuneArguments, training_args) -> list[FinetuneResult]
     With push_to_hub the repository is private unless hub_private_repo says otherwise; only the first model is pushed.
     """
     check_push_to_hub(training_args)
+    if not args.model_name_or_path and not args.distil_from:
+        raise ArgumentError("--model_name_or_path is required (the checkpoint to fine-tune), or --distil_from "
+                            "TEACHER to distil a fine-tuned teacher into a smaller student.")
     for flag, path in (("model_name_or_path", args.model_name_or_path), ("compare_with", args.compare_with),
                        ("distil_from", args.distil_from)):
         if path and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
