@@ -65,18 +65,19 @@ class Sizes:
     finetune_train_rows: int | None  # MTS TrainingSet rows (None: all)
     finetune_eval_rows: int | None  # MTS validation and test rows (None: all)
     seeds: int
+    task_teacher_epochs: int  # fine-tuning epochs of the task-distillation teacher (trained to its best)
 
 
 SIZES = {
     "smoke": Sizes(student_layers=3, distil_steps=4, distil_batch=8, learning_rate=5e-4, max_train_texts=300,
                    max_eval_blocks=16, finetune_epochs=1, finetune_lr=1e-4, finetune_train_rows=60,
-                   finetune_eval_rows=40, seeds=2),
+                   finetune_eval_rows=40, seeds=2, task_teacher_epochs=1),
     "cpu": Sizes(student_layers=3, distil_steps=600, distil_batch=64, learning_rate=5e-4, max_train_texts=None,
                  max_eval_blocks=None, finetune_epochs=6, finetune_lr=5e-4, finetune_train_rows=None,
-                 finetune_eval_rows=None, seeds=3),
+                 finetune_eval_rows=None, seeds=3, task_teacher_epochs=18),
     "cuda": Sizes(student_layers=3, distil_steps=6000, distil_batch=128, learning_rate=5e-4, max_train_texts=None,
                   max_eval_blocks=None, finetune_epochs=10, finetune_lr=5e-4, finetune_train_rows=None,
-                  finetune_eval_rows=None, seeds=5),
+                  finetune_eval_rows=None, seeds=5, task_teacher_epochs=30),
 }
 
 # The seed's objective (../shared/seed-model-card.md, recipes/configs/distil_clinical_bert.yaml): T 2, KL 5, MLM 2,
@@ -329,9 +330,10 @@ def load_mts_task(mts_files: dict[str, Path]):
     return (args, *load_splits(args))
 
 
-def finetune(model_dir: Path, name: str, seed: int, mts_task, folder: Path, sizes: Sizes, device: str):
-    """Fine-tune one model on MTS-Dialog sections with one seed; the epoch with the best validation macro-F1 is
-    scored on the test sets. Returns hf_distil.finetune's FinetuneResult."""
+def finetune(model_dir: Path, name: str, seed: int, mts_task, folder: Path, sizes: Sizes, device: str,
+             epochs: int | None = None):
+    """Fine-tune one model on MTS-Dialog sections with one seed (sizes.finetune_epochs, or `epochs`); the epoch with
+    the best validation macro-F1 is scored on the test sets. Returns hf_distil.finetune's FinetuneResult."""
     from transformers import TrainingArguments, set_seed
 
     from hf_distil.finetune.model import build_model
@@ -340,7 +342,7 @@ def finetune(model_dir: Path, name: str, seed: int, mts_task, folder: Path, size
     args, raw, task, label_list = mts_task
     args = dataclasses.replace(args, model_name_or_path=str(model_dir))
     training_args = TrainingArguments(
-        output_dir=str(folder), num_train_epochs=sizes.finetune_epochs, learning_rate=sizes.finetune_lr,
+        output_dir=str(folder), num_train_epochs=epochs or sizes.finetune_epochs, learning_rate=sizes.finetune_lr,
         per_device_train_batch_size=32, per_device_eval_batch_size=64, warmup_steps=0.1, weight_decay=0.01,
         eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model="macro_f1",
         greater_is_better=True, save_total_limit=1, save_only_model=True, logging_strategy="epoch", seed=seed,
@@ -405,54 +407,68 @@ def inference_speed(model_dirs: dict[str, Path], mts_task, device: str, rounds: 
 # ---------------------------------------------------------------- task distillation
 
 TASK_DISTIL_CONFIG = ROOT / "recipes" / "configs" / "task_distil.yaml"
-TASK_ROLES = ("fine-tuned teacher", "task-distilled student", "plain fine-tuned student")
+TEACHER_ROLE = "fine-tuned teacher"
+# The two student initialisations, each distilled and plainly fine-tuned: the pretrained teacher's layers
+# (DistilBERT's: a general half-depth encoder, which learns the task here) and the fine-tuned teacher's layers and
+# head (the student starts from the task already).
+TASK_INITS = ("pretrained layers", "fine-tuned layers")
+TASK_ROLES = (TEACHER_ROLE, *(f"{kind}, {init}" for init in TASK_INITS for kind in ("task-distilled", "plain")))
 
 
 def task_distillation(teacher_dir: Path, mts_files: dict[str, Path], mts_task, out: Path, sizes: Sizes,
                       device: str, phase=print) -> dict:
-    """Per seed: the teacher fine-tuned on MTS sections (as its row above), then `run_finetune.py
-    recipes/configs/task_distil.yaml --distil_from` that teacher with the shipped objective, `--compare_with plain`:
-    the half-depth student (every other fine-tuned teacher layer and its head) distilled, and the same student
-    fine-tuned without the teacher, with the fine-tuning budget of the rows above. Test-set metrics of all three."""
+    """Per seed: the teacher fine-tuned on MTS sections to its best validation epoch (sizes.task_teacher_epochs),
+    then, for each student initialisation of TASK_INITS, `run_finetune.py recipes/configs/task_distil.yaml
+    --distil_from` that teacher with the shipped objective and `--compare_with plain`: the 3-layer student distilled,
+    and the same student fine-tuned without the teacher, with the fine-tuning budget of the rows above. Test-set
+    metrics of all of them."""
     from hf_distil.finetune_cli import main as finetune_main
 
+    pretrained_layers = untrained_student(teacher_dir, sizes.student_layers, out / "task" / "pretrained-layers")
     runs = []
     for seed in range(sizes.seeds):
         folder = out / "task" / f"seed{seed}"
-        phase(f"task distillation, seed {seed}: fine-tuning the teacher")
-        finetune(teacher_dir, TASK_ROLES[0], seed, mts_task, folder / "teacher", sizes, device)
-        phase(f"task distillation, seed {seed}: distilling it, and the plain control")
-        flags = {
-            "distil_from": folder / "teacher", "train_file": mts_files["train"],
-            "validation_file": mts_files["validation"], "test_file": mts_files["test"], "task": "classification",
-            "output_dir": folder / "student", "overwrite_output_dir": "true", "compare_with": "plain",
-            "student_num_layers": sizes.student_layers, "num_train_epochs": sizes.finetune_epochs,
-            "learning_rate": sizes.finetune_lr, "metric_for_best_model": "macro_f1", "greater_is_better": "true",
-            "train_sampling_strategy": "group_by_length", "logging_strategy": "epoch", "seed": seed,
-            "speed_batches": 1, "speed_min_seconds": 0, "dataloader_num_workers": 0, "disable_tqdm": "true",
-            "use_cpu": str(device == "cpu").lower(),
-        }
-        argv = [str(TASK_DISTIL_CONFIG)] + [item for key, value in flags.items() for item in (f"--{key}", str(value))]
-        results = finetune_main(argv)
-        for path in (folder / "student").rglob("checkpoint-*"):
-            shutil.rmtree(path, ignore_errors=True)
-        distilled, teacher, plain = results
-        runs.append({"seed": seed, **{role: {"accuracy": r.metrics["accuracy"], "macro_f1": r.metrics["macro_f1"],
-                                              "parameters": r.parameters}
-                                      for role, r in zip((TASK_ROLES[1], TASK_ROLES[0], TASK_ROLES[2]),
-                                                         (distilled, teacher, plain))}})
+        phase(f"task distillation, seed {seed}: fine-tuning the teacher ({sizes.task_teacher_epochs} epochs)")
+        finetune(teacher_dir, TEACHER_ROLE, seed, mts_task, folder / "teacher", sizes, device,
+                 epochs=sizes.task_teacher_epochs)
+        run = {"seed": seed}
+        for init in TASK_INITS:
+            phase(f"task distillation, seed {seed}: {init}, distilled and plain")
+            student_dir = folder / init.replace(" ", "-")
+            flags = {
+                "distil_from": folder / "teacher", "train_file": mts_files["train"],
+                "validation_file": mts_files["validation"], "test_file": mts_files["test"], "task": "classification",
+                "output_dir": student_dir, "overwrite_output_dir": "true", "compare_with": "plain",
+                "student_num_layers": sizes.student_layers, "num_train_epochs": sizes.finetune_epochs,
+                "learning_rate": sizes.finetune_lr, "metric_for_best_model": "macro_f1", "greater_is_better": "true",
+                "train_sampling_strategy": "group_by_length", "logging_strategy": "epoch", "seed": seed,
+                "speed_batches": 1, "speed_min_seconds": 0, "dataloader_num_workers": 0, "disable_tqdm": "true",
+                "use_cpu": str(device == "cpu").lower(),
+                **({"model_name_or_path": pretrained_layers} if init == "pretrained layers" else {}),
+            }
+            argv = [str(TASK_DISTIL_CONFIG)] + [item for key, value in flags.items()
+                                                 for item in (f"--{key}", str(value))]
+            distilled, teacher, plain = finetune_main(argv)
+            for path in student_dir.rglob("checkpoint-*"):
+                shutil.rmtree(path, ignore_errors=True)
+            for role, result in ((TEACHER_ROLE, teacher), (f"task-distilled, {init}", distilled),
+                                 (f"plain, {init}", plain)):
+                run[role] = {"accuracy": result.metrics["accuracy"], "macro_f1": result.metrics["macro_f1"],
+                             "parameters": result.parameters}
+        runs.append(run)
     import yaml
 
     config = yaml.safe_load(TASK_DISTIL_CONFIG.read_text())
     objective = {k: config[k] for k in ("temperature", "alpha_kd", "alpha_task", "alpha_hidden", "kd_positions")}
     report = {"runs": runs, "objective": objective, "seeds": sizes.seeds, "student_layers": sizes.student_layers,
-              "epochs": sizes.finetune_epochs, "learning_rate": sizes.finetune_lr}
+              "epochs": sizes.finetune_epochs, "teacher_epochs": sizes.task_teacher_epochs,
+              "learning_rate": sizes.finetune_lr}
     report["summary"] = summarise_task(report)
     return report
 
 
 def summarise_task(report: dict) -> dict:
-    """Mean ± sd per role, the distilled student's share of the teacher, and the paired distilled − plain gap."""
+    """Mean ± sd per role, each student's share of the teacher, and per init the paired distilled − plain gap."""
     runs = report["runs"]
     rows = {}
     for role in TASK_ROLES:
@@ -460,42 +476,48 @@ def summarise_task(report: dict) -> dict:
         for metric in ("accuracy", "macro_f1"):
             row[metric], row[f"{metric}_std"] = mean_std([run[role][metric] for run in runs])
         rows[role] = row
-    teacher, distilled, plain = (rows[role] for role in TASK_ROLES)
-    summary = {"rows": rows, "gap": {}}
-    for metric in ("accuracy", "macro_f1"):
-        distilled[f"{metric}_retention"] = distilled[metric] / teacher[metric] if teacher[metric] else float("nan")
-        plain[f"{metric}_retention"] = plain[metric] / teacher[metric] if teacher[metric] else float("nan")
-        diffs = [run[TASK_ROLES[1]][metric] - run[TASK_ROLES[2]][metric] for run in runs]
-        mean, sd = mean_std(diffs)
-        spread = max(distilled[f"{metric}_std"], plain[f"{metric}_std"])
-        summary["gap"][metric] = {"paired_differences": diffs, "mean": mean, "sd": sd,
+    teacher = rows[TEACHER_ROLE]
+    for row in rows.values():
+        for metric in ("accuracy", "macro_f1"):
+            row[f"{metric}_retention"] = row[metric] / teacher[metric] if teacher[metric] else float("nan")
+    gaps = {}
+    for init in TASK_INITS:
+        distilled, plain = f"task-distilled, {init}", f"plain, {init}"
+        gaps[init] = {}
+        for metric in ("accuracy", "macro_f1"):
+            diffs = [run[distilled][metric] - run[plain][metric] for run in runs]
+            mean, sd = mean_std(diffs)
+            spread = max(rows[distilled][f"{metric}_std"], rows[plain][f"{metric}_std"])
+            gaps[init][metric] = {"paired_differences": diffs, "mean": mean, "sd": sd,
                                   "standard_error": sd / math.sqrt(len(diffs)), "largest_seed_sd": spread,
                                   "beats_spread": mean > spread}
-    summary["keeps_97_percent_of_teacher_macro_f1"] = distilled["macro_f1_retention"] >= 0.97
-    return summary
+    return {"rows": rows, "gaps": gaps}
 
 
 def task_markdown(report: dict) -> str:
     summary = report["summary"]
     lines = ["| model | params | test accuracy | test macro-F1 | macro-F1 kept |",
              "| --- | ---: | ---: | ---: | ---: |"]
-    for role in TASK_ROLES:
-        r = summary["rows"][role]
-        kept = f"{r['macro_f1_retention']:.1%}" if "macro_f1_retention" in r else "100.0%"
+    for role, r in summary["rows"].items():
         lines.append(f"| {role} | {r['parameters'] / 1e6:.2f} M | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "
-                     f"| {r['macro_f1']:.3f} ± {r['macro_f1_std']:.3f} | {kept} |")
+                     f"| {r['macro_f1']:.3f} ± {r['macro_f1_std']:.3f} | {r['macro_f1_retention']:.1%} |")
     objective = ", ".join(f"{k} {v}" for k, v in report["objective"].items())
     lines.append("")
-    lines.append(f"± is one standard deviation over {report['seeds']} seeds; each seed fine-tunes its own teacher, "
-                 f"then distils it into a {report['student_layers']}-layer student (every other fine-tuned teacher "
-                 f"layer and its head) and fine-tunes the same student without the teacher, {report['epochs']} epochs "
-                 f"at learning rate {report['learning_rate']:g} each, the epoch with the best validation macro-F1 "
-                 f"kept. Objective (recipes/configs/task_distil.yaml): {objective}.")
-    for metric, gap in summary["gap"].items():
-        verdict = "more" if gap["beats_spread"] else "not more"
-        lines.append(f"- task-distilled − plain, {metric.replace('_', '-')}: {gap['mean']:+.3f} ± "
-                     f"{gap['standard_error']:.3f} (standard error of the paired per-seed differences), {verdict} "
-                     f"than the largest seed-to-seed sd ({gap['largest_seed_sd']:.3f}).")
+    lines.append(f"± is one standard deviation over {report['seeds']} seeds. Each seed fine-tunes its own teacher "
+                 f"({report['teacher_epochs']} epochs, the best validation epoch kept), then trains "
+                 f"{report['student_layers']}-layer students from two initialisations, each distilled from that "
+                 "teacher (`run_finetune.py recipes/configs/task_distil.yaml --distil_from`) and, as its control, "
+                 f"fine-tuned without it (`--compare_with plain`): {report['epochs']} epochs at learning rate "
+                 f"{report['learning_rate']:g} for both, the epoch with the best validation macro-F1 kept. "
+                 "Pretrained layers: every other layer of the pretrained (not fine-tuned) teacher, a new head. "
+                 "Fine-tuned layers: every other layer of the fine-tuned teacher, and its head. Objective "
+                 f"(recipes/configs/task_distil.yaml): {objective}.")
+    for init, gaps in summary["gaps"].items():
+        for metric, gap in gaps.items():
+            verdict = "more" if gap["beats_spread"] else "not more"
+            lines.append(f"- {init}: task-distilled − plain, {metric.replace('_', '-')}: {gap['mean']:+.3f} ± "
+                         f"{gap['standard_error']:.3f} (standard error of the paired per-seed differences), "
+                         f"{verdict} than the largest seed-to-seed sd ({gap['largest_seed_sd']:.3f}).")
     return "\n".join(lines)
 
 

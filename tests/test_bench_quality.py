@@ -192,27 +192,31 @@ def test_task_part_distils_each_seeds_fine_tuned_teacher_beside_the_plain_contro
     report = bench_quality.main(["--smoke", "--part", "task", "--data", str(data), "--out", str(out)])
     sizes = bench_quality.SIZES["smoke"]
     assert [run["seed"] for run in report["runs"]] == list(range(sizes.seeds))
-    teacher_role, distilled_role, plain_role = bench_quality.TASK_ROLES
     rows = report["summary"]["rows"]
+    assert list(rows) == list(bench_quality.TASK_ROLES)
     for role in bench_quality.TASK_ROLES:
         values = [run[role]["macro_f1"] for run in report["runs"]]
         assert all(0 <= v <= 1 for v in values) and rows[role]["macro_f1"] == pytest.approx(sum(values) / len(values))
-    assert rows[distilled_role]["parameters"] == rows[plain_role]["parameters"] < rows[teacher_role]["parameters"]
-    diffs = [run[distilled_role]["macro_f1"] - run[plain_role]["macro_f1"] for run in report["runs"]]
-    assert report["summary"]["gap"]["macro_f1"]["paired_differences"] == pytest.approx(diffs)
-    for seed in range(sizes.seeds):
-        student = out / "task" / f"seed{seed}" / "student"
-        config = json.loads((student / "config.json").read_text())
-        assert config["num_hidden_layers"] == sizes.student_layers and config["distil_teacher_layers"]
-        # Same budget for the distilled student and its control, and the shipped config's objective.
-        distilled = json.loads((student / "distillation_args.json").read_text())
-        plain = json.loads((student / "compare_with" / "training_args.json").read_text())
-        for key in ("num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed", "warmup_steps"):
-            assert distilled[key] == plain[key], key
-        assert distilled["alpha_kd"] == report["objective"]["alpha_kd"] and distilled["seed"] == seed
-        assert (student / "comparison.md").is_file() and "README.md" in os.listdir(student)
+    for init in bench_quality.TASK_INITS:
+        distilled, plain = f"task-distilled, {init}", f"plain, {init}"
+        assert rows[distilled]["parameters"] == rows[plain]["parameters"] < rows["fine-tuned teacher"]["parameters"]
+        diffs = [run[distilled]["macro_f1"] - run[plain]["macro_f1"] for run in report["runs"]]
+        assert report["summary"]["gaps"][init]["macro_f1"]["paired_differences"] == pytest.approx(diffs)
+        for seed in range(sizes.seeds):
+            student = out / "task" / f"seed{seed}" / init.replace(" ", "-")
+            config = json.loads((student / "config.json").read_text())
+            assert config["num_hidden_layers"] == sizes.student_layers
+            assert config["distil_init"] == ("checkpoint" if init == "pretrained layers" else "teacher_layers")
+            # Same budget for the distilled student and its control, and the shipped config's objective.
+            args = json.loads((student / "distillation_args.json").read_text())
+            control = json.loads((student / "compare_with" / "training_args.json").read_text())
+            for key in ("num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed", "warmup_steps"):
+                assert args[key] == control[key], key
+            assert args["alpha_kd"] == report["objective"]["alpha_kd"] and args["seed"] == seed
+            assert (student / "comparison.md").is_file() and "README.md" in os.listdir(student)
     assert json.loads((out / "task_distillation.json").read_text())["summary"] == \
         json.loads(json.dumps(report["summary"]))
+    assert "pretrained layers: task-distilled − plain, macro-f1" in (out / "task_distillation.md").read_text()
 
 
 DATA = ROOT.parent / "shared" / "data"

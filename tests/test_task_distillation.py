@@ -369,3 +369,21 @@ def test_a_real_pretrained_teacher_fine_tuned_then_distilled(tmp_path):
     assert teacher.metrics["f1"] > 0.6, teacher.metrics
     assert distilled.metrics["f1"] > 0.5, distilled.metrics
     assert distilled.metrics["teacher_agreement"] > 0.9, distilled.metrics
+
+
+def test_the_shipped_task_config_runs_as_shipped(teachers, tmp_path):
+    """recipes/configs/task_distil.yaml with only the paths and the length overridden: best epoch by the task
+    metric, the plain control beside, checkpoints of the distilled student without the teacher."""
+    config = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "task_distil.yaml"
+    out = tmp_path / "student"
+    distilled, teacher, plain = _cli([config, "--distil_from", teachers / "cls", "--train_file", CLS_TRAIN,
+                                      "--validation_file", CLS_VAL, "--output_dir", out, "--num_train_epochs", 2,
+                                      "--metric_for_best_model", "macro_f1", "--speed_batches", 1,
+                                      "--speed_min_seconds", 0])
+    args = json.loads((out / "distillation_args.json").read_text())
+    assert args["alpha_kd"] == 1.0 and args["alpha_task"] == 1.0 and args["alpha_hidden"] == 0.0
+    assert args["load_best_model_at_end"] and plain.name == "same student, plain fine-tuning"
+    state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
+    assert state["best_metric"] == max(e["eval_macro_f1"] for e in state["log_history"] if "eval_macro_f1" in e)
+    assert not any(name.startswith("teacher") for c in out.glob("checkpoint-*") for name in os.listdir(c))
+    assert distilled.parameters < teacher.parameters

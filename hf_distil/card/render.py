@@ -152,6 +152,12 @@ def _initialisation(config, teacher: str) -> str:
             " initialised (the teacher's architecture family and vocabulary, no copied weights) and learned from"
             " the teacher only through the training loss, as in TinyBERT's general distillation."
         )
+    if getattr(config, "distil_init", None) == "checkpoint":
+        start = getattr(config, "distil_start_checkpoint", None)
+        return (
+            f"The student started from the existing checkpoint `{start}` (for example a general-distilled student),"
+            f" with a new classification head for the teacher's labels; no weights were copied from {teacher}."
+        )
     if not layers:
         return (
             "The student's config does not record which teacher layers initialised it (for example, it was"

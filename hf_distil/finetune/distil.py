@@ -95,7 +95,10 @@ def build_student(args: FinetuneArguments, teacher, task: str, label_list: list)
 
     if args.model_name_or_path:
         student = build_model(args.model_name_or_path, task, label_list, args)
+        # What the card says about the init: this checkpoint and a new head, no layers copied from this teacher.
         student.config.distil_init = "checkpoint"
+        student.config.distil_start_checkpoint = _display(args.model_name_or_path)
+        student.config.distil_teacher_layers = student.config.distil_layer_strategy = None
         return student
     depth = teacher.config.num_hidden_layers
     layers = args.student_layers
