@@ -152,8 +152,9 @@ class DistillationArguments(TrainingArguments):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ArgumentError(f"{name}={value!r} must be a finite number >= 0 (0 switches the term off).")
         if not any((getattr(self, name) or 0) > 0 for name in weights):
+            unset = " (alpha_task, unset here, counts only once it is given)" if self.alpha_task is None else ""
             raise ArgumentError(
-                f"{', '.join(weights)} are all 0: nothing to train; set at least one of them > 0."
+                f"{', '.join(weights)} are all 0{unset}: nothing to train; set at least one of them > 0."
             )
         self.layer_map = canonical_layer_map(self.layer_map)
         if self.attention_loss not in ATTENTION_LOSSES:

@@ -119,13 +119,12 @@ class NoPickleHubMixin:
                 )
         return super().push_to_hub(*args, **kwargs)
 
-    def push_output_folder(self, commit_message: str = "End of training", ignore_patterns=()) -> None:
-        """Upload output_dir as it stands (card included, not rewritten), minus `ignore_patterns` (e.g. a control
-        model's subfolder), pickles, checkpoints and `_*`; refused, before anything is uploaded, on a pickle."""
+    def push_output_folder(self, commit_message: str = "End of training", exclude_folders=()) -> None:
+        """Upload output_dir as it stands (card included, not rewritten), minus the top-level `exclude_folders` (e.g.
+        a control model's), pickles, checkpoints and `_*`; refused, before anything is uploaded, on a pickle."""
         if not self.is_world_process_zero():
             return
-        found = [name for name in pickles_in(self.args.output_dir)
-                 if not any(Path(name).match(pattern) for pattern in ignore_patterns)]
+        found = [name for name in pickles_in(self.args.output_dir) if Path(name).parts[0] not in exclude_folders]
         if found:
             raise HubError(
                 f"{self.args.output_dir} holds pickle files that push_to_hub would upload ({', '.join(found)}): "
@@ -137,7 +136,8 @@ class NoPickleHubMixin:
         hf_api().upload_folder(
             repo_id=self.hub_model_id, folder_path=self.args.output_dir, commit_message=commit_message,
             token=self.args.hub_token, revision=self.args.hub_revision,
-            ignore_patterns=["_*", f"{PREFIX_CHECKPOINT_DIR}-*", *PICKLE_PATTERNS, *ignore_patterns],
+            ignore_patterns=["_*", f"{PREFIX_CHECKPOINT_DIR}-*", *PICKLE_PATTERNS,
+                             *(f"{folder}/*" for folder in exclude_folders)],
         )
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:

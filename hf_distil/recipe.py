@@ -46,6 +46,7 @@ from .data import (
 )
 from .data.utf8 import bom_encoding
 from .errors import DistillationConfigError
+from .heads import MASKED_LM, model_task
 from .hub import check_push_to_hub
 from .student import create_student
 from .trainer import DistillationTrainer, NonFiniteLossError, check_compatibility, load_teacher
@@ -346,6 +347,11 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
     # A student copied from the teacher starts from its float32 weights; the trainer then casts the teacher alone.
     dtype = training_args.teacher_torch_dtype if model_args.student_model_name_or_path else torch.float32
     teacher = load_teacher(name, training_args, dtype=dtype, **common)
+    if model_task(teacher) not in (MASKED_LM, None):
+        raise RecipeError(
+            f"Teacher {name!r} is a fine-tuned {type(teacher).__name__}, not a masked LM: this recipe distils masked "
+            f"LMs on a corpus; distil a fine-tuned teacher on its task data with run_finetune.py --distil_from {name}."
+        )
     tokenizer_name = model_args.tokenizer_name or name
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, **common)

@@ -58,17 +58,20 @@ def load_teacher(name_or_path: str, args: DistillationArguments, **kwargs) -> Pr
     Remote code runs only with trust_remote_code=True passed in: transformers would otherwise prompt on stdin.
     """
     kwargs.setdefault("trust_remote_code", False)
-    auto = AutoModelForMaskedLM
     if os.path.isdir(name_or_path):
-        auto = _TASK_AUTO_CLASSES.get(_check_teacher_folder(name_or_path), AutoModelForMaskedLM)
+        task = _check_teacher_folder(name_or_path)
+    else:
+        task = _hub_teacher_task(name_or_path, kwargs)
+    auto = _TASK_AUTO_CLASSES.get(task, AutoModelForMaskedLM)
     kwargs.setdefault("dtype", args.teacher_torch_dtype)
     try:
         return auto.from_pretrained(name_or_path, **kwargs)
     except OSError as err:
         where = "a local folder" if os.path.isdir(name_or_path) else "a local path or a Hub id reachable from here"
+        kind = "a masked LM" if auto is AutoModelForMaskedLM else "a fine-tuned classifier"
         raise TeacherNotFoundError(
             f"Teacher {name_or_path!r} could not be loaded ({type(err).__name__}: {_first_line(err)}): "
-            f"pass {where} holding config.json and weights of a masked LM (offline: HF_HUB_OFFLINE=1 needs it cached)."
+            f"pass {where} holding config.json and weights of {kind} (offline: HF_HUB_OFFLINE=1 needs it cached)."
         ) from err
     except ValueError as err:
         if "trust_remote_code" in str(err):
@@ -93,6 +96,20 @@ def load_teacher(name_or_path: str, args: DistillationArguments, **kwargs) -> Pr
 
 _TASK_AUTO_CLASSES = {TOKEN_CLASSIFICATION: AutoModelForTokenClassification,
                       SEQUENCE_CLASSIFICATION: AutoModelForSequenceClassification}
+
+
+def _hub_teacher_task(name: str, kwargs: dict) -> str | None:
+    """The task a Hub teacher's config names (as `_check_teacher_folder` for a folder); None when unknown or the
+    config cannot be read (from_pretrained then reports why)."""
+    from transformers import AutoConfig
+
+    options = {k: kwargs[k] for k in ("trust_remote_code", "cache_dir", "revision", "token") if k in kwargs}
+    try:
+        architectures = AutoConfig.from_pretrained(name, **options).architectures or []
+    except (OSError, ValueError):
+        return None
+    return next((task for arch in architectures for suffix, task in TASK_HEADS.items()
+                 if isinstance(arch, str) and arch.endswith(suffix)), None)
 
 
 def _first_line(err: BaseException) -> str:
@@ -386,9 +403,9 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         self._eval_sums: torch.Tensor | None = None
         # What the card cannot learn from the model or the arguments; the recipe passes what its data loader resolved.
         self.card_facts = card_facts if card_facts is not None else CardFacts()
-        # Downstream results to add to the card, as (results, dataset name) (hf_distil.card.downstream); task
-        # distillation sets them once its comparison is measured.
-        self.card_downstream: tuple[list, str] | None = None
+        # Downstream results to add to the card: the keyword arguments of hf_distil.card.downstream's
+        # update_model_card but the folder (results, dataset_name, ...); task distillation sets them once measured.
+        self.card_downstream: dict | None = None
 
     # ---- teacher lifecycle -------------------------------------------------------------------------------------
 
@@ -815,5 +832,5 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
             index_metrics=self.card_downstream is None,
         )
         card.save(os.path.join(args.output_dir, "README.md"))
-        if self.card_downstream is not None:  # (results, dataset name): the downstream table a recipe measured
-            update_model_card(args.output_dir, *self.card_downstream)
+        if self.card_downstream is not None:  # the downstream table a recipe measured (update_model_card's kwargs)
+            update_model_card(args.output_dir, **self.card_downstream)

@@ -109,3 +109,48 @@ def test_two_processes_equal_one_with_the_layer_terms_and_their_projections(two_
     for a, b in zip(logs["one"], logs["two"], strict=True):
         for key in ("kd_loss", "mlm_loss", "attention_loss", "intermediate_loss", "relation_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-4), key
+
+
+@pytest.fixture(scope="module")
+def two_runs_task(tmp_path_factory):
+    """Task distillation (run_finetune.py --distil_from) of a NER teacher, 1 process × 8 and 2 processes × 4."""
+    from tiny import FINETUNE_FIXTURES, save_fixture_mlm
+
+    from hf_distil.finetune_cli import main as finetune_main
+
+    work = tmp_path_factory.mktemp("ddp_task")
+    files = ["--train_file", str(FINETUNE_FIXTURES / "ner_train.conll"),
+             "--validation_file", str(FINETUNE_FIXTURES / "ner_validation.conll")]
+    common = ["--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--use_cpu", "true",
+              "--speed_batches", "1", "--speed_min_seconds", "0", "--seed", "3", "--dataloader_num_workers", "0"]
+    mlm = save_fixture_mlm(work / "mlm", hidden=32, layers=4, dropout=0.0)  # no dropout: ranks draw other masks
+    finetune_main(["--model_name_or_path", str(mlm), *files, "--output_dir", str(work / "teacher"),
+                   "--num_train_epochs", "3", "--learning_rate", "3e-3", "--per_device_train_batch_size", "8", *common])
+    distil = [*files, "--distil_from", str(work / "teacher"), "--max_steps", "5", "--logging_steps", "1",
+              "--optim", "sgd", "--learning_rate", "0.05", "--alpha_kd", "2", "--alpha_hidden", "1",
+              "--per_device_eval_batch_size", "6", *common]  # 40 validation sentences over 2 ranks: padded
+    script = os.path.join(ROOT, "recipes", "run_finetune.py")
+    _run([sys.executable, script, *distil, "--output_dir", str(work / "one"), "--per_device_train_batch_size", "8"],
+         cwd=work)
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+          script, *distil, "--output_dir", str(work / "two"), "--per_device_train_batch_size", "4",
+          "--ddp_backend", "gloo"], cwd=work)
+    return work
+
+
+def test_two_processes_equal_one_in_task_distillation(two_runs_task):
+    work = two_runs_task
+    one, two = (load_file(work / name / "model.safetensors") for name in ("one", "two"))
+    assert one.keys() == two.keys() and "classifier.weight" in one
+    for name in one:
+        assert torch.allclose(one[name], two[name], rtol=1e-4, atol=1e-6), name
+    logs = {name: [h for h in json.loads((work / name / "trainer_state.json").read_text())["log_history"]
+                   if "loss" in h] for name in ("one", "two")}
+    assert len(logs["one"]) == 5
+    for a, b in zip(logs["one"], logs["two"], strict=True):
+        for key in ("kd_loss", "task_loss", "hidden_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+    results = {name: json.loads((work / name / "validation_results.json").read_text()) for name in ("one", "two")}
+    for key in ("eval_kd_loss", "eval_task_loss", "eval_teacher_agreement", "eval_f1"):
+        assert results["one"][key] == pytest.approx(results["two"][key], rel=1e-4), key
+    assert (work / "two" / "comparison.md").read_text().count("| `teacher` |") == 1

@@ -194,6 +194,27 @@ def test_evaluation_reports_the_task_metrics_and_teacher_agreement(tmp_path, tok
     assert "eval_perplexity" not in metrics and "eval_mlm_loss" not in metrics
 
 
+def test_tinybert_task_stage_layer_terms_on_a_narrower_task_student(tmp_path, tokenizer):
+    """Attention maps and projected hidden states apply to task students too (TinyBERT's task distillation)."""
+    teacher, _ = task_pair(BertForTokenClassification)
+    student = create_student(teacher, 2, hidden_size=16, intermediate_size=32, num_attention_heads=2)
+    assert type(student) is BertForTokenClassification and student.config.id2label == teacher.config.id2label
+    data = task_dataset(tokenizer, BertForTokenClassification, n=16)
+    args = args_for(tmp_path, max_steps=6, logging_steps=3, alpha_hidden=0.0, alpha_attention=1.0,
+                    alpha_intermediate=1.0, alpha_kd=1.0, temperature=1.0, learning_rate=5e-3)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
+                                  eval_dataset=data, data_collator=collator_for(BertForTokenClassification, tokenizer))
+    before = trainer.evaluate()
+    trainer.train()
+    after = trainer.evaluate()
+    for term in ("attention", "intermediate", "kd"):
+        assert after[f"eval_{term}_loss"] < before[f"eval_{term}_loss"], term
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert {"attention_loss", "intermediate_loss", "kd_loss", "task_loss"} <= set(logged[-1])
+    trainer.save_model(str(tmp_path / "saved"))
+    assert type(AutoModelForTokenClassification.from_pretrained(tmp_path / "saved")) is BertForTokenClassification
+
+
 # ------------------------------------------------------------------------------------------- models that fit
 
 
@@ -326,8 +347,17 @@ def test_wrong_inputs_are_one_line_before_any_training(teachers, tmp_path, capsy
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
+    no_tokenizer = tmp_path / "no_tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (no_tokenizer / name).write_bytes((teachers / "ner" / name).read_bytes())
     cases = [
         (["--distil_from", teachers / "cls", *ner], ["BertForSequenceClassification", "NER", "--task"]),
+        (["--distil_from", no_tokenizer, *ner], ["no usable tokenizer", "tokenizer.save_pretrained"]),
+        (["--distil_from", teachers / "ner", *ner, "--update_card", teachers / "ner"], ["--update_card", "teacher"]),
+        (["--model_name_or_path", teachers / "mlm", *ner, "--alpha_kd", 3, "--student_num_layers", 1],
+         ["--alpha_kd", "--student_num_layers", "--distil_from"]),
+        (["--distil_from", teachers / "ner", *ner, "--student_num_layers", 9], ["--student_num_layers 9", "deeper"]),
         (["--distil_from", teachers / "ner", *ner, "--tags_column", "x", "--train_file",
           FINETUNE_FIXTURES / "ner_validation.jsonl"], ["x"]),
         (["--distil_from", teachers / "mlm", *ner], ["BertForMaskedLM", "fine-tune it on the task first"]),
@@ -387,3 +417,83 @@ def test_the_shipped_task_config_runs_as_shipped(teachers, tmp_path):
     assert state["best_metric"] == max(e["eval_macro_f1"] for e in state["log_history"] if "eval_macro_f1" in e)
     assert not any(name.startswith("teacher") for c in out.glob("checkpoint-*") for name in os.listdir(c))
     assert distilled.parameters < teacher.parameters
+
+
+def test_a_student_folder_without_tokenizer_files_reads_the_teachers(teachers, tmp_path):
+    student = tmp_path / "bare"
+    AutoModelForTokenClassification.from_pretrained(teachers / "ner").save_pretrained(student)  # weights only
+    distilled, _ = _cli(["--distil_from", teachers / "ner", "--model_name_or_path", student, "--train_file", NER_TRAIN,
+                         "--validation_file", NER_VAL, "--output_dir", tmp_path / "out", "--max_steps", 2, *COMMON])
+    assert (tmp_path / "out" / "tokenizer.json").is_file() and distilled.task == "ner"
+
+
+def test_a_hub_teacher_loads_as_the_task_its_config_names(tmp_path, monkeypatch):
+    """A Hub id is read like a folder: its config's architectures choose the class (not AutoModelForMaskedLM)."""
+    import transformers
+
+    teacher, _ = task_pair(BertForTokenClassification)
+    teacher.config.architectures = ["BertForTokenClassification"]
+    loaded = {}
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda name, **kw: teacher.config)
+    monkeypatch.setattr(transformers.AutoModelForTokenClassification, "from_pretrained",
+                        lambda name, **kw: loaded.setdefault(name, teacher))
+    assert load_teacher("acme/ner-teacher", args_for(tmp_path)) is teacher and list(loaded) == ["acme/ner-teacher"]
+
+
+def test_the_masked_lm_recipe_refuses_a_fine_tuned_classifier_teacher(teachers, tmp_path, capsys):
+    from hf_distil import recipe
+
+    code = recipe.main(["--teacher_model_name_or_path", str(teachers / "ner"), "--train_file", str(NER_TRAIN),
+                        "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--use_cpu", "true",
+                        "--report_to", "none"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert code == 2 and len(lines) == 1 and "run_finetune.py --distil_from" in lines[0], lines
+
+
+def test_resuming_an_interrupted_task_distillation_gives_the_uninterrupted_weights(teachers, tmp_path):
+    from safetensors.torch import load_file
+
+    run = ["--distil_from", teachers / "ner", "--train_file", NER_TRAIN, "--validation_file", NER_VAL,
+           "--max_steps", 4, "--learning_rate", 3e-3, *COMMON, "--save_strategy", "steps", "--save_steps", 2]
+    _cli([*run, "--output_dir", tmp_path / "whole"])
+    _cli([*run, "--output_dir", tmp_path / "cut"])
+    cut = tmp_path / "cut"
+    for path in list(cut.iterdir()):  # the run "died" right after its step-2 checkpoint
+        if path.name != "checkpoint-2":
+            (__import__("shutil").rmtree if path.is_dir() else Path.unlink)(path)
+    _cli([*run, "--output_dir", cut, "--overwrite_output_dir", "true", "--resume_from_checkpoint",
+          cut / "checkpoint-2"])
+    whole, resumed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(cut / "model.safetensors")
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
+    state = json.loads((cut / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+
+
+def test_push_uploads_the_student_without_the_control_or_any_pickle(teachers, tmp_path, monkeypatch):
+    from hub_fake import go_online, pickles, record_uploads
+
+    go_online(monkeypatch)
+    uploads = record_uploads(monkeypatch)
+    out = tmp_path / "student"
+    _cli(["--distil_from", teachers / "ner", "--train_file", NER_TRAIN, "--validation_file", NER_VAL,
+          "--output_dir", out, "--max_steps", 2, "--compare_with", "plain", "--push_to_hub",
+          "--hub_model_id", "me/ner-student", *COMMON, "--save_strategy", "steps", "--save_steps", 1])
+    assert any((out / "compare_with").glob("checkpoint-*/optimizer.pt"))  # the control's checkpoints are pickles
+    names = set(uploads["files"])
+    assert {"model.safetensors", "README.md", "comparison.md", "config.json"} <= names
+    assert not [n for n in names if n.startswith(("compare_with/", "checkpoint-"))] and not pickles(uploads["files"])
+    assert uploads["repos"] == [{"repo_id": "me/ner-student", "private": True}]
+    assert b"same student, plain fine-tuning" in uploads["files"]["README.md"]
+
+
+def test_integer_class_labels_of_a_csv_are_read_and_matched_to_the_teachers(tmp_path):
+    from hf_distil.finetune import build_label_list
+    from hf_distil.finetune.distil import teacher_label_list
+
+    raw = {"train": Dataset.from_dict({"text": ["a", "b", "c"], "label": [1, 0, 10]})}
+    assert build_label_list(raw, "classification") == [0, 1, 10]
+    teacher, _ = task_pair(BertForSequenceClassification, num_labels=3)
+    teacher.config.id2label = {0: "0", 1: "1", 2: "10"}  # as a config.json written from integer labels reads back
+    assert teacher_label_list(teacher, "classification", [0, 1, 10], {"train": "t.csv"}) == [0, 1, 10]

@@ -63,13 +63,16 @@ def device_note() -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-def replace_section(text: str, heading: str, body: str) -> str:
-    """Replace (or append) the '### heading' block inside the '## Downstream evaluation' section."""
+FINETUNE_INTRO = ("Fine-tuned on downstream tasks with `recipes/run_finetune.py` (hf-distil); "
+                  "metrics on the split named in each heading.")
+
+
+def replace_section(text: str, heading: str, body: str, intro: str = FINETUNE_INTRO) -> str:
+    """Replace (or append) the '### heading' block inside the '## Downstream evaluation' section; `intro` opens a
+    new section."""
     block = f"{heading}\n\n{body.strip()}\n"
     match = re.search(rf"^{re.escape(SECTION)}[ \t]*$", text, flags=re.M)
     if match is None:
-        intro = ("Fine-tuned on downstream tasks with `recipes/run_finetune.py` (hf-distil); "
-                 "metrics on the split named in each heading.")
         return text.rstrip("\n") + f"\n\n{SECTION}\n\n{intro}\n\n{block}"
     end_match = re.compile(r"^#{1,2} ", flags=re.M).search(text, match.end())
     end = end_match.start() if end_match else len(text)
@@ -85,11 +88,13 @@ def replace_section(text: str, heading: str, body: str) -> str:
     return text[:match.end()] + section + ("\n" + tail if tail else "")
 
 
-def update_model_card(folder: str | os.PathLike, results: list, dataset_name: str):
+def update_model_card(folder: str | os.PathLike, results: list, dataset_name: str, intro: str = FINETUNE_INTRO,
+                      summary: str | None = None):
     """Add the first result to ``folder/README.md``: ``model-index`` eval results and a table row.
 
     Results for the same task, dataset, split and metric are replaced, others kept; the other
-    results (e.g. the teacher) appear in the table for context. Returns the re-loaded, validated card.
+    results (e.g. the teacher) appear in the table for context. `intro` opens a new "Downstream evaluation"
+    section; `summary` replaces the sentence under the table. Returns the re-loaded, validated card.
     """
     from huggingface_hub import EvalResult, ModelCard
 
@@ -125,12 +130,12 @@ def update_model_card(folder: str | os.PathLike, results: list, dataset_name: st
     card.data.model_name = card.data.model_name or Path(folder).resolve().name
     heading = f"### {dataset_name}: {task_name.lower()} ({first.split} split)"
     table = results_table(results, first_label="**this model**")
-    note = comparison_summary(results) + "\n\n" if len(results) > 1 else ""
+    note = (summary or comparison_summary(results)) + "\n\n" if len(results) > 1 else ""
     newline = "\r\n" if "\r\n" in card.text else "\n"  # keep the card's own line endings
     text = replace_section(
         card.text.replace("\r\n", "\n"), heading,
         f"{table}\n\n{note}Inference tokens/s measured on {device_note()}; entity metrics with seqeval "
-        "(conlleval-compatible), classification metrics with scikit-learn.",
+        "(conlleval-compatible), classification metrics with scikit-learn.", intro,
     )
     card.text = text.replace("\n", newline)
     card.save(readme)

@@ -304,6 +304,9 @@ def _metrics_rows(metrics: dict | None, task: str = MASKED_LM) -> list[tuple[str
             continue
         if short in names:
             rows[short] = (names[short], _round_metric(value))
+        elif task == TOKEN_CLASSIFICATION and re.fullmatch(r".+_(precision|recall|f1|number)", short):
+            entity, measure = short.rsplit("_", 1)  # seqeval's per-entity-type scores, e.g. TEST_f1
+            rest.append((f"Entity type {entity}: {'count' if measure == 'number' else measure}", _round_metric(value)))
         else:
             rest.append((short.replace("_", " ").capitalize(), _round_metric(value)))
     return [rows[k] for k in METRIC_NAMES if k in rows] + rest

@@ -71,19 +71,45 @@ def teacher_label_list(teacher, task: str, data_labels: list, files: dict[str, s
     return [by_text.get(str(label), label) for label in labels]
 
 
-def check_same_tokenizer(student_path: str, teacher_path: str) -> None:
-    """A given student must read the teacher's token ids: the same vocabulary, token for token."""
+# Any of these in a folder means it holds a tokenizer (transformers 5 builds a bare default one from a folder without).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def has_tokenizer(path: str) -> bool:
+    """A Hub id is assumed to have one (loading it says otherwise); a folder must hold tokenizer files."""
+    return not os.path.isdir(path) or any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES)
+
+
+def load_tokenizer(path: str):
+    """The teacher's tokenizer, or one line saying it is missing."""
     from transformers import AutoTokenizer
 
-    try:
-        student_tokenizer = AutoTokenizer.from_pretrained(student_path)
-    except (OSError, ValueError):  # a student folder without tokenizer files reads the teacher's
+    if has_tokenizer(path):
+        try:
+            return AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            reason = f" ({str(err).strip().splitlines()[0]})"
+    else:
+        reason = f" (none of {', '.join(TOKENIZER_FILES)})"
+    raise FinetuneFileNotFoundError(
+        f"--distil_from {path} has no usable tokenizer{reason}: save the fine-tuned teacher's tokenizer beside it "
+        "(tokenizer.save_pretrained(folder))."
+    )
+
+
+def check_same_tokenizer(student_path: str, teacher_tokenizer) -> None:
+    """A given student must read the teacher's token ids: the same vocabulary, token for token (a student folder
+    without tokenizer files reads the teacher's)."""
+    from transformers import AutoTokenizer
+
+    if not has_tokenizer(student_path):
         return
-    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    student_tokenizer = AutoTokenizer.from_pretrained(student_path)
     if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
         raise ModelMismatchError(
             f"The tokenizer of --model_name_or_path {student_path} ({len(student_tokenizer)} tokens) is not the one of "
-            f"--distil_from {teacher_path} ({len(teacher_tokenizer)} tokens): student and teacher must read the same "
+            f"--distil_from ({len(teacher_tokenizer)} tokens): student and teacher must read the same "
             "token ids; distil into a student made from this teacher's family (or drop --model_name_or_path)."
         )
 
@@ -112,7 +138,11 @@ def build_student(args: FinetuneArguments, teacher, task: str, label_list: list)
     if layers == "every_other" and 2 * num_layers > depth:
         layers = [round(i * (depth - 1) / max(num_layers - 1, 1)) for i in range(num_layers)] if num_layers > 1 \
             else [depth - 1]
-    return create_student(teacher, num_layers, layers)
+    try:
+        return create_student(teacher, num_layers, layers)
+    except ModelMismatchError as err:  # its message names create_student's arguments: say which flags they are
+        raise ModelMismatchError(f"--student_num_layers {num_layers} / --student_layers {args.student_layers}: "
+                                 f"{err}") from None
 
 
 def check_task(teacher, task: str, path: str, train_file: str) -> None:
@@ -143,7 +173,7 @@ def distil_task(args: FinetuneArguments, training_args, check_output) -> list[Fi
     """The whole task-distillation recipe (see the module docstring); returns [distilled student, teacher, plain
     student (with --compare_with plain) or the --compare_with checkpoint]. `check_output(args, training_args)`
     refuses an output folder this run must not write (hf_distil.finetune.run.check_finetune_output_dir)."""
-    from transformers import AutoTokenizer, DataCollatorForTokenClassification, DataCollatorWithPadding, set_seed
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, set_seed
 
     from ..trainer import DistillationTrainer
     from .run import FINETUNE_MARKER, finetune_model
@@ -156,15 +186,9 @@ def distil_task(args: FinetuneArguments, training_args, check_output) -> list[Fi
     teacher = load_task_teacher(args.distil_from, training_args)
     check_task(teacher, task, args.distil_from, args.train_file)
     label_list = teacher_label_list(teacher, task, data_labels, files)
+    tokenizer = load_tokenizer(args.distil_from)
     if args.model_name_or_path:
-        check_same_tokenizer(args.model_name_or_path, args.distil_from)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.distil_from)
-    except OSError as err:
-        raise FinetuneFileNotFoundError(
-            f"--distil_from {args.distil_from} has no tokenizer ({str(err).strip().splitlines()[0]}): save the "
-            "fine-tuned teacher's tokenizer beside it (tokenizer.save_pretrained)."
-        ) from err
+        check_same_tokenizer(args.model_name_or_path, tokenizer)
     data = preprocess(raw, tokenizer, task, label_list, args.max_seq_length)
     dataset_name = args.dataset_name or default_dataset_name(args.train_file)
 
@@ -179,13 +203,14 @@ def distil_task(args: FinetuneArguments, training_args, check_output) -> list[Fi
         compute_metrics=build_compute_metrics(task, label_list), preprocess_logits_for_metrics=argmax_logits,
         card_facts=CardFacts(dataset_name=dataset_name),
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()  # the validation split: the card's training results (eval_ metrics)
     trainer.save_metrics("validation", metrics)
     if eval_split == "test":
         metrics = trainer.evaluate(data["test"], metric_key_prefix="test")
         trainer.save_metrics("test", metrics)
     trainer.save_model()
+    trainer.save_state()  # trainer_state.json: the logged loss terms of every step
     if trainer.is_world_process_zero():
         marker = {"output_dir": str(training_args.output_dir), **dataclasses.asdict(args)}
         (Path(training_args.output_dir) / FINETUNE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
@@ -218,21 +243,31 @@ def distil_task(args: FinetuneArguments, training_args, check_output) -> list[Fi
         compare_args = dataclasses.replace(training_args, output_dir=compare_dir, push_to_hub=False)
         if args.compare_with == PLAIN:
             plain = finetune_model(args.distil_from, raw, task, label_list, args, compare_args, model=plain_init,
-                                   name="same student, plain fine-tuning")
+                                   name=PLAIN_NAME)
             plain.model_name_or_path = compare_dir
         else:
             plain = finetune_model(args.compare_with, raw, task, label_list, args, compare_args)
         plain.model = plain.merged_model = None
         results.append(plain)
-    trainer.card_downstream = (results, dataset_name)
+    downstream = {"results": results, "dataset_name": dataset_name, "summary": distillation_summary(results),
+                  "intro": CARD_INTRO}
+    trainer.card_downstream = downstream
     trainer.create_model_card()  # the distillation card, with the table of this model, the teacher and the control
     if training_args.process_index == 0:
         write_distillation_comparison(results, training_args.output_dir, dataset_name)
         if args.update_card:
-            update_model_card(args.update_card, results, dataset_name)
+            update_model_card(args.update_card, **downstream)
     if training_args.push_to_hub:
-        trainer.push_output_folder(ignore_patterns=("compare_with/*",))
+        trainer.push_output_folder(exclude_folders=("compare_with",))
     return results
+
+
+# How comparison.md and the card name the control of --compare_with plain.
+PLAIN_NAME = "same student, plain fine-tuning"
+CARD_INTRO = ("Measured by `recipes/run_finetune.py --distil_from` (hf-distil) on the split named in the heading: "
+              "this model, the teacher it was distilled from (as given: evaluated, not trained in this run, so its "
+              "trained parameters are 0) and, where present, the same student fine-tuned without the teacher on the "
+              "same data, steps and seed.")
 
 
 def _display(path: str) -> str:
@@ -247,7 +282,8 @@ def distillation_summary(results: list[FinetuneResult]) -> str:
         if results[0].task == "classification":
             key, label = "macro_f1", "macro-F1"
         gain = results[0].metrics[key] - results[2].metrics[key]
-        text += (f" Against `{results[2].name}` (same student, data and budget, no teacher): {label} "
+        how = "same student, data and budget, no teacher" if results[2].name == PLAIN_NAME else "fine-tuned plainly"
+        text += (f" Against `{results[2].name}` ({how}): {label} "
                  f"{results[0].metrics[key]:.4f} vs {results[2].metrics[key]:.4f} ({gain:+.4f}), one run each; "
                  "bench_quality.py's task-distillation rows measure the spread over seeds.")
     return text

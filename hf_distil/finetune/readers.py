@@ -166,7 +166,7 @@ def build_label_list(raw: DatasetDict, task: str) -> list[str]:
         tags = {t for split in raw.values() for row in split["tags"] for t in row}
         return sorted(tags, key=_tag_sort_key)
     labels = {v for split in raw.values() for v in split["label"]}
-    if all(re.fullmatch(r"-?\d+", v) for v in labels):
+    if all(re.fullmatch(r"-?\d+", str(v)) for v in labels):
         return sorted(labels, key=int)
     return sorted(labels)
 

@@ -188,6 +188,13 @@ def check_update_card(args: FinetuneArguments) -> None:
     --model_name_or_path: the results would be written onto the wrong model's card. A folder holding a copy of the
     same weights is accepted, and so is any folder with a Hub id (the user may have downloaded that model there)."""
     model, card = args.model_name_or_path, args.update_card
+    if card and args.distil_from:
+        if not model or os.path.realpath(os.path.expanduser(card)) == os.path.realpath(args.distil_from):
+            raise ArgumentError(
+                f"--update_card {card!r} with --distil_from: the task-distilled student's own card in --output_dir "
+                "records these results, and the teacher's card must not get them; --update_card takes the folder of "
+                "the --model_name_or_path student it started from (e.g. a general-distilled student), or drop it."
+            )
     if card:  # a typo must not wait until every model has trained
         local = os.path.expanduser(card)
         if (os.path.exists(local) or card.startswith((".", "/", "~"))) and \
@@ -209,6 +216,26 @@ def check_update_card(args: FinetuneArguments) -> None:
         "model.safetensors differs or is missing), so the results would go onto the wrong model's card: pass "
         f"--update_card {model}, or drop --update_card."
     )
+
+
+def check_no_distillation_flags(args: FinetuneArguments, training_args) -> None:
+    """Without --distil_from nothing is distilled: a distillation or student flag given anyway is a mistake to say,
+    not to ignore."""
+    from transformers import TrainingArguments
+
+    given = []
+    plain_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    for f in dataclasses.fields(training_args):
+        if f.name not in plain_fields and f.init and getattr(training_args, f.name) != f.default:
+            given.append(f.name)
+    for name in ("student_num_layers", "student_layers"):
+        if getattr(args, name) != FinetuneArguments.__dataclass_fields__[name].default:
+            given.append(name)
+    if given:
+        raise ArgumentError(
+            f"{', '.join('--' + name for name in given)} apply to task distillation only, and this run fine-tunes "
+            "without a teacher: add --distil_from TEACHER, or drop them."
+        )
 
 
 def run_finetune(args: FinetuneArguments, training_args) -> list[FinetuneResult]:
@@ -234,6 +261,8 @@ def run_finetune(args: FinetuneArguments, training_args) -> list[FinetuneResult]
     if training_args.push_to_hub and training_args.hub_private_repo is None:
         training_args.hub_private_repo = True
     check_update_card(args)
+    if not args.distil_from:
+        check_no_distillation_flags(args, training_args)
     if args.distil_from:
         from .distil import distil_task
 
