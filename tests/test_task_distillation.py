@@ -243,6 +243,10 @@ def test_students_that_cannot_learn_from_the_teacher_are_refused_naming_both(tmp
     assert len(str(err.value).splitlines()) == 1
 
 
+def state_log(folder):
+    return json.loads((Path(folder) / "trainer_state.json").read_text())["log_history"]
+
+
 def _relabel(model, id2label, problem_type=None):
     if id2label is not None:
         model.config.id2label = id2label
@@ -409,13 +413,15 @@ def test_the_shipped_task_config_runs_as_shipped(teachers, tmp_path):
     distilled, teacher, plain = _cli([config, "--distil_from", teachers / "cls", "--train_file", CLS_TRAIN,
                                       "--validation_file", CLS_VAL, "--output_dir", out, "--num_train_epochs", 2,
                                       "--metric_for_best_model", "macro_f1", "--speed_batches", 1,
-                                      "--speed_min_seconds", 0])
+                                      "--speed_min_seconds", 0, "--logging_steps", 1])
     args = json.loads((out / "distillation_args.json").read_text())
-    assert args["alpha_kd"] == 1.0 and args["alpha_task"] == 1.0 and args["alpha_hidden"] == 0.0
+    assert (args["alpha_kd"], args["temperature"], args["alpha_task"], args["alpha_hidden"]) == (1.0, 1.0, 0.0, 0.0)
+    assert "task_loss" not in next(h for h in state_log(out) if "loss" in h)  # the gold labels are not a term
     assert args["load_best_model_at_end"] and plain.name == "same student, plain fine-tuning"
     state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
     assert state["best_metric"] == max(e["eval_macro_f1"] for e in state["log_history"] if "eval_macro_f1" in e)
     assert not any(name.startswith("teacher") for c in out.glob("checkpoint-*") for name in os.listdir(c))
+    assert "The gold labels were not part of the loss" in (out / "README.md").read_text()
     assert distilled.parameters < teacher.parameters
 
 
@@ -497,3 +503,26 @@ def test_integer_class_labels_of_a_csv_are_read_and_matched_to_the_teachers(tmp_
     teacher, _ = task_pair(BertForSequenceClassification, num_labels=3)
     teacher.config.id2label = {0: "0", 1: "1", 2: "10"}  # as a config.json written from integer labels reads back
     assert teacher_label_list(teacher, "classification", [0, 1, 10], {"train": "t.csv"}) == [0, 1, 10]
+
+
+def test_tinybert_two_stages_from_the_command_line(teachers, tmp_path):
+    """Stage 1: general distillation of the masked-LM teacher (run_distil's recipe) into a 1-layer student; stage 2:
+    the NER teacher fine-tuned from that same masked LM, distilled into the general student on the task."""
+    from hf_distil import recipe
+
+    corpus = tmp_path / "corpus.jsonl"
+    sentences = [" ".join(line.split()[0] for line in block.splitlines() if line.strip())
+                 for block in NER_TRAIN.read_text().split("\n\n") if block.strip()]
+    corpus.write_text("".join(json.dumps({"text": text}) + "\n" for text in sentences))
+    assert recipe.main(["--teacher_model_name_or_path", str(teachers / "mlm"), "--train_file", str(corpus),
+                        "--validation_split_percentage", "10", "--student_num_layers", "1", "--max_steps", "3",
+                        "--max_seq_length", "64", "--output_dir", str(tmp_path / "general"), "--use_cpu", "true",
+                        "--report_to", "none", "--disable_tqdm", "true", "--per_device_train_batch_size", "8"]) == 0
+    distilled, teacher = _cli(["--distil_from", teachers / "ner", "--model_name_or_path", tmp_path / "general",
+                               "--train_file", NER_TRAIN, "--validation_file", NER_VAL, "--output_dir",
+                               tmp_path / "ner-student", "--max_steps", 3, *COMMON])
+    config = json.loads((tmp_path / "ner-student" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and config["distil_init"] == "checkpoint"
+    assert config["distil_teacher_layers"] is None  # the layers came from stage 1, not from this teacher
+    card = (tmp_path / "ner-student" / "README.md").read_text()
+    assert "started from the existing checkpoint `general`" in card and distilled.parameters < teacher.parameters

@@ -252,6 +252,9 @@ def _procedure(args, plan=None, projected: bool = False, task: str | None = MASK
     text = f"The training loss is {lead}{_join(terms)}: loss = {' + '.join(formula)}."
     if plan is not None and plan.layer_pairs:
         text += f" Layers count from 0; the layer map was {_layer_map_text(args, plan)}."
+    if task != MASKED_LM and task_weight == 0:
+        text += (" The gold labels were not part of the loss (alpha_task = 0): the student learned the task from the"
+                 " teacher's label distributions alone.")
     if task == MASKED_LM and args.alpha_kd == 0 and args.alpha_mlm == 0:
         text += (" No term trained the masked-LM head (alpha_kd = alpha_mlm = 0), so its fill-mask predictions are not"
                  " meaningful: use this model as an encoder to fine-tune.")
