@@ -355,7 +355,11 @@ def test_wrong_inputs_are_one_line_before_any_training(teachers, tmp_path, capsy
     no_tokenizer.mkdir()
     for name in ("config.json", "model.safetensors"):
         (no_tokenizer / name).write_bytes((teachers / "ner" / name).read_bytes())
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_bytes((teachers / "ner" / "config.json").read_bytes())
     cases = [
+        (["--distil_from", no_weights, *ner], ["could not be loaded", "model.safetensors", "fine-tuned teacher"]),
         (["--distil_from", teachers / "cls", *ner], ["BertForSequenceClassification", "NER", "--task"]),
         (["--distil_from", no_tokenizer, *ner], ["no usable tokenizer", "tokenizer.save_pretrained"]),
         (["--distil_from", teachers / "ner", *ner, "--update_card", teachers / "ner"], ["--update_card", "teacher"]),

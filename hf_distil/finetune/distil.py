@@ -39,10 +39,18 @@ TEACHER_TASKS = {TOKEN_CLASSIFICATION: "ner", SEQUENCE_CLASSIFICATION: "classifi
 
 def load_task_teacher(path: str, training_args, dtype=None):
     """The fine-tuned teacher of --distil_from, as its task class; anything else is one line naming the fix."""
+    from ..errors import TeacherNotFoundError
     from ..trainer import load_teacher
 
     kwargs = {} if dtype is None else {"dtype": dtype}
-    teacher = load_teacher(path, training_args, **kwargs)
+    try:
+        teacher = load_teacher(path, training_args, **kwargs)
+    except TeacherNotFoundError as err:  # its advice is about masked LMs: say what --distil_from needs
+        reason = str(err).split(" could not be loaded ", 1)[-1].split("): pass", 1)[0].lstrip("(")
+        raise TeacherNotFoundError(
+            f"--distil_from {path} could not be loaded ({reason}): pass the folder run_finetune.py wrote for the "
+            "fine-tuned teacher (config.json and weights), or a Hub id reachable from here (offline: cached)."
+        ) from None
     if model_task(teacher) not in TEACHER_TASKS:
         raise ModelMismatchError(
             f"--distil_from {path} is {type(teacher).__name__}, not a model fine-tuned for token or sequence "
