@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> list[FinetuneResult]:
         raise SystemExit(2) from None
     for result in results:
         scores = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k in ("f1", "accuracy", "macro_f1"))
-        print(f"{result.name}: {scores}, {result.parameters:,d} parameters, {result.tokens_per_second:,.0f} tokens/s")
+        speed = (f"{result.tokens_per_second:,.0f} tokens/s" if result.tokens_per_second == result.tokens_per_second
+                 else "inference speed not measured (ZeRO-3)")
+        print(f"{result.name}: {scores}, {result.parameters:,d} parameters, {speed}")
     return results
 
 

@@ -11,7 +11,12 @@ ADAPTER_PARAMETER_NAMES = ("lora_", "modules_to_save.")
 def count_parameters(model: nn.Module, exclude: tuple[str, ...] = ()) -> tuple[int, int]:
     """(trainable, total) numbers of unique parameters, leaving out those whose name contains any of `exclude`.
 
-    Tied weights (e.g. the MLM decoder and the word embeddings) are counted once.
+    Tied weights (e.g. the MLM decoder and the word embeddings) are counted once; a parameter that DeepSpeed ZeRO-3
+    partitions across ranks counts its full size (`ds_numel`), not this rank's slice.
     """
     params = [p for name, p in model.named_parameters() if not any(part in name for part in exclude)]
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def size(p) -> int:
+        return p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+
+    return sum(size(p) for p in params if p.requires_grad), sum(size(p) for p in params)

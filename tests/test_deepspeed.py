@@ -179,3 +179,46 @@ def test_zero3_with_the_layer_terms_and_projections(zero3_layer_run):
     assert not [name for name in weights if "distil_projections" in name]
     assert {t.dtype for t in weights.values()} == {torch.float32} and all(t.numel() > 0 for t in weights.values())
     assert AutoModelForMaskedLM.from_pretrained(work / "zero3").config.hidden_size == 16
+
+
+@pytest.fixture(scope="module")
+def zero3_task_run(tmp_path_factory):
+    """Task distillation (run_finetune.py --distil_from, --compare_with plain) under ZeRO-3 on 2 CPU ranks, and the
+    same command in one plain process with the same global batch."""
+    from tiny import FINETUNE_FIXTURES, save_fixture_mlm
+
+    from hf_distil.finetune_cli import main as finetune_main
+
+    work = tmp_path_factory.mktemp("zero3_task")
+    files = ["--train_file", str(FINETUNE_FIXTURES / "ner_train.conll"),
+             "--validation_file", str(FINETUNE_FIXTURES / "ner_validation.conll")]
+    common = ["--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--use_cpu", "true",
+              "--speed_batches", "1", "--speed_min_seconds", "0", "--seed", "5", "--dataloader_num_workers", "0"]
+    mlm = save_fixture_mlm(work / "mlm", hidden=32, layers=4, dropout=0.0)
+    finetune_main(["--model_name_or_path", str(mlm), *files, "--output_dir", str(work / "teacher"),
+                   "--num_train_epochs", "2", "--learning_rate", "3e-3", "--per_device_train_batch_size", "8", *common])
+    distil = [os.path.join(ROOT, "recipes", "run_finetune.py"), *files, "--distil_from", str(work / "teacher"),
+              "--max_steps", "2", "--logging_steps", "1", "--learning_rate", "0.05", "--optim", "sgd",
+              "--compare_with", "plain", *common]
+    _run([sys.executable, *distil, "--output_dir", str(work / "plain"), "--per_device_train_batch_size", "8"],
+         cwd=work)
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+          *distil, "--output_dir", str(work / "zero3"), "--per_device_train_batch_size", "4",
+          "--deepspeed", os.path.join(ROOT, "recipes", "configs", "ds_zero3.json")], cwd=work, DS_ACCELERATOR="cpu")
+    return work
+
+
+def test_zero3_task_distillation_matches_one_process_and_reports_full_sizes(zero3_task_run):
+    from transformers import AutoModelForTokenClassification
+
+    work = zero3_task_run
+    logs = {name: [h for h in json.loads((work / name / "trainer_state.json").read_text())["log_history"]
+                   if "loss" in h] for name in ("plain", "zero3")}
+    for key in ("kd_loss", "hidden_loss"):  # the first step: the same batch, the same weights
+        assert logs["zero3"][0][key] == pytest.approx(logs["plain"][0][key], rel=1e-4), key
+    model = AutoModelForTokenClassification.from_pretrained(work / "zero3")
+    size = sum(p.numel() for p in model.parameters())
+    saved = json.loads((work / "zero3" / "comparison.json").read_text())["results"]
+    assert [r["parameters"] for r in saved] == [size, saved[1]["parameters"], size] and saved[1]["parameters"] > size
+    assert all(r["tokens_per_second"] is None for r in saved)  # not timed on sharded weights
+    assert "not measured (ZeRO-3)" in (work / "zero3" / "comparison.md").read_text()

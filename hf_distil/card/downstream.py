@@ -6,6 +6,7 @@ Results are duck-typed `hf_distil.finetune.FinetuneResult`s; this module does no
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -37,8 +38,9 @@ def results_table(results: list, first_label: str | None = None) -> str:
         name = first_label if (i == 0 and first_label) else f"`{r.name}`"
         if r.lora:
             name += f" (LoRA r={r.lora['r']})"
+        speed = f"{r.tokens_per_second:,.0f}" if math.isfinite(r.tokens_per_second) else "not measured (ZeRO-3)"
         cells = [name, *(f"{r.metrics.get(key, float('nan')):.4f}" for key, _ in columns),
-                 _fmt_int(r.parameters), _fmt_int(r.trainable_parameters), f"{r.tokens_per_second:,.0f}"]
+                 _fmt_int(r.parameters), _fmt_int(r.trainable_parameters), speed]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -51,9 +53,9 @@ def comparison_summary(results: list) -> str:
         quality = f"reaches {100 * first.metrics[key] / second.metrics[key]:.1f} % of `{second.name}`'s {label}"
     else:
         quality = f"scores {label} {first.metrics[key]:.4f} against {second.metrics[key]:.4f} for `{second.name}`"
-    return (f"`{first.name}` {quality} with "
-            f"{first.parameters / second.parameters:.2f}x the parameters and "
-            f"{first.tokens_per_second / second.tokens_per_second:.2f}x the inference speed.")
+    speed = first.tokens_per_second / second.tokens_per_second
+    return (f"`{first.name}` {quality} with {first.parameters / second.parameters:.2f}x the parameters"
+            + (f" and {speed:.2f}x the inference speed." if math.isfinite(speed) else "."))
 
 
 def device_note() -> str:

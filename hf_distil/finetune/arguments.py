@@ -158,6 +158,10 @@ class FinetuneResult:
     merged_model: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready fields; a speed not measured (NaN, under ZeRO-3) is null."""
         skip = ("model", "merged_model")
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+        if out["tokens_per_second"] != out["tokens_per_second"]:
+            out["tokens_per_second"] = None
+        return out
 

@@ -12,8 +12,15 @@ from datasets import Dataset
 @torch.inference_mode()
 def measure_inference_speed(model, dataset: Dataset, collator, batch_size: int = 32, max_batches: int = 20,
                             min_seconds: float = 1.0, warmup: int = 1) -> float:
-    """Non-padding input tokens per second of ``model`` on ``dataset`` (a short timed loop, eval mode)."""
+    """Non-padding input tokens per second of ``model`` on ``dataset`` (a short timed loop, eval mode).
+
+    NaN (not measured) for a model whose weights DeepSpeed ZeRO-3 partitions across ranks: every forward would gather
+    them (not the deployed speed), and ranks timing loops of their own could stop at different passes and hang.
+    """
     from torch.utils.data import DataLoader
+
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        return float("nan")
 
     was_training = model.training
     model.eval()
