@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.utils.checkpoint
 
+from .errors import ArgumentError
 from .heads import MASKED_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
 from .losses import (
     attention_loss_rows,
@@ -250,6 +251,12 @@ def label_grid(inputs: dict) -> torch.Tensor:
     """The batch's labels as (batch, length): as given for a masked LM or a token classifier; a sequence
     classifier's (batch,) labels at each example's first position, -100 elsewhere."""
     labels = inputs["labels"]
+    if labels.is_floating_point() or (labels.dim() != 1 and labels.shape != inputs["input_ids"].shape):
+        raise ArgumentError(
+            f"labels of dtype {labels.dtype} and shape {tuple(labels.shape)} (input_ids "
+            f"{tuple(inputs['input_ids'].shape)}): distillation takes class ids, one per example or one per token "
+            "(-100 where none); regression and multi-label targets are not supported."
+        )
     if labels.dim() != 1:
         return labels
     grid = torch.full_like(inputs["input_ids"], -100)

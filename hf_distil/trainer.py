@@ -240,10 +240,13 @@ def check_task_heads(student: nn.Module, teacher: nn.Module) -> None:
         return
     s_cfg, t_cfg = unwrap(student).config, unwrap(teacher).config
     for name, config in (("student", s_cfg), ("teacher", t_cfg)):
-        if getattr(config, "problem_type", None) not in (None, "single_label_classification"):
+        kind = getattr(config, "problem_type", None)
+        if kind is None and config.num_labels == 1:  # transformers' own rule: one label is regression
+            kind = "regression (num_labels=1)"
+        if kind not in (None, "single_label_classification"):
             raise ModelMismatchError(
-                f"The {name} ({type(config).__name__}) has problem_type={config.problem_type!r}: task distillation "
-                "covers single-label classification (a softmax over the labels), not regression or multi-label."
+                f"The {name} ({type(config).__name__}) has problem_type {kind!r}: task distillation covers "
+                "single-label classification (a softmax over the labels), not regression or multi-label."
             )
     s_labels = [s_cfg.id2label[i] for i in sorted(s_cfg.id2label)]
     t_labels = [t_cfg.id2label[i] for i in sorted(t_cfg.id2label)]

@@ -234,6 +234,7 @@ def test_create_student_copies_the_head_and_the_labels():
                                                          "BertForSequenceClassification"]),
     (lambda s: BertForMaskedLM(bert_config(layers=2)), ["masked LM", "BertForMaskedLM", "token classifier"]),
     (lambda s: _relabel(s, None, problem_type="multi_label_classification"), ["multi_label_classification"]),
+    (lambda s: BertForTokenClassification(bert_config(layers=2, num_labels=1)), ["regression (num_labels=1)"]),
 ])
 def test_students_that_cannot_learn_from_the_teacher_are_refused_naming_both(tmp_path, change, expected):
     teacher, student = task_pair(BertForTokenClassification)
@@ -254,6 +255,18 @@ def _relabel(model, id2label, problem_type=None):
     if problem_type:
         model.config.problem_type = problem_type
     return model
+
+
+@pytest.mark.parametrize("labels", [torch.tensor([0.7, 1.2, 2.9, 0.1]), torch.tensor([[1, 0, 1]] * 4)])
+def test_regression_and_multi_label_targets_are_refused_not_truncated(tmp_path, labels):
+    from hf_distil.errors import ArgumentError
+
+    teacher, student = task_pair(BertForSequenceClassification)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args_for(tmp_path))
+    batch = {"input_ids": torch.randint(5, 64, (4, 7)), "attention_mask": torch.ones(4, 7, dtype=torch.long),
+             "labels": labels}
+    with pytest.raises(ArgumentError, match="class ids"):
+        trainer.compute_loss(student, batch)
 
 
 def test_a_teacher_folder_loads_as_the_task_its_config_names(tmp_path):
@@ -376,6 +389,8 @@ def test_wrong_inputs_are_one_line_before_any_training(teachers, tmp_path, capsy
         (["--distil_from", teachers / "ner", *cls], ["BertForTokenClassification", "classification"]),
         (["--distil_from", teachers / "ner", *ner, "--output_dir", teachers / "ner"], ["ner"]),
         (["--distil_from", teachers / "ner", *ner, "--use_lora"], ["--use_lora"]),
+        (["--distil_from", teachers / "ner", *ner, "--teacher_model_name_or_path", teachers / "cls"],
+         ["--teacher_model_name_or_path", "--distil_from"]),
     ]
     for argv, expected in cases:
         line = _error_of(capsys, [*argv, *common] if "--output_dir" not in argv else [*argv, *COMMON])
@@ -482,19 +497,24 @@ def test_resuming_an_interrupted_task_distillation_gives_the_uninterrupted_weigh
 
 
 def test_push_uploads_the_student_without_the_control_or_any_pickle(teachers, tmp_path, monkeypatch):
+    """Also when the folder holds an earlier run's control (its checkpoints are pickles) and this run has none."""
     from hub_fake import go_online, pickles, record_uploads
 
+    out = tmp_path / "student"
+    run = ["--distil_from", teachers / "ner", "--train_file", NER_TRAIN, "--validation_file", NER_VAL,
+           "--output_dir", out, "--max_steps", 2, *COMMON, "--save_strategy", "steps", "--save_steps", 1]
+    _cli([*run, "--compare_with", "plain"])
+    assert any((out / "compare_with").glob("checkpoint-*/optimizer.pt"))  # the control's checkpoints are pickles
     go_online(monkeypatch)
     uploads = record_uploads(monkeypatch)
-    out = tmp_path / "student"
-    _cli(["--distil_from", teachers / "ner", "--train_file", NER_TRAIN, "--validation_file", NER_VAL,
-          "--output_dir", out, "--max_steps", 2, "--compare_with", "plain", "--push_to_hub",
-          "--hub_model_id", "me/ner-student", *COMMON, "--save_strategy", "steps", "--save_steps", 1])
-    assert any((out / "compare_with").glob("checkpoint-*/optimizer.pt"))  # the control's checkpoints are pickles
+    _cli([*run, "--overwrite_output_dir", "true", "--push_to_hub", "--hub_model_id", "me/ner-student"])
+    assert not (out / "compare_with").exists() and "plain" not in (out / "comparison.md").read_text()
+    _cli([*run, "--overwrite_output_dir", "true", "--push_to_hub", "--hub_model_id", "me/ner-student",
+          "--compare_with", "plain"])
     names = set(uploads["files"])
     assert {"model.safetensors", "README.md", "comparison.md", "config.json"} <= names
     assert not [n for n in names if n.startswith(("compare_with/", "checkpoint-"))] and not pickles(uploads["files"])
-    assert uploads["repos"] == [{"repo_id": "me/ner-student", "private": True}]
+    assert uploads["repos"] and all(r == {"repo_id": "me/ner-student", "private": True} for r in uploads["repos"])
     assert b"same student, plain fine-tuning" in uploads["files"]["README.md"]
 
 

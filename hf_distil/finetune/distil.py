@@ -15,12 +15,14 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
 from ..card.downstream import TASK_INFO, comparison_summary, device_note, results_table, update_model_card
 from ..card.facts import CardFacts
+from ..checkpoints import made_here_by
 from ..errors import ArgumentError, ModelMismatchError
 from ..heads import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, model_task
 from ..parameters import count_parameters
@@ -188,7 +190,15 @@ def distil_task(args: FinetuneArguments, training_args, check_output) -> list[Fi
 
     if not hasattr(training_args, "alpha_kd"):
         raise TypeError("distil_task needs DistillationArguments (hf_distil.DistillationArguments) as training_args.")
+    if training_args.teacher_model_name_or_path:
+        raise ArgumentError(
+            f"--teacher_model_name_or_path {training_args.teacher_model_name_or_path} with --distil_from "
+            f"{args.distil_from}: the teacher of task distillation is --distil_from; drop the other."
+        )
     check_output(args, training_args)
+    stale = Path(training_args.output_dir) / "compare_with"  # an earlier run's control: never shown as this run's
+    if training_args.process_index == 0 and made_here_by(str(stale), FINETUNE_MARKER):
+        shutil.rmtree(stale)
     raw, task, data_labels = load_splits(args)
     files = {"train": args.train_file, "validation": args.validation_file}
     teacher = load_task_teacher(args.distil_from, training_args)
@@ -217,7 +227,7 @@ def distil_task(args: FinetuneArguments, training_args, check_output) -> list[Fi
     if eval_split == "test":
         metrics = trainer.evaluate(data["test"], metric_key_prefix="test")
         trainer.save_metrics("test", metrics)
-    trainer.save_model()
+    trainer.save_model(_internal_call=True)  # Trainer would push the folder here; the push waits for the card below
     trainer.save_state()  # trainer_state.json: the logged loss terms of every step
     if trainer.is_world_process_zero():
         marker = {"output_dir": str(training_args.output_dir), **dataclasses.asdict(args)}

@@ -103,7 +103,7 @@ def finetune_model(model_name_or_path: str, raw: DatasetDict, task: str, label_l
         compute_metrics=build_compute_metrics(task, label_list),
         preprocess_logits_for_metrics=argmax_logits,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate(data[eval_split], metric_key_prefix=eval_split)
     trainer.save_metrics(eval_split, metrics)
     trainer.save_model()
@@ -223,18 +223,20 @@ def check_no_distillation_flags(args: FinetuneArguments, training_args) -> None:
     not to ignore."""
     from transformers import TrainingArguments
 
+    from ..arguments import DistillationArguments
+
     given = []
     plain_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-    for f in dataclasses.fields(training_args):
-        if f.name not in plain_fields and f.init and getattr(training_args, f.name) != f.default:
+    for f in dataclasses.fields(DistillationArguments):  # its own fields only (not those of another subclass)
+        if f.name not in plain_fields and f.init and getattr(training_args, f.name, f.default) != f.default:
             given.append(f.name)
     for name in ("student_num_layers", "student_layers"):
         if getattr(args, name) != FinetuneArguments.__dataclass_fields__[name].default:
             given.append(name)
     if given:
         raise ArgumentError(
-            f"{', '.join('--' + name for name in given)} apply to task distillation only, and this run fine-tunes "
-            "without a teacher: add --distil_from TEACHER, or drop them."
+            f"{', '.join('--' + name for name in given)} {'applies' if len(given) == 1 else 'apply'} to task "
+            "distillation only, and this run fine-tunes without a teacher: add --distil_from TEACHER, or drop them."
         )
 
 
