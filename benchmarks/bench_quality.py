@@ -20,7 +20,7 @@ Writes OUT/quality.json (every number, every seed), OUT/quality.md (the table), 
 error bars) and OUT/task_distillation.{json,md}. ../shared/data holds the text (never committed; see its README for
 the licences).
 
-    python benchmarks/bench_quality.py --out out/quality              # 2 CPU cores: about 55 minutes (43 + the task part)
+    python benchmarks/bench_quality.py --out out/quality              # 2 CPU cores: about 55 minutes
     python benchmarks/bench_quality.py --smoke --out /tmp/q           # the whole pipeline at toy sizes
     python benchmarks/bench_quality.py --part task --out out/q        # the task-distillation rows alone
     python benchmarks/bench_quality.py --device cuda --out out/q      # bigger budgets on a GPU
