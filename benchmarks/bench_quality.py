@@ -486,11 +486,7 @@ def summarise_task(report: dict) -> dict:
         gaps[init] = {}
         for metric in ("accuracy", "macro_f1"):
             diffs = [run[distilled][metric] - run[plain][metric] for run in runs]
-            mean, sd = mean_std(diffs)
-            spread = max(rows[distilled][f"{metric}_std"], rows[plain][f"{metric}_std"])
-            gaps[init][metric] = {"paired_differences": diffs, "mean": mean, "sd": sd,
-                                  "standard_error": sd / math.sqrt(len(diffs)), "largest_seed_sd": spread,
-                                  "beats_spread": mean > spread}
+            gaps[init][metric] = paired_gap(diffs, max(rows[distilled][f"{metric}_std"], rows[plain][f"{metric}_std"]))
     return {"rows": rows, "gaps": gaps}
 
 
@@ -535,6 +531,13 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def paired_gap(diffs: list[float], spread: float) -> dict:
+    """A method − control comparison from its per-seed differences, against the larger of the two seed spreads."""
+    mean, sd = mean_std(diffs)
+    return {"paired_differences": diffs, "mean": mean, "sd": sd, "standard_error": sd / math.sqrt(len(diffs)),
+            "largest_seed_sd": spread, "beats_spread": mean > spread}
+
+
 def summarise(report: dict) -> dict:
     """Per model: mean ± std over seeds, retention against the teacher; the distilled − mlm-only gap."""
     rows = {}
@@ -559,11 +562,7 @@ def summarise(report: dict) -> dict:
         gaps = {}
         for metric in ("accuracy", "macro_f1"):
             diffs = [runs[method][seed][metric] - runs[control][seed][metric] for seed in runs[method]]
-            mean, sd = mean_std(diffs)
-            spread = max(rows[method][f"{metric}_std"], rows[control][f"{metric}_std"])
-            gaps[metric] = {"paired_differences": diffs, "mean": mean, "sd": sd,
-                            "standard_error": sd / math.sqrt(len(diffs)), "largest_seed_sd": spread,
-                            "beats_spread": mean > spread}
+            gaps[metric] = paired_gap(diffs, max(rows[method][f"{metric}_std"], rows[control][f"{metric}_std"]))
         comparisons[f"{method} − {control}"] = gaps
     return {"rows": rows, "distilled_minus_mlm_only": comparisons.get("distilled − mlm-only", {}),
             "comparisons": comparisons}

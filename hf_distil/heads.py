@@ -45,11 +45,17 @@ TASK_HEADS = {"ForMaskedLM": MASKED_LM, "ForTokenClassification": TOKEN_CLASSIFI
               "ForSequenceClassification": SEQUENCE_CLASSIFICATION}
 
 
+def task_of_classes(names) -> str | None:
+    """The task the first of these transformers class names (e.g. a config's `architectures`) predicts, from its
+    suffix; None when none names one."""
+    return next((task for name in names or () for suffix, task in TASK_HEADS.items()
+                 if isinstance(name, str) and name.endswith(suffix)), None)
+
+
 def model_task(model: nn.Module) -> str | None:
     """MASKED_LM, TOKEN_CLASSIFICATION or SEQUENCE_CLASSIFICATION, from the class of the model inside any wrapper;
     None for any other class (a bare encoder, a causal LM, ...)."""
-    name = type(unwrap(model)).__name__
-    return next((task for suffix, task in TASK_HEADS.items() if name.endswith(suffix)), None)
+    return task_of_classes([type(unwrap(model)).__name__])
 
 
 def find_mlm_head(model: nn.Module) -> nn.Module | None:

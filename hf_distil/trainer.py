@@ -24,7 +24,7 @@ from .card import CardFacts, build_model_card
 from .card.downstream import update_model_card
 from .checkpoints import ARGS_MARKER, disk_full_error, expected_save_bytes, latest_complete_checkpoint
 from .errors import ArgumentError, ModelMismatchError, TeacherLoadError, TeacherNotFoundError
-from .heads import MASKED_LM, SEQUENCE_CLASSIFICATION, TASK_HEADS, TOKEN_CLASSIFICATION, model_task, unwrap
+from .heads import MASKED_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, model_task, task_of_classes, unwrap
 from .hub import NoPickleHubMixin, check_push_to_hub
 from .layer_map import plan_layers, plan_layers_wanted
 from .objective import (
@@ -105,11 +105,9 @@ def _hub_teacher_task(name: str, kwargs: dict) -> str | None:
 
     options = {k: kwargs[k] for k in ("trust_remote_code", "cache_dir", "revision", "token") if k in kwargs}
     try:
-        architectures = AutoConfig.from_pretrained(name, **options).architectures or []
+        return task_of_classes(AutoConfig.from_pretrained(name, **options).architectures)
     except (OSError, ValueError):
         return None
-    return next((task for arch in architectures for suffix, task in TASK_HEADS.items()
-                 if isinstance(arch, str) and arch.endswith(suffix)), None)
 
 
 def _first_line(err: BaseException) -> str:
@@ -121,7 +119,7 @@ _EMBEDDING_SUFFIXES = ("word_embeddings.weight", "embed_tokens.weight", "tok_emb
 
 def _check_teacher_folder(folder: str) -> str | None:
     """A local teacher needs config.json, and its vocab_size must match the weights' embedding rows; returns the task
-    its config's `architectures` names (hf_distil.heads.TASK_HEADS), None when they name none.
+    its config's `architectures` names (hf_distil.heads.task_of_classes), None when they name none.
 
     transformers would fail on the mismatch with a size report but no sizes in the error (see `load_teacher`).
     """
@@ -145,11 +143,7 @@ def _check_teacher_folder(folder: str) -> str | None:
             f"(vocab_size={rows[1]})."
         )
     architectures = config.get("architectures") if isinstance(config, dict) else None
-    for name in architectures if isinstance(architectures, list) else []:
-        for suffix, task in TASK_HEADS.items():
-            if isinstance(name, str) and name.endswith(suffix):
-                return task
-    return None
+    return task_of_classes(architectures if isinstance(architectures, list) else None)
 
 
 def _embedding_rows(folder: str) -> tuple[str, int] | None:

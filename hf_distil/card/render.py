@@ -16,7 +16,7 @@ from importlib.resources import files
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..heads import MASKED_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, model_task, unwrap
+from ..heads import MASKED_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, model_task, task_of_classes, unwrap
 from ..parameters import ADAPTER_PARAMETER_NAMES, count_parameters
 from ..projections import ATTRIBUTE as PROJECTIONS
 from .facts import CardFacts
@@ -164,22 +164,14 @@ def _initialisation(config, teacher: str) -> str:
             " started from an existing checkpoint rather than built from the teacher), so this card cannot say."
         )
     how = f" ({STRATEGY_NAMES.get(strategy, strategy)})" if strategy else ""
-    head = "masked-LM head" if model_task_of_config(config) in (MASKED_LM, None) else "classification head (and labels)"
+    classifier = task_of_classes(getattr(config, "architectures", None)) not in (MASKED_LM, None)
+    head = "classification head (and labels)" if classifier else "masked-LM head"
     return (
         f"The student was initialised from {teacher}: its {len(layers)} transformer layers were copied from"
         f" the teacher's layers {', '.join(str(i) for i in layers)}{how}, counting from 0, and the embeddings"
         f" and {head} were copied whole."
     )
 
-
-def model_task_of_config(config) -> str | None:
-    """The task a config's `architectures` names (hf_distil.heads.model_task's answer for the model it describes)."""
-    for name in getattr(config, "architectures", None) or []:
-        for task, suffix in ((MASKED_LM, "ForMaskedLM"), (TOKEN_CLASSIFICATION, "ForTokenClassification"),
-                             (SEQUENCE_CLASSIFICATION, "ForSequenceClassification")):
-            if name.endswith(suffix):
-                return task
-    return None
 
 
 def _layer_map_text(args, plan) -> str:

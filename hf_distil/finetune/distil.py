@@ -30,6 +30,7 @@ from .arguments import PLAIN, FinetuneArguments, FinetuneResult
 from .errors import FinetuneDataError, FinetuneFileNotFoundError
 from .metrics import argmax_logits, build_compute_metrics
 from .readers import default_dataset_name, load_splits
+from .run import FINETUNE_MARKER, FinetuneTrainer, display_name, finetune_model
 from .speed import measure_inference_speed
 from .tokenisation import preprocess
 
@@ -133,7 +134,7 @@ def build_student(args: FinetuneArguments, teacher, task: str, label_list: list)
         student = build_model(args.model_name_or_path, task, label_list, args)
         # What the card says about the init: this checkpoint and a new head, no layers copied from this teacher.
         student.config.distil_init = "checkpoint"
-        student.config.distil_start_checkpoint = _display(args.model_name_or_path)
+        student.config.distil_start_checkpoint = display_name(args.model_name_or_path)
         student.config.distil_teacher_layers = student.config.distil_layer_strategy = None
         return student
     depth = teacher.config.num_hidden_layers
@@ -167,7 +168,6 @@ def check_task(teacher, task: str, path: str, train_file: str) -> None:
 
 def evaluate_model(model, data, collator, task: str, label_list: list, training_args, batch_size: int) -> dict:
     """The task metrics of a model that is not trained here (the teacher), on `data`, like Trainer's evaluation."""
-    from .run import FinetuneTrainer
 
     eval_args = dataclasses.replace(training_args, report_to=[], push_to_hub=False, save_strategy="no",
                                     eval_strategy="no", load_best_model_at_end=False,
@@ -186,7 +186,6 @@ def distil_task(args: FinetuneArguments, training_args, check_output) -> list[Fi
     from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, set_seed
 
     from ..trainer import DistillationTrainer
-    from .run import FINETUNE_MARKER, finetune_model
 
     if not hasattr(training_args, "alpha_kd"):
         raise TypeError("distil_task needs DistillationArguments (hf_distil.DistillationArguments) as training_args.")
@@ -249,7 +248,7 @@ def distil_task(args: FinetuneArguments, training_args, check_output) -> list[Fi
     teacher_metrics = evaluate_model(teacher, data[eval_split], collator, task, label_list, training_args,
                                      training_args.per_device_eval_batch_size)
     teacher_result = FinetuneResult(
-        name=_display(args.distil_from), model_name_or_path=str(args.distil_from), task=task, split=eval_split,
+        name=display_name(args.distil_from), model_name_or_path=str(args.distil_from), task=task, split=eval_split,
         metrics=teacher_metrics, parameters=count_parameters(teacher)[1], trainable_parameters=0,
         tokens_per_second=measure_inference_speed(teacher, data[eval_split], collator, **speed_args),
         output_dir=str(args.distil_from),
@@ -286,10 +285,6 @@ CARD_INTRO = ("Measured by `recipes/run_finetune.py --distil_from` (hf-distil) o
               "this model, the teacher it was distilled from (as given: evaluated, not trained in this run, so its "
               "trained parameters are 0) and, where present, the same student fine-tuned without the teacher on the "
               "same data, steps and seed.")
-
-
-def _display(path: str) -> str:
-    return Path(path).resolve().name if os.path.isdir(path) else str(path)
 
 
 def distillation_summary(results: list[FinetuneResult]) -> str:
