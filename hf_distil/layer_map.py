@@ -16,7 +16,16 @@ import math
 from dataclasses import dataclass
 
 from .errors import ArgumentError, ModelMismatchError
-from .heads import embedding_module, encoder_layers, self_attention, unwrap
+from .heads import (
+    attention_is_plain,
+    attention_kinds,
+    embedding_module,
+    encoder_layers,
+    family_of,
+    known_families,
+    self_attention,
+    unwrap,
+)
 
 UNIFORM = "uniform"
 
@@ -132,10 +141,27 @@ def _layer_count(model, side: str) -> int:
     if layers is None:
         raise ModelMismatchError(
             f"The {side} ({type(unwrap(model)).__name__}) keeps its layers where hf_distil does not know them "
-            "(BERT/RoBERTa layout: <base>.encoder.layer), so the attention, intermediate and relation terms cannot "
-            "read them: set alpha_attention, alpha_intermediate and alpha_relation to 0."
+            f"(it knows {known_families()}), so the attention, intermediate and relation terms cannot read them: set "
+            "alpha_attention, alpha_intermediate and alpha_relation to 0."
         )
     return len(layers)
+
+
+def _check_attention_kinds(plan: LayerPlan, s_cfg, t_cfg) -> None:
+    """Global and local (sliding-window) attention layers spread their attention over different keys: comparing the
+    maps of a local layer with a global one would push the student towards keys it cannot see."""
+    s_kinds, t_kinds = attention_kinds(s_cfg), attention_kinds(t_cfg)
+    if s_kinds is None or t_kinds is None:
+        return
+    mixed = [f"{s}:{t} ({s_kinds[s]}↔{t_kinds[t]})" for s, t in plan.layer_pairs if s_kinds[s] != t_kinds[t]]
+    if mixed:
+        copied = getattr(s_cfg, "distil_teacher_layers", None)
+        pairs = ",".join(f"{i}:{t}" for i, t in enumerate(copied or ()))
+        hint = f', e.g. the layers the student was copied from: layer_map "{pairs}"' if copied else ""
+        raise ModelMismatchError(
+            f"layer_map pairs attention layers of different kinds ({', '.join(mixed)}): the attention term compares "
+            f"global with global and local with local layers; give a layer_map of same-kind pairs{hint}."
+        )
 
 
 def plan_layers_wanted(args) -> bool:
@@ -166,21 +192,26 @@ def plan_layers(student, teacher, args) -> LayerPlan | None:
         needs_attention["student"].append(plan.relation_pair[0])
         needs_attention["teacher"].append(plan.relation_pair[1])
     for model, side in ((student, "student"), (teacher, "teacher")):
-        layers = encoder_layers(model)
-        missing = sorted({i for i in needs_attention[side] if self_attention(layers[i]) is None})
+        missing = sorted({i for i in needs_attention[side] if self_attention(model, i) is None})
         if missing:
             raise ModelMismatchError(
                 f"The {side}'s layer(s) {missing} have no self-attention query/key/value projections where hf_distil "
-                "looks (layer.attention.self.query/key/value): set alpha_attention and alpha_relation to 0."
+                "looks for them: set alpha_attention and alpha_relation to 0."
             )
+        if args.alpha_attention > 0 and not attention_is_plain(model):
+            raise ModelMismatchError(
+                f"The {side} ({family_of(model).name}) adds relative-position terms to its attention scores, so "
+                "softmax(q·k/√d) is not its attention and the attention term would teach the wrong maps: set "
+                "alpha_attention to 0 and use alpha_relation (MiniLM v2) or alpha_intermediate."
+            )
+    if args.alpha_attention > 0:
+        _check_attention_kinds(plan, s_cfg, t_cfg)
     if args.alpha_intermediate > 0:
-        for cfg, side in ((s_cfg, "student"), (t_cfg, "teacher")):
-            embedding = getattr(cfg, "embedding_size", None) or cfg.hidden_size
-            if embedding != cfg.hidden_size or embedding_module(student if side == "student" else teacher) is None:
+        for model, side in ((student, "student"), (teacher, "teacher")):
+            if embedding_module(model) is None:
                 raise ModelMismatchError(
-                    f"The intermediate term compares the embedding outputs (hidden state 0), but the {side}'s is "
-                    f"{embedding} wide, not its hidden size {cfg.hidden_size}, or is not where hf_distil looks: set "
-                    "alpha_intermediate to 0 for this model."
+                    f"The intermediate term compares the embedding outputs (hidden state 0), but the {side}'s are "
+                    "not where hf_distil looks: set alpha_intermediate to 0 for this model."
                 )
     if args.alpha_attention > 0 and s_cfg.num_attention_heads != t_cfg.num_attention_heads:
         raise ModelMismatchError(

@@ -56,12 +56,14 @@ def hidden_loss_rows(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
     raise ValueError(f"hidden_loss={kind!r} is not supported; choose 'cosine' or 'mse'.")
 
 
-def scaled_dot_log_probs(a: torch.Tensor, b: torch.Tensor, heads: int, key_mask: torch.Tensor) -> torch.Tensor:
+def scaled_dot_log_probs(a: torch.Tensor, b: torch.Tensor, heads: int, key_mask: torch.Tensor,
+                         window: int | None = None) -> torch.Tensor:
     """log softmax over keys of a_h · b_hᵀ / √d_h for each of `heads` heads (d_h = width / heads).
 
     With a = queries and b = keys of one layer this is its attention distribution (before attention dropout); with
     a = b = its queries (or keys, or values) and `heads` relation heads, MiniLM v2's self-attention relation.
-    Padded keys get probability 0 (a row with no real key gets a uniform distribution, never NaN).
+    Padded keys get probability 0 (a row with no real key gets a uniform distribution, never NaN); so do keys more
+    than `window` positions from the query, when a window is given (a local-attention layer's band).
 
     a, b:     (batch, length, width), width divisible by heads
     key_mask: (batch, length) bool, True at real (non-padding) tokens
@@ -72,7 +74,11 @@ def scaled_dot_log_probs(a: torch.Tensor, b: torch.Tensor, heads: int, key_mask:
     a = a.float().reshape(batch, length, heads, size).transpose(1, 2)
     b = b.float().reshape(batch, b.shape[1], heads, size).transpose(1, 2)
     scores = a @ b.transpose(-1, -2) / math.sqrt(size)
-    scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(torch.float32).min)
+    allowed = key_mask[:, None, None, :]
+    if window is not None:
+        positions = torch.arange(length, device=a.device)
+        allowed = allowed & ((positions[:, None] - positions[None, :]).abs() <= window)
+    scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
     return scores.log_softmax(dim=-1)
 
 

@@ -21,6 +21,7 @@ below holds for the three kinds of student alike.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -153,14 +154,17 @@ def _attention(student: Signals, teacher: Signals, rows: Rows, args: Distillatio
     keys = rows.sets["N"]
     real_keys = keys.sum(1).repeat_interleave(keys.shape[1])
 
-    def pair_loss(s_q, s_k, t_q, t_k):
-        s = scaled_dot_log_probs(s_q, s_k, student.attention_heads, keys)
-        t = scaled_dot_log_probs(t_q, t_k, teacher.attention_heads, keys)
+    def pair_loss(s_q, s_k, t_q, t_k, s_window, t_window):
+        s = scaled_dot_log_probs(s_q, s_k, student.attention_heads, keys, s_window)
+        t = scaled_dot_log_probs(t_q, t_k, teacher.attention_heads, keys, t_window)
         return attention_loss_rows(_by_query_row(s), _by_query_row(t), args.attention_loss, real_keys)
 
     values = 0
-    for (s_q, s_k), (t_q, t_k) in zip(student.attention_qk, teacher.attention_qk, strict=True):
-        values = values + _recomputed(pair_loss, s_q, s_k, t_q, t_k)
+    pairs = zip(student.attention_qk, teacher.attention_qk, student.attention_windows or (None,) * len(
+        student.attention_qk), teacher.attention_windows or (None,) * len(teacher.attention_qk), strict=True)
+    for (s_q, s_k), (t_q, t_k), s_window, t_window in pairs:
+        values = values + _recomputed(functools.partial(pair_loss, s_window=s_window, t_window=t_window),
+                                      s_q, s_k, t_q, t_k)
     return _every_position(values, rows)
 
 

@@ -92,6 +92,8 @@ class Signals:
     # One (queries, keys), each (batch, length, heads · head size), per spec.attention layer, in that order.
     attention_qk: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
     attention_heads: int = 0  # the head count of those layers
+    # Per spec.attention layer, its window (keys within ±window of each query) or None (all keys).
+    attention_windows: tuple[int | None, ...] = ()
     # (queries, keys, values) of spec.relation's layer, each (batch, length, width).
     relation_qkv: tuple[torch.Tensor, ...] = ()
 
@@ -136,14 +138,51 @@ def _layer_hooks(model: nn.Module, spec: CaptureSpec, captured: dict, projection
         hooks.append(unwrap(model).register_forward_hook(expose))
     attention_layers = set(spec.attention) | ({spec.relation} if spec.relation is not None else set())
     for layer in sorted(attention_layers):
-        attention = self_attention(layers[layer])
+        attention = self_attention(model, layer)
         if attention is None:
             raise ValueError(f"{type(model).__name__}: hf_distil.heads does not know layer {layer}'s self-attention.")
         captured["heads"] = attention.num_heads
-        parts = ("q", "k", "v") if layer == spec.relation else ("q", "k")
-        for part in parts:
-            module = {"q": attention.query, "k": attention.key, "v": attention.value}[part]
-            hooks.append(module.register_forward_hook(keep((part, layer))))
+        captured[("window", layer)] = attention.window
+        _qkv_hooks(attention, layer, captured, hooks)
+
+
+def _qkv_hooks(attention, layer: int, captured: dict, hooks: list) -> None:
+    """Hooks that put layer `layer`'s queries, keys and values into `captured` as ("q" | "k" | "v", layer), each
+    (batch, length, heads · head size): split from a fused [q | k | v] projection, and with the queries and keys
+    rotated by the attention's rotary position embeddings where the family rotates them (ModernBERT), so that
+    softmax(q·k/√d) is the layer's attention."""
+    if len(attention.projections) == 3:
+        def keep(part):
+            def hook(module, args, output):
+                # The first call is the token states; DeBERTa's attention then projects its relative-position
+                # embeddings with the same modules (share_att_key), which must not replace them.
+                captured.setdefault((part, layer), _output_tensor(output))
+            return hook
+
+        for part, module in zip("qkv", attention.projections):
+            hooks.append(module.register_forward_hook(keep(part)))
+    else:
+        def split(module, args, output):
+            for part, tensor in zip("qkv", _output_tensor(output).chunk(3, dim=-1)):
+                captured[(part, layer)] = tensor
+        hooks.append(attention.projections[0].register_forward_hook(split))
+    if attention.rotary:
+        def rotate(module, args, kwargs, output):
+            cos, sin = kwargs["position_embeddings"]
+            for part in "qk":
+                captured[(part, layer)] = rotary(captured[(part, layer)], cos, sin, attention.num_heads)
+        hooks.append(attention.module.register_forward_hook(rotate, with_kwargs=True))
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> torch.Tensor:
+    """RoPE as transformers applies it (rotate-half convention, in float32): x (batch, length, heads · size), cos
+    and sin (batch or 1, length, size); returns x's shape and dtype."""
+    batch, length, width = x.shape
+    heads_x = x.float().reshape(batch, length, heads, width // heads)
+    cos, sin = cos.float()[:, :, None, :], sin.float()[:, :, None, :]
+    half = heads_x.shape[-1] // 2
+    rotated = torch.cat((-heads_x[..., half:], heads_x[..., :half]), dim=-1)
+    return (heads_x * cos + rotated * sin).reshape(batch, length, width).to(x.dtype)
 
 
 def _signals(logits: torch.Tensor, spec: CaptureSpec, captured: dict) -> Signals:
@@ -153,6 +192,7 @@ def _signals(logits: torch.Tensor, spec: CaptureSpec, captured: dict) -> Signals
         hidden_states=tuple(captured[("hidden", i)] for i in spec.hidden_states),
         attention_qk=tuple((captured[("q", i)], captured[("k", i)]) for i in spec.attention),
         attention_heads=captured.get("heads", 0),
+        attention_windows=tuple(captured[("window", i)] for i in spec.attention),
         relation_qkv=(tuple(captured[(part, spec.relation)] for part in "qkv") if spec.relation is not None else ()),
     )
 

@@ -10,7 +10,15 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .errors import ModelMismatchError
-from .heads import encoder_layers
+from .heads import (
+    attention_kinds,
+    config_value,
+    encoder_layers,
+    family_of,
+    known_families,
+    layer_prefix,
+    set_config_value,
+)
 
 # DistilBERT's choice for a 12 → 6 layer student (Sanh et al. research code).
 _DISTILBERT_LAYERS = (0, 2, 4, 7, 9, 11)
@@ -61,8 +69,8 @@ def _encoder_layers(model: nn.Module) -> nn.ModuleList:
     layers = encoder_layers(model)
     if layers is None:
         raise ModelMismatchError(
-            f"create_student supports BERT- and RoBERTa-style masked LMs (model.<base>.encoder.layer); "
-            f"{type(model).__name__} has no such layer list."
+            f"create_student knows where {known_families()} keep their layers; {type(model).__name__} "
+            f"(model_type {getattr(model.config, 'model_type', None)!r}) is none of them."
         )
     return layers
 
@@ -70,7 +78,7 @@ def _encoder_layers(model: nn.Module) -> nn.ModuleList:
 def _gathered(teacher: nn.Module, chosen: list[int]):
     """Under DeepSpeed ZeRO-3 (`from_pretrained` ran in `zero.Init`) each rank holds an empty slice of every teacher
     parameter: gather the ones the student copies (all but the unchosen layers) for the duration of the copy."""
-    prefix = f"{teacher.base_model_prefix}.encoder.layer."
+    prefix = layer_prefix(teacher)
     params = [
         p for name, p in teacher.named_parameters()
         if hasattr(p, "ds_id") and (not name.startswith(prefix) or int(name[len(prefix):].split(".", 1)[0]) in chosen)
@@ -107,13 +115,16 @@ def create_student(teacher: PreTrainedModel, num_hidden_layers: int = 6, layers=
     widths = {"hidden_size": hidden_size, "intermediate_size": intermediate_size,
               "num_attention_heads": num_attention_heads}
     changed = {name: value for name, value in widths.items()
-               if value is not None and value != getattr(teacher.config, name)}
+               if value is not None and value != config_value(teacher.config, name)}
     if changed:
         return _random_student(teacher, num_hidden_layers, len(teacher_layers), changed, dtype)
     chosen = select_teacher_layers(len(teacher_layers), num_hidden_layers, layers)
 
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = num_hidden_layers
+    kinds = attention_kinds(teacher.config)
+    if kinds is not None:  # each copied layer keeps the attention kind (global / local window) it was trained with
+        config.layer_types = [teacher.config.layer_types[i] for i in chosen]
     config.distil_teacher_layers = chosen
     config.distil_layer_strategy = layer_strategy_name(layers)
     config.distil_init = "teacher_layers"
@@ -121,10 +132,10 @@ def create_student(teacher: PreTrainedModel, num_hidden_layers: int = 6, layers=
     student.to(dtype=dtype)  # float32 master weights whatever the teacher's dtype; --bf16/--fp16 autocast them
 
     student_layers = _encoder_layers(student)
+    prefix = layer_prefix(teacher)
     with _gathered(teacher, chosen):
         state = {}
         for name, value in teacher.state_dict().items():
-            prefix = f"{teacher.base_model_prefix}.encoder.layer."
             if name.startswith(prefix):
                 index, rest = name[len(prefix) :].split(".", 1)
                 if int(index) in chosen:
@@ -132,6 +143,13 @@ def create_student(teacher: PreTrainedModel, num_hidden_layers: int = 6, layers=
             else:
                 state[name] = value
         missing, unexpected = student.load_state_dict(state, strict=False)
+    # A family whose layer 0 lacks some parameters (ModernBERT: no attention pre-norm) leaves them at their
+    # initialisation when a student layer > 0 comes from teacher layer 0, and drops them when student layer 0 comes
+    # from a later teacher layer; the rest must match exactly.
+    optional = tuple(f"{prefix}{i}.{name}" for i in range(num_hidden_layers)
+                     for name in family_of(teacher).not_in_first_layer)
+    missing = [name for name in missing if not name.startswith(optional)]
+    unexpected = [name for name in unexpected if not name.startswith(optional)]
     if unexpected or missing:
         raise RuntimeError(f"create_student could not copy all weights: missing {missing}, unexpected {unexpected}.")
     assert len(student_layers) == num_hidden_layers
@@ -151,18 +169,21 @@ def _random_student(teacher: PreTrainedModel, num_hidden_layers: int, num_teache
                                  "positive integers.")
     config = copy.deepcopy(teacher.config)
     for name, value in changed.items():
-        setattr(config, name, value)
+        set_config_value(config, name, value)
     if config.hidden_size % config.num_attention_heads:
         raise ModelMismatchError(
             f"hidden_size={config.hidden_size} is not divisible by num_attention_heads={config.num_attention_heads}: "
             f"choose a head count that divides the width (e.g. 12 for 312 or 384)."
         )
     config.num_hidden_layers = num_hidden_layers
+    kinds = attention_kinds(teacher.config)
+    if kinds is not None:  # the family's own pattern, as its config builds it for this depth
+        config.layer_types = [teacher.config.layer_types[i % len(kinds)] for i in range(num_hidden_layers)]
     config.distil_teacher_layers = None
     config.distil_layer_strategy = None
     config.distil_init = "random"
     config.distil_teacher_shape = {"num_hidden_layers": num_teacher_layers,
-                                   **{name: getattr(teacher.config, name) for name in WIDTH_FIELDS}}
+                                   **{name: config_value(teacher.config, name) for name in WIDTH_FIELDS}}
     student = type(teacher)(config)
     student.to(dtype=dtype)
     student.train(teacher.training)

@@ -2,10 +2,10 @@ import pytest
 import torch
 from tiny import tiny_teacher
 from transformers import (
+    AlbertConfig,
+    AlbertForMaskedLM,
     BertConfig,
     BertForMaskedLM,
-    DistilBertConfig,
-    DistilBertForMaskedLM,
     RobertaConfig,
     RobertaForMaskedLM,
 )
@@ -99,9 +99,12 @@ def test_roberta_student():
 
 
 def test_unsupported_architecture_fails_clearly():
-    teacher = DistilBertForMaskedLM(DistilBertConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2, hidden_dim=64))
-    with pytest.raises(ValueError, match="DistilBertForMaskedLM"):
+    # ALBERT shares one layer group across its depth: there are no per-layer weights to choose from
+    teacher = AlbertForMaskedLM(AlbertConfig(vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=2, intermediate_size=64))
+    with pytest.raises(ValueError, match="AlbertForMaskedLM") as err:
         create_student(teacher, 1)
+    assert "'albert'" in str(err.value) and "DistilBERT and ModernBERT" in str(err.value)
 
 
 def test_bio_clinicalbert_architecture_gives_the_seed_student():

@@ -16,7 +16,17 @@ from importlib.resources import files
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..heads import MASKED_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, model_task, task_of_classes, unwrap
+from ..heads import (
+    GLOBAL,
+    MASKED_LM,
+    SEQUENCE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    attention_kinds,
+    config_value,
+    model_task,
+    task_of_classes,
+    unwrap,
+)
 from ..parameters import ADAPTER_PARAMETER_NAMES, count_parameters
 from ..projections import ATTRIBUTE as PROJECTIONS
 from .facts import CardFacts
@@ -144,13 +154,14 @@ def _initialisation(config, teacher: str) -> str:
     strategy = getattr(config, "distil_layer_strategy", None)
     if getattr(config, "distil_init", None) == "random":
         shape = getattr(config, "distil_teacher_shape", None) or {}
-        differs = ", ".join(f"{name.replace('_', ' ')} {getattr(config, name)} (teacher {shape[name]})"
+        differs = ", ".join(f"{name.replace('_', ' ')} {config_value(config, name)} (teacher {shape[name]})"
                             for name in ("hidden_size", "intermediate_size", "num_attention_heads")
-                            if name in shape and shape[name] != getattr(config, name, None))
+                            if name in shape and shape[name] != config_value(config, name))
         return (
             f"The student is narrower than {teacher} ({differs}), so no teacher weights fit it: it was randomly"
             " initialised (the teacher's architecture family and vocabulary, no copied weights) and learned from"
             " the teacher only through the training loss, as in TinyBERT's general distillation."
+            f"{_attention_kinds_text(config)}"
         )
     if getattr(config, "distil_init", None) == "checkpoint":
         start = getattr(config, "distil_start_checkpoint", None)
@@ -169,8 +180,22 @@ def _initialisation(config, teacher: str) -> str:
     return (
         f"The student was initialised from {teacher}: its {len(layers)} transformer layers were copied from"
         f" the teacher's layers {', '.join(str(i) for i in layers)}{how}, counting from 0, and the embeddings"
-        f" and {head} were copied whole."
+        f" and {head} were copied whole.{_attention_kinds_text(config, layers)}"
     )
+
+
+def _attention_kinds_text(config, teacher_layers=None) -> str:
+    """For a family whose layers attend globally or within a local window (ModernBERT): which kind each student
+    layer has (and which teacher layer it came from); empty for the others."""
+    kinds = attention_kinds(config)
+    if kinds is None:
+        return ""
+    window = getattr(config, "sliding_window", None)
+    local = f"local, a window of ±{window} tokens" if window else "local"
+    layers = [f"{i} ← teacher layer {teacher_layers[i]} ({'global' if kind == GLOBAL else local})"
+              if teacher_layers else f"{i} ({'global' if kind == GLOBAL else local})" for i, kind in enumerate(kinds)]
+    return (" Each layer keeps the attention kind it was trained with (global attention over the whole sequence,"
+            f" or local attention within a window): student layer {'; '.join(layers)}.")
 
 
 

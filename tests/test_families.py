@@ -1,0 +1,188 @@
+"""Every encoder family of hf_distil.heads.FAMILIES, end to end: the table finds each part, create_student copies
+the layers (ModernBERT keeps each copied layer's attention kind), the sparse head equals the dense path, the captured
+attention equals the model's own, and create_student → DistillationTrainer → save → reload → fill-mask runs."""
+
+import pytest
+import torch
+from families import FAMILY_CONFIGS, family_config, family_teacher, family_tokenizer
+from tiny import args_for, batch_of, premasked_dataset
+from transformers import AutoModelForMaskedLM, pipeline
+
+from hf_distil import DistillationTrainer, create_student
+from hf_distil.errors import ModelMismatchError
+from hf_distil.heads import (
+    GLOBAL,
+    LOCAL,
+    attention_kinds,
+    embedding_module,
+    encoder_layers,
+    family_of,
+    find_mlm_head,
+    self_attention,
+)
+from hf_distil.losses import scaled_dot_log_probs
+from hf_distil.signals import CaptureSpec, capture
+
+# The layer terms that apply to each family: DeBERTa-v3 adds relative-position scores to q·k, so its attention maps
+# are not softmax(q·k/√d) and the attention term is refused (the relation and intermediate terms apply).
+LAYER_TERMS = dict(alpha_intermediate=1.0, intermediate_loss="mse", alpha_relation=1.0, relation_heads=2)
+ATTENTION = dict(alpha_attention=1.0)
+
+
+def _terms(family):
+    return {**LAYER_TERMS, **({} if family == "deberta-v2" else ATTENTION)}
+
+
+def _inputs(batch):
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+@pytest.mark.parametrize("family", FAMILY_CONFIGS)
+def test_the_table_finds_every_part(family):
+    model = family_teacher(family)
+    layers = encoder_layers(model)
+    assert family_of(model) is not None and len(layers) == 4
+    assert embedding_module(model) is not None and find_mlm_head(model) is not None
+    for i in range(4):
+        attention = self_attention(model, i)
+        assert attention is not None and attention.num_heads == 2
+    # hidden state 0 (what the embedding module returns) is what enters layer 0, at the layers' width
+    seen = {}
+
+    def keep_output(module, args, output):
+        seen["embedding"] = output
+
+    def keep_input(module, args, kwargs):
+        seen["layer0"] = args[0] if args else kwargs["hidden_states"]
+
+    embedding_module(model).register_forward_hook(keep_output)
+    layers[0].register_forward_pre_hook(keep_input, with_kwargs=True)
+    with torch.no_grad():
+        model(**_inputs(batch_of(2)))
+    assert seen["embedding"].shape[-1] == 32 and torch.equal(seen["embedding"], seen["layer0"])
+
+
+@pytest.mark.parametrize("family", FAMILY_CONFIGS)
+def test_create_student_copies_the_chosen_layers(family):
+    teacher = family_teacher(family).eval()
+    batch = _inputs(batch_of(4))
+    whole = create_student(teacher, 4, [0, 1, 2, 3]).eval()
+    with torch.no_grad():  # all layers copied: the teacher itself
+        assert torch.equal(whole(**batch).logits, teacher(**batch).logits)
+    student = create_student(teacher, 2, "every_other")
+    assert student.config.distil_teacher_layers == [1, 3] and len(encoder_layers(student)) == 2
+    for s_index, t_index in enumerate([1, 3]):
+        s_params = dict(encoder_layers(student)[s_index].named_parameters())
+        for name, value in encoder_layers(teacher)[t_index].named_parameters():
+            if name in s_params:
+                assert torch.equal(s_params[name], value), (s_index, name)
+            else:  # only ModernBERT's layer 0 lacks a parameter (no attention pre-norm)
+                assert family == "modernbert" and s_index == 0 and name.startswith("attn_norm."), name
+
+
+def test_modernbert_student_layers_keep_their_attention_kind(tmp_path):
+    teacher = family_teacher("modernbert", layers=6)
+    assert attention_kinds(teacher.config) == [GLOBAL, LOCAL, LOCAL, GLOBAL, LOCAL, LOCAL]
+    student = create_student(teacher, 3, [0, 3, 4])
+    assert attention_kinds(student.config) == [GLOBAL, GLOBAL, LOCAL]
+    assert [self_attention(student, i).window for i in range(3)] == [None, None, 4]
+    # a student layer > 0 copied from teacher layer 0 (which has no attention pre-norm) gets a fresh one
+    assert torch.equal(encoder_layers(student)[1].attn.Wqkv.weight, encoder_layers(teacher)[3].attn.Wqkv.weight)
+    student.save_pretrained(tmp_path / "s")
+    reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "s")
+    assert attention_kinds(reloaded.config) == [GLOBAL, GLOBAL, LOCAL]
+    # a narrower (random) student follows the family's own pattern
+    narrow = create_student(teacher, 4, hidden_size=16)
+    assert attention_kinds(narrow.config) == [GLOBAL, LOCAL, LOCAL, GLOBAL]
+
+
+@pytest.mark.parametrize("family", FAMILY_CONFIGS)
+def test_the_sparse_head_equals_the_dense_path(family):
+    model = family_teacher(family, dropout=0.0).eval()
+    batch = batch_of(4, seed=1)
+    positions = (batch["labels"].reshape(-1) != -100).nonzero().squeeze(1)
+    spec = CaptureSpec(last_hidden_state=True, hidden_states=(0, 2), attention=(1,), relation=3)
+    with torch.no_grad():
+        sparse = capture(model, batch, positions, spec)
+        dense = capture(model, batch, positions, spec, sparse=False)
+    assert sparse.logits.shape == (len(positions), 64)
+    torch.testing.assert_close(sparse.logits, dense.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sparse.last_hidden_state, dense.last_hidden_state, rtol=0, atol=0)
+    # one (batch, length, width) tensor per signal: DeBERTa's projections of its position embeddings are not taken
+    assert [tuple(t.shape) for t in (*sparse.hidden_states, *sparse.attention_qk[0], *sparse.relation_qkv)] == [
+        (4, 16, 32)] * 7
+    full = model(**_inputs(batch)).logits.reshape(-1, 64)[positions]  # and both equal the model's own logits
+    torch.testing.assert_close(sparse.logits, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "deberta-v2-absolute", "electra", "distilbert", "modernbert"])
+def test_captured_queries_and_keys_give_the_models_own_attention(family):
+    """softmax(q·k/√d) from the captured projections (ModernBERT: rotated, and banded in its local layers) equals the
+    attention probabilities the model itself computes (eager attention, output_attentions)."""
+    config = family_config(family)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(config, attn_implementation="eager").eval()
+    batch = batch_of(4, seed=2)
+    positions = (batch["labels"].reshape(-1) != -100).nonzero().squeeze(1)
+    with torch.no_grad():
+        signals = capture(model, batch, positions, CaptureSpec(attention=(0, 1, 2, 3)))
+        own = model(**_inputs(batch), output_attentions=True).attentions
+    keys = batch["attention_mask"].bool()
+    for layer, ((q, k), window) in enumerate(zip(signals.attention_qk, signals.attention_windows)):
+        probs = scaled_dot_log_probs(q, k, signals.attention_heads, keys, window).exp()
+        real = keys[:, None, :, None] & keys[:, None, None, :]  # rows and columns of real tokens
+        torch.testing.assert_close(probs * real, own[layer].float() * real, rtol=1e-4, atol=1e-5)
+    if family == "modernbert":
+        assert signals.attention_windows == (None, 4, 4, None)
+
+
+def test_relative_position_attention_refuses_the_attention_term(tmp_path):
+    teacher = family_teacher("deberta-v2")
+    with pytest.raises(ModelMismatchError, match="relative-position") as err:
+        DistillationTrainer(model=create_student(teacher, 2), teacher_model=teacher,
+                            args=args_for(tmp_path, max_steps=1, **ATTENTION), train_dataset=premasked_dataset(8))
+    assert "alpha_relation" in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+def test_attention_pairs_of_different_kinds_are_refused_with_a_map_that_works(tmp_path):
+    teacher = family_teacher("modernbert", layers=6)  # global, local, local, global, local, local
+    student = create_student(teacher, 3, [1, 3, 5])  # local, global, local
+    args = args_for(tmp_path, max_steps=1, **ATTENTION)  # uniform: 0:1, 1:3, 2:5 … matches; 2 layers would not
+    with pytest.raises(ModelMismatchError, match="different kinds") as err:
+        DistillationTrainer(model=create_student(teacher, 2, [0, 1]), teacher_model=teacher,
+                            args=args, train_dataset=premasked_dataset(8))
+    assert 'layer_map "0:0,1:1"' in str(err.value)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=premasked_dataset(8))
+    assert trainer.layer_plan.layer_pairs == ((0, 1), (1, 3), (2, 5))
+
+
+@pytest.mark.parametrize("family", FAMILY_CONFIGS)
+def test_every_family_end_to_end(tmp_path, family):
+    """create_student → a few DistillationTrainer steps with every term that applies → save → reload → fill-mask,
+    and the card says which teacher layers (and for ModernBERT which attention kind) each student layer has."""
+    teacher = family_teacher(family, dropout=0.1)
+    student = create_student(teacher, 2)
+    before = [p.detach().clone() for p in student.parameters()]
+    tokenizer = family_tokenizer(tmp_path / "tok", family)
+    args = args_for(tmp_path, max_steps=3, logging_steps=1, alpha_hidden=1.0, **_terms(family))
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
+                                  train_dataset=premasked_dataset(24, seed=3), processing_class=tokenizer)
+    trainer.train()
+    logged = {k for entry in trainer.state.log_history for k, v in entry.items() if k.endswith("_loss") and v > 0}
+    expected = {"kd_loss", "mlm_loss", "hidden_loss", "intermediate_loss", "relation_loss"}
+    assert expected | ({"attention_loss"} if "alpha_attention" in _terms(family) else set()) <= logged
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+    trainer.save_model()
+    trainer.create_model_card()
+    out = tmp_path / "out"
+    reloaded = AutoModelForMaskedLM.from_pretrained(out)
+    assert type(reloaded) is type(teacher) and reloaded.config.num_hidden_layers == 2
+    for name, value in reloaded.state_dict().items():
+        torch.testing.assert_close(value, student.state_dict()[name], rtol=0, atol=0, msg=name)
+    guesses = pipeline("fill-mask", model=str(out), top_k=3)("w1 w2 [MASK] w4")
+    assert len(guesses) == 3 and all(g["sequence"] for g in guesses)
+    card = (out / "README.md").read_text()
+    assert "teacher's layers 1, 3" in card
+    if family == "modernbert":
+        assert "student layer 0 ← teacher layer 1 (local, a window of ±4 tokens); 1 ← teacher layer 3 (global)" in card
