@@ -114,28 +114,32 @@ def _layer_hooks(model: nn.Module, spec: CaptureSpec, captured: dict, projection
     if layers is None:
         raise ValueError(f"{type(model).__name__}: hf_distil.heads does not know where its encoder layers are.")
 
-    def keep(key, project=None):
+    # The hooks only keep references: any computation on what they capture (projections, rotations) happens after
+    # the layers ran, so that gradient checkpointing recomputes the same operations the forward saved tensors for.
+    def keep(key):
         def hook(module, args, output):
-            tensor = _output_tensor(output)
-            # The projections are float32; a half-precision student outside autocast feeds them its own dtype.
-            captured[key] = project(tensor.to(project.weight.dtype)) if project is not None else tensor
+            captured[key] = _output_tensor(output)
         return hook
 
     projected = []
     for index in spec.hidden_states:
         module = embedding_module(model) if index == 0 else layers[index - 1]
-        project = projections[str(index)] if projections is not None and str(index) in projections else None
-        hooks.append(module.register_forward_hook(keep(("hidden", index), project)))
-        if project is not None:
-            projected.append(("hidden", index))
+        hooks.append(module.register_forward_hook(keep(("hidden", index))))
+        if projections is not None and str(index) in projections:
+            projected.append(index)
     if projected:
-        # DDP (find_unused_parameters) looks for the parameters a step uses in the model's outputs: the projections
-        # are reached only through what the hooks captured, so the output carries those tensors too.
-        def expose(module, args, output):
+        # Inside the student's forward (DDP, DeepSpeed and FSDP see the projections as part of the model), once its
+        # layers ran. DDP (find_unused_parameters) looks for the parameters a step uses in the model's outputs: the
+        # projections are reached only through what the hooks captured, so the output carries those tensors too.
+        def project_and_expose(module, args, output):
+            for index in projected:
+                project = projections[str(index)]
+                # The projections are float32; a half-precision student outside autocast feeds them its own dtype.
+                captured[("hidden", index)] = project(captured[("hidden", index)].to(project.weight.dtype))
             return OutputWithProjections(logits=output.logits, hidden_states=output.get("hidden_states"),
-                                         projected_hidden_states=tuple(captured[key] for key in projected))
+                                         projected_hidden_states=tuple(captured[("hidden", i)] for i in projected))
 
-        hooks.append(unwrap(model).register_forward_hook(expose))
+        hooks.append(unwrap(model).register_forward_hook(project_and_expose))
     attention_layers = set(spec.attention) | ({spec.relation} if spec.relation is not None else set())
     for layer in sorted(attention_layers):
         attention = self_attention(model, layer)
@@ -147,10 +151,9 @@ def _layer_hooks(model: nn.Module, spec: CaptureSpec, captured: dict, projection
 
 
 def _qkv_hooks(attention, layer: int, captured: dict, hooks: list) -> None:
-    """Hooks that put layer `layer`'s queries, keys and values into `captured` as ("q" | "k" | "v", layer), each
-    (batch, length, heads · head size): split from a fused [q | k | v] projection, and with the queries and keys
-    rotated by the attention's rotary position embeddings where the family rotates them (ModernBERT), so that
-    softmax(q·k/√d) is the layer's attention."""
+    """Hooks that keep layer `layer`'s query, key and value projections' outputs in `captured` as ("q" | "k" | "v",
+    layer), or one fused [q | k | v] output as ("qkv", layer), and where the family rotates queries and keys
+    (ModernBERT) the (cos, sin) its attention receives as ("rotary", layer): `_signals` splits and rotates them."""
     if len(attention.projections) == 3:
         def keep(part):
             def hook(module, args, output):
@@ -162,16 +165,28 @@ def _qkv_hooks(attention, layer: int, captured: dict, hooks: list) -> None:
         for part, module in zip("qkv", attention.projections):
             hooks.append(module.register_forward_hook(keep(part)))
     else:
-        def split(module, args, output):
-            for part, tensor in zip("qkv", _output_tensor(output).chunk(3, dim=-1)):
-                captured[(part, layer)] = tensor
-        hooks.append(attention.projections[0].register_forward_hook(split))
+        def keep_fused(module, args, output):
+            captured[("qkv", layer)] = _output_tensor(output)
+        hooks.append(attention.projections[0].register_forward_hook(keep_fused))
     if attention.rotary:
-        def rotate(module, args, kwargs, output):
-            cos, sin = kwargs["position_embeddings"]
-            for part in "qk":
-                captured[(part, layer)] = rotary(captured[(part, layer)], cos, sin, attention.num_heads)
-        hooks.append(attention.module.register_forward_hook(rotate, with_kwargs=True))
+        def keep_rotary(module, args, kwargs):
+            captured[("rotary", layer)] = kwargs["position_embeddings"]
+        hooks.append(attention.module.register_forward_pre_hook(keep_rotary, with_kwargs=True))
+
+
+def _qkv(captured: dict, layer: int, heads: int, parts: str = "qkv") -> tuple[torch.Tensor, ...]:
+    """Layer `layer`'s captured queries / keys / values (`parts`), each (batch, length, heads · head size): split from
+    a fused projection, and queries and keys rotated where the layer rotates them, so that softmax(q·k/√d) is the
+    layer's attention."""
+    if ("qkv", layer) in captured:
+        fused = dict(zip("qkv", captured[("qkv", layer)].chunk(3, dim=-1)))
+    else:
+        fused = {part: captured[(part, layer)] for part in "qkv"}
+    if ("rotary", layer) in captured:
+        cos, sin = captured[("rotary", layer)]
+        for part in "qk":
+            fused[part] = rotary(fused[part], cos, sin, heads)
+    return tuple(fused[part] for part in parts)
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> torch.Tensor:
@@ -190,10 +205,10 @@ def _signals(logits: torch.Tensor, spec: CaptureSpec, captured: dict) -> Signals
         logits,
         captured.get("last_hidden_state"),
         hidden_states=tuple(captured[("hidden", i)] for i in spec.hidden_states),
-        attention_qk=tuple((captured[("q", i)], captured[("k", i)]) for i in spec.attention),
+        attention_qk=tuple(_qkv(captured, i, captured["heads"], "qk") for i in spec.attention),
         attention_heads=captured.get("heads", 0),
         attention_windows=tuple(captured[("window", i)] for i in spec.attention),
-        relation_qkv=(tuple(captured[(part, spec.relation)] for part in "qkv") if spec.relation is not None else ()),
+        relation_qkv=_qkv(captured, spec.relation, captured["heads"]) if spec.relation is not None else (),
     )
 
 

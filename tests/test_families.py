@@ -186,3 +186,30 @@ def test_every_family_end_to_end(tmp_path, family):
     assert "teacher's layers 1, 3" in card
     if family == "modernbert":
         assert "student layer 0 ← teacher layer 1 (local, a window of ±4 tokens); 1 ← teacher layer 3 (global)" in card
+
+
+@pytest.mark.parametrize("family, narrow", [("modernbert", False), ("distilbert", False), ("bert", True)])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients_with_layer_terms(tmp_path, family, narrow):
+    """Long-context runs checkpoint the student's layers: the hooks still capture what the layer terms read, and the
+    gradients equal those of the plain forward (a narrow student: through the learned projections too)."""
+    teacher = family_teacher(family, dropout=0.0)
+    batch = batch_of(4, seed=5)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(1)
+        student = create_student(teacher, 2, hidden_size=16) if narrow else create_student(teacher, 2)
+        args = args_for(tmp_path, max_steps=1, alpha_hidden=0.0 if narrow else 1.0,
+                        gradient_checkpointing=checkpointing, **_terms(family))
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
+        if checkpointing:
+            student.gradient_checkpointing_enable(args.gradient_checkpointing_kwargs)
+        student.train()
+        loss, values, _ = trainer._distillation_loss(student, batch, training=True)
+        loss.backward()
+        assert student.is_gradient_checkpointing == checkpointing and all(v > 0 for v in values.values())
+        projected = [n for n, p in trainer.model.named_parameters() if "distil_projections" in n and p.grad is not None]
+        assert bool(projected) == narrow
+        grads.append([p.grad.clone() for p in trainer.model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for plain, checkpointed in zip(*grads):
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-6)
