@@ -110,6 +110,12 @@ class ModelArguments:
     student_num_attention_heads: int | None = field(
         default=None, metadata={"help": "Attention heads of a narrower student (e.g. 12); default: the teacher's."}
     )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention kernel of teacher and student: sdpa, eager, flash_attention_2, flex_attention, "
+                  "or auto (flash_attention_2 where a CUDA GPU and the flash-attn package are there: attention over "
+                  "the real tokens only, unpadded; sdpa otherwise). Default: transformers' choice for the model."},
+    )
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, when not the teacher's own."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow code from the model repositories to run (teacher, student, tokenizer)."}
@@ -328,6 +334,30 @@ def _barrier():
         torch.distributed.barrier()
 
 
+ATTENTION_KERNELS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def resolve_attn_implementation(requested: str | None, training_args: DistillationArguments) -> str | None:
+    """The attention kernel to load the models with: `auto` → flash_attention_2 where it can run (a CUDA GPU, the
+    flash-attn package, half-precision autocast), else sdpa; a named kernel as given (checked); None: the model's
+    default."""
+    if requested is None:
+        return None
+    if requested == "auto":
+        import importlib.util
+
+        usable = (torch.cuda.is_available() and not training_args.use_cpu
+                  and importlib.util.find_spec("flash_attn") is not None and (training_args.bf16 or training_args.fp16))
+        chosen = "flash_attention_2" if usable else "sdpa"
+        logger.info("attn_implementation auto: %s", chosen)
+        return chosen
+    if requested not in ATTENTION_KERNELS:
+        raise RecipeError(f"--attn_implementation {requested!r} is not one of auto, {', '.join(ATTENTION_KERNELS)}.")
+    if requested.startswith("flash_attention") and (training_args.use_cpu or not torch.cuda.is_available()):
+        raise RecipeError(f"--attn_implementation {requested} needs a CUDA GPU; use sdpa (or auto) on this machine.")
+    return requested
+
+
 def build_models(model_args: ModelArguments, training_args: DistillationArguments):
     """(teacher, student, tokenizer), checked for compatibility by the trainer afterwards."""
     name = training_args.teacher_model_name_or_path
@@ -344,9 +374,11 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
             "one: drop one of them."
         )
     common = {"trust_remote_code": model_args.trust_remote_code, "cache_dir": model_args.cache_dir}
+    attention = resolve_attn_implementation(model_args.attn_implementation, training_args)
+    models = {**common, **({"attn_implementation": attention} if attention else {})}
     # A student copied from the teacher starts from its float32 weights; the trainer then casts the teacher alone.
     dtype = training_args.teacher_torch_dtype if model_args.student_model_name_or_path else torch.float32
-    teacher = load_teacher(name, training_args, dtype=dtype, **common)
+    teacher = load_teacher(name, training_args, dtype=dtype, **models)
     if model_task(teacher) not in (MASKED_LM, None):
         raise RecipeError(
             f"Teacher {name!r} is a fine-tuned {type(teacher).__name__}, not a masked LM: this recipe distils masked "
@@ -362,7 +394,7 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
     if model_args.student_model_name_or_path:
         try:
             student = AutoModelForMaskedLM.from_pretrained(model_args.student_model_name_or_path, dtype=torch.float32,
-                                                           **common)
+                                                           **models)
         except OSError as err:
             raise RecipeError(
                 f"Student {model_args.student_model_name_or_path!r} could not be loaded ({str(err).splitlines()[0]}): "

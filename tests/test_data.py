@@ -27,6 +27,7 @@ from hf_distil.data import (
     noteevents_inputs,
     tokenize_corpus,
 )
+from hf_distil.data.blocks import pack_lengths
 
 datasets.disable_progress_bars()
 
@@ -494,6 +495,34 @@ def test_line_by_line_gives_one_truncated_example_per_line(wordpiece):
     assert len(ids[1]) == 12 and ids[1][-1] == wordpiece.sep_token_id  # truncated, special tokens kept
     assert [len(i) for i in ids] == [4, 12, len(wordpiece("plan: ct")["input_ids"]), 4]  # no padding
     assert list(out["special_tokens_mask"])[0] == [1, 0, 0, 1]
+
+
+def test_pack_lengths_keeps_notes_whole_and_cuts_only_longer_ones():
+    # block 16: 5+7 fit, 9 starts a new block, 40 = two full pieces + 8 that shares with the next note, 0 skipped
+    assert pack_lengths([5, 7, 9, 40, 0, 6, 16, 1], 16) == [
+        [(0, 0, 5), (1, 0, 7)], [(2, 0, 9)], [(3, 0, 16)], [(3, 16, 32)], [(3, 32, 40), (5, 0, 6)], [(6, 0, 16)],
+        [(7, 0, 1)]]
+    assert pack_lengths([], 8) == [] and pack_lengths([32], 16) == [[(0, 0, 16)], [(0, 16, 32)]]
+
+
+def test_pack_notes_gives_whole_notes_per_block(wordpiece):
+    notes = [f"the patient {i} with chest pain " * (1 + i % 9) for i in range(40)]
+    raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": notes})})
+    out = tokenize_corpus(raw, wordpiece, args(train_file="x", pack_notes=True), 64)["train"]
+    encoded = [wordpiece(note)["input_ids"] for note in notes]
+    assert max(len(e) for e in encoded) > 64  # one note is longer than a block: cut into pieces
+    blocks = list(out["input_ids"])
+    assert all(len(b) <= 64 for b in blocks) and min(len(b) for b in blocks) < 64  # not padded to full length
+    assert list(itertools.chain.from_iterable(blocks)) == list(itertools.chain.from_iterable(encoded))  # nothing lost
+    expected = [[encoded[i][a:b] for i, a, b in block] for block in pack_lengths([len(e) for e in encoded], 64)]
+    assert blocks == [list(itertools.chain.from_iterable(parts)) for parts in expected]
+    # a note that fits a block never straddles two: every block starts with [CLS] unless it continues a long note
+    starts = [b[0] for b in blocks]
+    assert starts.count(wordpiece.cls_token_id) >= len(blocks) - sum(len(e) // 64 for e in encoded)
+    assert set(itertools.chain.from_iterable(out["attention_mask"])) == {1}
+    assert [len(m) for m in out["special_tokens_mask"]] == [len(b) for b in blocks]
+    with pytest.raises(DataError, match="--pack_notes and --line_by_line"):
+        args(train_file="x", pack_notes=True, line_by_line=True)
 
 
 def test_max_samples_and_too_short_corpus(wordpiece):

@@ -50,6 +50,12 @@ class DataArguments:
         default=False,
         metadata={"help": "One example per non-empty line (truncated) instead of concatenating into full blocks."},
     )
+    pack_notes: bool = field(
+        default=False,
+        metadata={"help": "Pack whole notes (documents) into blocks of up to --max_seq_length tokens without cutting "
+                  "a note across blocks (one longer than a block is cut into block-sized pieces); blocks are not "
+                  "padded to full length (for long-context models: 4,096 or 8,192 tokens hold whole notes)."},
+    )
     mlm_probability: float = field(
         default=0.15, metadata={"help": "Share of tokens masked for the masked-LM objective."}
     )
@@ -87,6 +93,9 @@ class DataArguments:
             raise DataError(f"--mlm_probability must be between 0 and 1 (exclusive), got {self.mlm_probability}")
         if not 0 <= self.validation_split_percentage <= 50:
             raise DataError(f"--validation_split_percentage must be 0..50, got {self.validation_split_percentage}")
+        if self.pack_notes and self.line_by_line:
+            raise DataError("--pack_notes and --line_by_line both given: pass one (whole notes per block, or one "
+                            "example per line)")
         if self.max_seq_length < 1:
             raise DataError(f"--max_seq_length must be positive, got {self.max_seq_length}")
         for name in ("max_train_samples", "max_eval_samples"):

@@ -53,7 +53,9 @@ def tokenize_corpus(
 
     Default: each batch of 1,000 rows is tokenised (special tokens per row, as run_mlm.py does),
     concatenated and cut into blocks of exactly `max_seq_length`; the remainder of each batch is
-    dropped. `line_by_line`: one truncated example per non-empty line, padding left to the collator.
+    dropped. `pack_notes`: whole texts (notes) packed in order into blocks of up to `max_seq_length` tokens, never
+    cut across blocks unless longer than one (then cut into block-sized pieces), padding left to the collator.
+    `line_by_line`: one truncated example per non-empty line, padding left to the collator.
     Columns: input_ids, attention_mask, special_tokens_mask (+ token_type_ids if the tokenizer makes them).
     The blocks are cached beside the corpus's Arrow files, or under `cache_dir` when the corpus is elsewhere.
     """
@@ -61,6 +63,9 @@ def tokenize_corpus(
     if data_args.line_by_line:
         function, features = _tokenize_lines, None
         fn_kwargs = {"tokenizer": tokenizer, "max_seq_length": max_seq_length}
+    elif data_args.pack_notes:
+        function, features = _tokenize_and_pack_notes, _block_features(with_types)
+        fn_kwargs = {"encoder": _block_encoder(tokenizer), "max_seq_length": max_seq_length, "with_types": with_types}
     else:
         function, features = _tokenize_and_group, _block_features(with_types)
         fn_kwargs = {"encoder": _block_encoder(tokenizer), "max_seq_length": max_seq_length, "with_types": with_types}
@@ -80,7 +85,9 @@ def tokenize_corpus(
             features=features,
             load_from_cache_file=not data_args.overwrite_cache,
             cache_file_name=_cache_file(ds, cache_dir, "tokenised", function.__name__, fn_kwargs, features),
-            desc=f"Tokenising {split}" + ("" if data_args.line_by_line else f" into blocks of {max_seq_length}"),
+            desc=f"Tokenising {split}" + ("" if data_args.line_by_line else
+                                         f" into {'notes packed in ' if data_args.pack_notes else ''}blocks of "
+                                         f"{max_seq_length}"),
         )
     if "train" in out and len(out["train"]) == 0 and len(raw["train"]) > 0:
         if data_args.line_by_line:
@@ -174,6 +181,67 @@ def _tokenize_and_group(batch, encoder, max_seq_length: int, with_types: bool):
 
 
 _tokenize_and_group.__module__ = "hf_distil.data"  # datasets hashes it by this name: caches stay valid
+
+
+def _encode_each(texts: list[str], encoder, with_types: bool):
+    """Per text: (token ids, special-token mask, token types or None), each a numpy array."""
+    if isinstance(encoder, Tokenizer):
+        encode = getattr(encoder, "encode_batch_fast", encoder.encode_batch)
+        return [(np.asarray(e.ids, np.int32), np.asarray(e.special_tokens_mask, np.int8),
+                 np.asarray(e.type_ids, np.int8) if with_types else None)
+                for e in encode(texts, add_special_tokens=True)]
+    batch = encoder(texts, return_special_tokens_mask=True, verbose=False)
+    return [(np.asarray(batch["input_ids"][i], np.int32), np.asarray(batch["special_tokens_mask"][i], np.int8),
+             np.asarray(batch["token_type_ids"][i], np.int8) if with_types else None) for i in range(len(texts))]
+
+
+def pack_lengths(lengths: list[int], max_seq_length: int) -> list[list[tuple[int, int, int]]]:
+    """Blocks of (text, start, end) token spans: texts in order, each block filled with whole texts while they fit;
+    a text longer than a block is cut into block-sized pieces, each its own block (its last piece may share)."""
+    blocks, current, used = [], [], 0
+    for index, length in enumerate(lengths):
+        if length == 0:
+            continue
+        if length > max_seq_length:  # whole pieces alone; the remainder goes on like a short text
+            full = length // max_seq_length * max_seq_length
+            if current:
+                blocks.append(current)
+                current, used = [], 0
+            blocks.extend([[(index, start, start + max_seq_length)] for start in range(0, full, max_seq_length)])
+            if full == length:
+                continue
+            span, size = (index, full, length), length - full
+        else:
+            span, size = (index, 0, length), length
+        if used + size > max_seq_length:
+            blocks.append(current)
+            current, used = [], 0
+        current.append(span)
+        used += size
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def _tokenize_and_pack_notes(batch, encoder, max_seq_length: int, with_types: bool):
+    """Tokenise a batch of notes and pack whole notes into blocks of up to `max_seq_length` tokens (pack_lengths)."""
+    encoded = _encode_each(batch["text"], encoder, with_types)
+    blocks = pack_lengths([len(ids) for ids, _, _ in encoded], max_seq_length)
+    out = {"input_ids": [], "attention_mask": [], "special_tokens_mask": []}
+    if with_types:
+        out["token_type_ids"] = []
+    for block in blocks:
+        parts = [[encoded[i][k][start:end] for i, start, end in block] for k in range(3 if with_types else 2)]
+        ids = np.concatenate(parts[0])
+        out["input_ids"].append(ids)
+        out["attention_mask"].append(np.ones(len(ids), dtype=np.int8))
+        out["special_tokens_mask"].append(np.concatenate(parts[1]))
+        if with_types:
+            out["token_type_ids"].append(np.concatenate(parts[2]))
+    return out
+
+
+_tokenize_and_pack_notes.__module__ = "hf_distil.data"  # datasets hashes it by this name: caches stay valid
 
 
 def _tokenize_lines(batch, tokenizer, max_seq_length: int):
