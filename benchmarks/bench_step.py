@@ -23,7 +23,15 @@ Before timing, the loss of `ours` is asserted equal to the seed-style loss on th
 Default sizes are the real ones: a teacher of Bio_ClinicalBERT's shape (random weights), a 6-layer student
 from create_student, sequence 128, batch 16.
 
+Long sequences (`--lengths`): the same comparison at each sequence length, with the tokens per step held at
+`--batch_tokens` (batch = batch_tokens // length), so that what grows with the length is attention and what the
+objective keeps per position; `--family modernbert` gives a teacher of ModernBERT-base's shape (22 layers, global
+attention every third layer, a ±64-token local window, vocabulary 50,368), `--gradient_checkpointing` checkpoints
+every contender's student, as the long-context recipe does.
+
     python benchmarks/bench_step.py --json out/bench_step.json
+    python benchmarks/bench_step.py --family modernbert --lengths 512,1024,2048,4096,8192 --batch_tokens 16384 \
+        --gradient_checkpointing --bf16 --json out/bench_step_long.json   # a GPU
     python benchmarks/bench_step.py --profile --contenders ours,seed,floor   # where the time goes
     python benchmarks/bench_step.py --teacher_layers 2 --hidden 32 --vocab 100 --steps 2 --rounds 1   # smoke
 """
@@ -42,6 +50,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+FAMILIES = ("bert", "modernbert")
 CONTENDERS = ("ours", "seed", "floor", "ours_dense", "ours_bf16_teacher", "ours_compiled", "ours_attention",
               "ours_intermediate", "ours_relation")
 # The layer-term levers: the seed's objective plus one more term, weight 1.
@@ -58,14 +67,26 @@ TARGETS = {"time_vs_seed": 1 / 1.3, "memory_vs_seed": 0.75, "time_vs_floor": 0.9
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("sizes (defaults: Bio_ClinicalBERT's architecture)")
+    g = p.add_argument_group("sizes (defaults: Bio_ClinicalBERT's architecture, or ModernBERT-base's)")
+    g.add_argument("--family", default="bert", choices=FAMILIES,
+                   help="bert: Bio_ClinicalBERT's shape; modernbert: ModernBERT-base's (sizes not given on the "
+                        "command line follow the family)")
     g.add_argument("--batch", type=int, default=16)
     g.add_argument("--seq", type=int, default=128, help="sequence length (every position is a real token)")
-    g.add_argument("--vocab", type=int, default=28996)
+    g.add_argument("--lengths", default=None,
+                   help="comma-separated sequence lengths to sweep (overrides --seq and --batch: see --batch_tokens)")
+    g.add_argument("--batch_tokens", type=int, default=16384,
+                   help="with --lengths: tokens per step at every length (batch = batch_tokens // length, at least 1)")
+    g.add_argument("--vocab", type=int, default=None, help="default 28996 (bert) / 50368 (modernbert)")
     g.add_argument("--hidden", type=int, default=768)
     g.add_argument("--heads", type=int, default=None, help="attention heads; default hidden / 64 (at least 1)")
-    g.add_argument("--intermediate", type=int, default=None, help="feed-forward width; default 4 × hidden")
-    g.add_argument("--teacher_layers", type=int, default=12)
+    g.add_argument("--intermediate", type=int, default=None,
+                   help="feed-forward width; default 4 × hidden (bert) / 1.5 × hidden (modernbert)")
+    g.add_argument("--teacher_layers", type=int, default=None, help="default 12 (bert) / 22 (modernbert)")
+    g.add_argument("--gradient_checkpointing", action="store_true",
+                   help="checkpoint the student's layers (every contender), as the long-context recipe does")
+    g.add_argument("--attn_implementation", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"),
+                   help="attention kernel of both models (every contender)")
     g.add_argument("--student_layers", type=int, default=None, help="default teacher_layers // 2 (every other)")
     g.add_argument("--mask_prob", type=float, default=0.15, help="share of positions masked (labels != -100)")
     g = p.add_argument_group("run")
@@ -90,8 +111,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
+    modern = a.family == "modernbert"
+    a.vocab = a.vocab or (50368 if modern else 28996)
+    a.teacher_layers = a.teacher_layers or (22 if modern else 12)
     a.heads = a.heads or max(1, a.hidden // 64)
-    a.intermediate = a.intermediate or 4 * a.hidden
+    a.intermediate = a.intermediate or (a.hidden * 3 // 2 if modern else 4 * a.hidden)
+    try:
+        a.lengths = [int(n) for n in a.lengths.split(",") if n.strip()] if a.lengths else None
+    except ValueError:
+        p.error(f"--lengths {a.lengths!r}: give comma-separated integers, e.g. 512,1024,2048.")
+    if a.lengths is not None and (not a.lengths or min(a.lengths) < 3 or a.batch_tokens < 1):
+        p.error("--lengths needs lengths >= 3 and --batch_tokens >= 1.")
     a.student_layers = a.student_layers or max(1, a.teacher_layers // 2)
     a.threads = a.threads or os.cpu_count() or 1
     names = [n.strip() for n in a.contenders.split(",") if n.strip()]
@@ -125,18 +155,31 @@ def resolve_device(name: str) -> str:
 
 
 def build_models(a):
-    """A random-weight teacher of the requested BERT shape and its every-other-layer student."""
+    """A random-weight teacher of the requested shape and family, and its every-other-layer student."""
     import torch
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
 
     from hf_distil import create_student
 
-    config = BertConfig(vocab_size=a.vocab, hidden_size=a.hidden, num_hidden_layers=a.teacher_layers,
-                        num_attention_heads=a.heads, intermediate_size=a.intermediate,
-                        max_position_embeddings=max(512, a.seq))
+    positions = max(512, a.seq)
+    if a.family == "modernbert":
+        config = ModernBertConfig(vocab_size=a.vocab, hidden_size=a.hidden, num_hidden_layers=a.teacher_layers,
+                                  num_attention_heads=a.heads, intermediate_size=a.intermediate,
+                                  max_position_embeddings=max(8192, positions), local_attention=128,
+                                  global_attn_every_n_layers=3, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+                                  cls_token_id=2, sep_token_id=3)
+        model_class = ModernBertForMaskedLM
+    else:
+        config = BertConfig(vocab_size=a.vocab, hidden_size=a.hidden, num_hidden_layers=a.teacher_layers,
+                            num_attention_heads=a.heads, intermediate_size=a.intermediate,
+                            max_position_embeddings=positions)
+        model_class = BertForMaskedLM
     torch.manual_seed(a.seed)
-    teacher = BertForMaskedLM(config)
-    return teacher, create_student(teacher, a.student_layers, "every_other")
+    teacher = model_class._from_config(config, attn_implementation=a.attn_implementation)
+    student = create_student(teacher, a.student_layers, "every_other")
+    if a.gradient_checkpointing:
+        student.gradient_checkpointing_enable({"use_reentrant": False})
+    return teacher, student
 
 
 def make_examples(a, n: int) -> list[dict]:
@@ -512,12 +555,26 @@ def main(argv=None):
         with open(a.result, "w", encoding="utf-8") as f:
             json.dump(result, f)
         return result
-    import torch
 
     device = resolve_device(a.device)
-    print(f"bench_step: teacher {a.teacher_layers}×{a.hidden} (vocab {a.vocab}), student {a.student_layers} layers, "
-          f"batch {a.batch} × seq {a.seq}, {a.warmup}+{a.steps} steps × {a.rounds} rounds, device {device}, "
-          f"{a.threads} threads, torch {torch.__version__}", flush=True)
+    if a.lengths:
+        return sweep_lengths(a, argv, device)
+    report = bench(a, argv, device)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        print(f"wrote {a.json}")
+    return report
+
+
+def bench(a, argv: list[str], device: str) -> dict:
+    """The loss check, the rounds of every contender at one size, the report printed and returned."""
+    import torch
+
+    print(f"bench_step: {a.family} teacher {a.teacher_layers}×{a.hidden} (vocab {a.vocab}), student "
+          f"{a.student_layers} layers, batch {a.batch} × seq {a.seq}, {a.warmup}+{a.steps} steps × {a.rounds} rounds, "
+          f"device {device}, {a.threads} threads, torch {torch.__version__}"
+          + (", gradient checkpointing" if a.gradient_checkpointing else ""), flush=True)
     check = None if a.skip_check else check_same_loss(a)
     if a.profile:
         print("profiling: step times and peak memory below include the profiler's overhead", flush=True)
@@ -537,12 +594,41 @@ def main(argv=None):
     summary = summarize(a, runs)
     rat = ratios(summary, runs)
     print_report(a, check, summary, rat, device)
-    report = {
+    return {
         "config": {k: v for k, v in vars(a).items() if k not in ("worker", "result", "json")},
         "device": device, "torch": torch.__version__, "cpu_count": os.cpu_count(),
         "loss_check": check, "contenders": summary, "ratios": rat, "targets": TARGETS,
         "runs": {n: [{k: v for k, v in r.items() if k != "profile"} for r in rs] for n, rs in runs.items()},
     }
+
+
+def sweep_lengths(a, argv: list[str], device: str) -> dict:
+    """`bench` at each of --lengths with batch_tokens // length rows per step; a table of step time and memory
+    against the length for each contender, and ours over seed and floor."""
+    reports = []
+    for length in a.lengths:
+        batch = max(1, a.batch_tokens // length)
+        sub_argv = [*argv, "--lengths", "", "--seq", str(length), "--batch", str(batch), "--json", ""]
+        reports.append(bench(parse_args(sub_argv), sub_argv, device))
+    memory = "GPU max allocated" if device == "cuda" else "peak RSS"
+    print(f"\nstep time (s) and {memory} (MiB) against the sequence length, {a.batch_tokens} tokens per step "
+          f"({a.family}{', gradient checkpointing' if a.gradient_checkpointing else ''}, device {device})")
+    names = list(reports[0]["contenders"])
+    header = "length batch " + " ".join(f"{n + ' s':>12} {n + ' MiB':>12}" for n in names)
+    ratio_keys = [k for k in ("ours/seed", "ours/floor") if k in reports[0]["ratios"]]
+    print(header + "".join(f" {k + ' time':>16} {k + ' mem':>15}" for k in ratio_keys))
+    rows = []
+    for length, report in zip(a.lengths, reports):
+        c, r = report["contenders"], report["ratios"]
+        mem = "cuda_peak_mib" if device == "cuda" else "peak_rss_mib"
+        print(f"{length:>6} {report['config']['batch']:>5} "
+              + " ".join(f"{c[n]['median_step_s']:>12.3f} {c[n][mem]:>12.0f}" for n in names)
+              + "".join(f" {r[k]['time']:>15.3f}× {r[k]['memory']:>14.3f}×" for k in ratio_keys))
+        rows.append({"seq": length, "batch": report["config"]["batch"],
+                     **{n: {"median_step_s": c[n]["median_step_s"], "memory_mib": c[n][mem]} for n in names},
+                     **{k: r[k] for k in ratio_keys}})
+    report = {"sweep": rows, "memory_measure": memory, "family": a.family, "batch_tokens": a.batch_tokens,
+              "gradient_checkpointing": a.gradient_checkpointing, "device": device, "reports": reports}
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(report, indent=2), encoding="utf-8")

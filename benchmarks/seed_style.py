@@ -55,11 +55,12 @@ class SeedStyleDistiller(nn.Module):
         self.temperature, self.alpha_kd, self.alpha_mlm, self.alpha_cos = temperature, alpha_kd, alpha_mlm, alpha_cos
 
     def forward(self, input_ids, attention_mask, labels, token_type_ids=None):
-        student_out = self.student(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                                   labels=labels, output_hidden_states=True)
+        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}  # not every family takes them
+        student_out = self.student(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                                   output_hidden_states=True, **types)
         with torch.no_grad():
-            teacher_out = self.teacher(input_ids=input_ids, attention_mask=attention_mask,
-                                       token_type_ids=token_type_ids, output_hidden_states=True)
+            teacher_out = self.teacher(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                                       **types)
         loss, terms = seed_style_loss(student_out, teacher_out, labels, attention_mask, self.temperature,
                                       self.alpha_kd, self.alpha_mlm, self.alpha_cos)
         return {"loss": loss, **terms}

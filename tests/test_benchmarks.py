@@ -88,6 +88,24 @@ def test_bench_step_measures_each_layer_term_against_ours(tmp_path, capsys):
     assert "ours_relation vs ours: time" in capsys.readouterr().out
 
 
+def test_bench_step_sweeps_the_sequence_length_on_a_modernbert_teacher(tmp_path, capsys):
+    """The long-sequence case: one full comparison per length at a fixed number of tokens per step."""
+    out = tmp_path / "long.json"
+    sizes = ["--family", "modernbert", "--teacher_layers", "4", "--hidden", "32", "--heads", "2", "--vocab", "100",
+             "--threads", "1", "--lengths", "16,64", "--batch_tokens", "128", "--gradient_checkpointing"]
+    bench_step.main([*sizes, "--steps", "1", "--warmup", "1", "--rounds", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["family"] == "modernbert" and report["gradient_checkpointing"] is True
+    assert [(row["seq"], row["batch"]) for row in report["sweep"]] == [(16, 8), (64, 2)]
+    for row, length_report in zip(report["sweep"], report["reports"]):
+        assert length_report["loss_check"]["rel_diff"] < 1e-5  # ours = seed-style on ModernBERT too
+        assert length_report["config"]["seq"] == row["seq"] and length_report["config"]["family"] == "modernbert"
+        ours, seed = row["ours"], row["seed"]
+        assert row["ours/seed"]["time"] == pytest.approx(ours["median_step_s"] / seed["median_step_s"])
+        assert row["ours/seed"]["memory"] == pytest.approx(ours["memory_mib"] / seed["memory_mib"])
+    assert "against the sequence length" in capsys.readouterr().out
+
+
 def test_bench_step_rejects_unknown_contenders(capsys):
     with pytest.raises(SystemExit):
         bench_step.parse_args(["--contenders", "ours,teacher_only"])

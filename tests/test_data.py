@@ -497,6 +497,17 @@ def test_line_by_line_gives_one_truncated_example_per_line(wordpiece):
     assert list(out["special_tokens_mask"])[0] == [1, 0, 0, 1]
 
 
+def test_map_functions_are_found_where_their_module_says():
+    """datasets pickles its map function for the worker processes (num_proc): one that cannot be found by its
+    module and name is pickled by value with its globals (a logger's lock), which Python 3.12 refuses."""
+    import importlib
+
+    from hf_distil.data import blocks
+
+    for function in (blocks._tokenize_and_group, blocks._tokenize_lines, blocks._tokenize_and_pack_notes):
+        assert getattr(importlib.import_module(function.__module__), function.__name__) is function
+
+
 def test_pack_lengths_keeps_notes_whole_and_cuts_only_longer_ones():
     # block 16: 5+7 fit, 9 starts a new block, 40 = two full pieces + 8 that shares with the next note, 0 skipped
     assert pack_lengths([5, 7, 9, 40, 0, 6, 16, 1], 16) == [

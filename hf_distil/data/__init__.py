@@ -20,6 +20,7 @@ Import from `hf_distil.data`; its modules, one job each, are its layout, not its
 # _is_noteevents is the name hf_distil.recipe imported first.
 from .arguments import DataArguments
 from .blocks import _tokenize_and_group as _tokenize_and_group
+from .blocks import _tokenize_and_pack_notes as _tokenize_and_pack_notes
 from .blocks import _tokenize_lines as _tokenize_lines
 from .blocks import effective_max_seq_length, make_collator, tokenize_corpus
 from .errors import DataError, DataFileNotFoundError
