@@ -25,18 +25,21 @@ class Family:
     head: tuple[str, ...]  # from the masked-LM model: the first module the last hidden state enters (logits after)
     attention: str  # from one layer: its self-attention module
     qkv: tuple[str, ...]  # in that module: the query, key, value projections; or one fused projection (q | k | v)
-    heads_attribute: str = "num_attention_heads"  # the attention module's head count
+    heads_attribute: str | None = "num_attention_heads"  # the attention module's head count; None: the config's
     # Config names where the family departs from BERT's (`intermediate_size` ...).
     config_names: dict = field(default_factory=dict)
     # Each layer's attention kind is `config.layer_types[i]` ("full_attention" / "sliding_attention" over
-    # ±config.sliding_window positions), and queries/keys are rotated (RoPE) before the product (ModernBERT).
+    # ±config.sliding_window positions) (ModernBERT).
     layer_types: bool = False
+    # Queries and keys are rotated by the `position_embeddings` (cos, sin) the attention module receives (RoPE).
+    rotary: bool = False
     # Parameter names (inside a layer) that layer 0 does not have, so a copy into or out of position 0 drops /
     # leaves them (ModernBERT's layer 0 has no attention pre-norm: the embeddings' norm precedes it).
     not_in_first_layer: tuple[str, ...] = ()
-    # Whether softmax(q·k/√d) over the unpadded keys is the layer's attention, given the config; DeBERTa adds
-    # relative-position terms to the scores when `relative_attention` is on.
-    plain_attention: object = None  # callable(config) -> bool; None: always
+    # Whether softmax(q·k/√d) over the unpadded keys is the layer's attention, given the config (None: always), and
+    # what to say when it is not: DeBERTa adds relative-position terms to the scores when `relative_attention` is on.
+    plain_attention: object = None  # callable(config) -> bool
+    not_plain: str = ""
 
     def attention_is_plain(self, config) -> bool:
         return self.plain_attention is None or bool(self.plain_attention(config))
@@ -54,7 +57,8 @@ FAMILIES = {
     "deberta-v2": Family("DeBERTa-v2/v3", layers="encoder.layer", embeddings=("embeddings",),
                          head=("cls", "lm_predictions"), attention="attention.self",
                          qkv=("query_proj", "key_proj", "value_proj"),
-                         plain_attention=lambda config: not getattr(config, "relative_attention", False)),
+                         plain_attention=lambda config: not getattr(config, "relative_attention", False),
+                         not_plain="adds relative-position terms to its attention scores"),
     # With embedding_size < hidden_size, ELECTRA projects the embeddings up before layer 0.
     "electra": Family("ELECTRA", layers="encoder.layer", embeddings=("embeddings_project", "embeddings"),
                       head=("generator_predictions",), attention="attention.self", qkv=("query", "key", "value")),
@@ -62,8 +66,16 @@ FAMILIES = {
                          head=("vocab_transform",), attention="attention", qkv=("q_lin", "k_lin", "v_lin"),
                          heads_attribute="n_heads", config_names={"intermediate_size": "hidden_dim"}),
     "modernbert": Family("ModernBERT", layers="layers", embeddings=("embeddings",), head=("head",),
-                         attention="attn", qkv=("Wqkv",), layer_types=True, not_in_first_layer=("attn_norm.",)),
+                         attention="attn", qkv=("Wqkv",), heads_attribute=None, layer_types=True, rotary=True,
+                         not_in_first_layer=("attn_norm.",)),
 }
+# A model_type not in the table with a BERT-style layout (`<base>.encoder.layer`, q/k/v in `attention.self`), e.g.
+# roberta-prelayernorm or data2vec-text: its parts are found, but whether its attention is softmax(q·k/√d) is not
+# known (ConvBERT and BigBird have the layout and other attention), so the attention term is refused for it.
+_BERT_LIKE = Family("BERT-like", layers="encoder.layer", embeddings=("embeddings",), head=("cls", "lm_head"),
+                    attention="attention.self", qkv=("query", "key", "value"), plain_attention=lambda config: False,
+                    not_plain="is not in hf_distil's family table, so whether softmax(q·k/√d) is its attention is not "
+                              "known")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -94,14 +106,12 @@ def _base(model: nn.Module) -> nn.Module:
 
 
 def family_of(model: nn.Module) -> Family | None:
-    """The model's family: by `config.model_type`, else (a BERT-alike of another name) the first family whose layer
-    list the model has; None when none fits."""
+    """The model's family: by `config.model_type`, else BERT-like when it has BERT's layout; None otherwise."""
     inner = unwrap(model)
     family = FAMILIES.get(getattr(getattr(inner, "config", None), "model_type", None))
     if family is not None:
         return family
-    base = _base(inner)
-    return next((f for f in FAMILIES.values() if isinstance(_attribute_path(base, f.layers), nn.ModuleList)), None)
+    return _BERT_LIKE if isinstance(_attribute_path(_base(inner), _BERT_LIKE.layers), nn.ModuleList) else None
 
 
 def known_families() -> str:
@@ -149,8 +159,7 @@ def find_mlm_head(model: nn.Module) -> nn.Module | None:
     family = family_of(inner)
     if model_task(inner) not in (MASKED_LM, None) or family is None:
         return None
-    head = next((h for h in (getattr(inner, name, None) for name in family.head) if isinstance(h, nn.Module)), None)
-    return head
+    return next((h for h in (getattr(inner, name, None) for name in family.head) if isinstance(h, nn.Module)), None)
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList | None:
@@ -212,15 +221,14 @@ def self_attention(model: nn.Module, layer: int) -> SelfAttention | None:
     if module is None:
         return None
     parts = tuple(getattr(module, name, None) for name in family.qkv)
-    heads = getattr(module, family.heads_attribute, None)
     config = unwrap(model).config
-    if family.layer_types and not isinstance(heads, int):
-        heads = getattr(config, "num_attention_heads", None)
+    heads = getattr(module if family.heads_attribute else config, family.heads_attribute or "num_attention_heads",
+                    None)
     if not all(isinstance(p, nn.Module) for p in parts) or not isinstance(heads, int):
         return None
     kinds = attention_kinds(config)
     window = config.sliding_window if kinds and kinds[layer] == LOCAL else None
-    return SelfAttention(module, parts, heads, rotary=family.layer_types, window=window)
+    return SelfAttention(module, parts, heads, rotary=family.rotary, window=window)
 
 
 def attention_is_plain(model: nn.Module) -> bool:

@@ -15,8 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from torch import nn
+
 from .errors import ArgumentError, ModelMismatchError
 from .heads import (
+    GLOBAL,
     attention_is_plain,
     attention_kinds,
     embedding_module,
@@ -151,8 +154,11 @@ def _check_attention_kinds(plan: LayerPlan, s_cfg, t_cfg) -> None:
     """Global and local (sliding-window) attention layers spread their attention over different keys: comparing the
     maps of a local layer with a global one would push the student towards keys it cannot see."""
     s_kinds, t_kinds = attention_kinds(s_cfg), attention_kinds(t_cfg)
-    if s_kinds is None or t_kinds is None:
+    if s_kinds is None and t_kinds is None:
         return
+    # A family without local layers attends globally in every layer.
+    s_kinds = s_kinds or [GLOBAL] * s_cfg.num_hidden_layers
+    t_kinds = t_kinds or [GLOBAL] * t_cfg.num_hidden_layers
     mixed = [f"{s}:{t} ({s_kinds[s]}↔{t_kinds[t]})" for s, t in plan.layer_pairs if s_kinds[s] != t_kinds[t]]
     if mixed:
         copied = getattr(s_cfg, "distil_teacher_layers", None)
@@ -199,19 +205,24 @@ def plan_layers(student, teacher, args) -> LayerPlan | None:
                 "looks for them: set alpha_attention and alpha_relation to 0."
             )
         if args.alpha_attention > 0 and not attention_is_plain(model):
+            family = family_of(model)
             raise ModelMismatchError(
-                f"The {side} ({family_of(model).name}) adds relative-position terms to its attention scores, so "
-                "softmax(q·k/√d) is not its attention and the attention term would teach the wrong maps: set "
-                "alpha_attention to 0 and use alpha_relation (MiniLM v2) or alpha_intermediate."
+                f"The {side} ({family.name}, model_type {getattr(unwrap(model).config, 'model_type', None)!r}) "
+                f"{family.not_plain}, so the attention term cannot compare its attention maps: set alpha_attention "
+                "to 0 and use alpha_relation (MiniLM v2) or alpha_intermediate."
             )
     if args.alpha_attention > 0:
         _check_attention_kinds(plan, s_cfg, t_cfg)
     if args.alpha_intermediate > 0:
-        for model, side in ((student, "student"), (teacher, "teacher")):
-            if embedding_module(model) is None:
+        for model, cfg, side in ((student, s_cfg, "student"), (teacher, t_cfg, "teacher")):
+            module = embedding_module(model)
+            # Narrower embeddings count only when a projection to the layers' width is what hf_distil hooks (ELECTRA)
+            embedding = getattr(cfg, "embedding_size", None) or cfg.hidden_size
+            if module is None or (embedding != cfg.hidden_size and not isinstance(module, nn.Linear)):
                 raise ModelMismatchError(
                     f"The intermediate term compares the embedding outputs (hidden state 0), but the {side}'s are "
-                    "not where hf_distil looks: set alpha_intermediate to 0 for this model."
+                    f"{embedding} wide, not its hidden size {cfg.hidden_size}, or not where hf_distil looks: set "
+                    "alpha_intermediate to 0 for this model."
                 )
     if args.alpha_attention > 0 and s_cfg.num_attention_heads != t_cfg.num_attention_heads:
         raise ModelMismatchError(

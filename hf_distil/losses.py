@@ -82,6 +82,18 @@ def scaled_dot_log_probs(a: torch.Tensor, b: torch.Tensor, heads: int, key_mask:
     return scores.log_softmax(dim=-1)
 
 
+def visible_key_counts(key_mask: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """(batch, length): how many real keys each query position sees, all of them or those within ±`window`."""
+    if window is None:
+        return key_mask.sum(1, keepdim=True).expand(key_mask.shape)
+    length = key_mask.shape[1]
+    before = torch.nn.functional.pad(key_mask.long().cumsum(1), (1, 0))  # before[:, j] = real keys among 0 .. j−1
+    positions = torch.arange(length, device=key_mask.device)
+    high = (positions + window + 1).clamp(max=length)
+    low = (positions - window).clamp(min=0)
+    return before[:, high] - before[:, low]
+
+
 def attention_loss_rows(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, kind: str,
                         real_keys: torch.Tensor) -> torch.Tensor:
     """Per query row, the mean over heads of: "mse", the squared difference of the two attention distributions
@@ -91,7 +103,8 @@ def attention_loss_rows(student_log_probs: torch.Tensor, teacher_log_probs: torc
 
     student_log_probs: (rows, heads, keys) log attention probabilities (see scaled_dot_log_probs)
     teacher_log_probs: (rows, heads, keys), the same head count
-    real_keys:         (rows,) the number of non-padding keys of each row's example
+    real_keys:         (rows,) the number of keys each row attends over (its example's non-padding keys, within the
+                       window of a local layer: visible_key_counts)
     returns:           (rows,) float32
     """
     if kind == "mse":

@@ -38,6 +38,7 @@ from .losses import (
     mlm_loss_rows,
     relation_kl_rows,
     scaled_dot_log_probs,
+    visible_key_counts,
 )
 from .signals import CaptureSpec, LayerSelection, Signals
 
@@ -150,21 +151,23 @@ def _recomputed(fn, *tensors):
 
 
 def _attention(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
-    """Σ over the layer pairs of the attention-map loss per query position (padded keys excluded)."""
+    """Σ over the layer pairs of the attention-map loss per query position (padded keys, and keys outside a local
+    layer's window, excluded)."""
     keys = rows.sets["N"]
-    real_keys = keys.sum(1).repeat_interleave(keys.shape[1])
 
-    def pair_loss(s_q, s_k, t_q, t_k, s_window, t_window):
-        s = scaled_dot_log_probs(s_q, s_k, student.attention_heads, keys, s_window)
-        t = scaled_dot_log_probs(t_q, t_k, teacher.attention_heads, keys, t_window)
-        return attention_loss_rows(_by_query_row(s), _by_query_row(t), args.attention_loss, real_keys)
+    def pair_loss(s_q, s_k, t_q, t_k, window):
+        s = scaled_dot_log_probs(s_q, s_k, student.attention_heads, keys, window)
+        t = scaled_dot_log_probs(t_q, t_k, teacher.attention_heads, keys, window)
+        return attention_loss_rows(_by_query_row(s), _by_query_row(t), args.attention_loss,
+                                   visible_key_counts(keys, window).reshape(-1))
 
     values = 0
-    pairs = zip(student.attention_qk, teacher.attention_qk, student.attention_windows or (None,) * len(
-        student.attention_qk), teacher.attention_windows or (None,) * len(teacher.attention_qk), strict=True)
+    pairs = zip(student.attention_qk, teacher.attention_qk, student.attention_windows, teacher.attention_windows,
+                strict=True)
     for (s_q, s_k), (t_q, t_k), s_window, t_window in pairs:
-        values = values + _recomputed(functools.partial(pair_loss, s_window=s_window, t_window=t_window),
-                                      s_q, s_k, t_q, t_k)
+        # layer_map pairs layers of one kind (hf_distil.layer_map), so both windows are None or both local
+        window = None if s_window is None or t_window is None else max(s_window, t_window)
+        values = values + _recomputed(functools.partial(pair_loss, window=window), s_q, s_k, t_q, t_k)
     return _every_position(values, rows)
 
 

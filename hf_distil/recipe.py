@@ -112,9 +112,10 @@ class ModelArguments:
     )
     attn_implementation: str | None = field(
         default=None,
-        metadata={"help": "Attention kernel of teacher and student: sdpa, eager, flash_attention_2, flex_attention, "
-                  "or auto (flash_attention_2 where a CUDA GPU and the flash-attn package are there: attention over "
-                  "the real tokens only, unpadded; sdpa otherwise). Default: transformers' choice for the model."},
+        metadata={"help": "Attention kernel of teacher and student: sdpa, eager, flash_attention_2, flash_attention_3, "
+                  "flex_attention, or auto (flash_attention_2 where a CUDA GPU, the flash-attn package and bf16/fp16 "
+                  "are there and the model supports it: attention over the real tokens only, unpadded; the model's "
+                  "default otherwise). Default: transformers' choice for the model (sdpa where supported)."},
     )
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, when not the teacher's own."})
     trust_remote_code: bool = field(
@@ -348,9 +349,9 @@ def resolve_attn_implementation(requested: str | None, training_args: Distillati
 
         usable = (torch.cuda.is_available() and not training_args.use_cpu
                   and importlib.util.find_spec("flash_attn") is not None and (training_args.bf16 or training_args.fp16))
-        chosen = "flash_attention_2" if usable else "sdpa"
-        logger.info("attn_implementation auto: %s", chosen)
-        return chosen
+        logger.info("attn_implementation auto: %s", "flash_attention_2" if usable else "the model's default (sdpa "
+                    "where it supports it)")
+        return "flash_attention_2" if usable else None
     if requested not in ATTENTION_KERNELS:
         raise RecipeError(f"--attn_implementation {requested!r} is not one of auto, {', '.join(ATTENTION_KERNELS)}.")
     if requested.startswith("flash_attention") and (training_args.use_cpu or not torch.cuda.is_available()):
@@ -378,7 +379,17 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
     models = {**common, **({"attn_implementation": attention} if attention else {})}
     # A student copied from the teacher starts from its float32 weights; the trainer then casts the teacher alone.
     dtype = training_args.teacher_torch_dtype if model_args.student_model_name_or_path else torch.float32
-    teacher = load_teacher(name, training_args, dtype=dtype, **models)
+    try:
+        teacher = load_teacher(name, training_args, dtype=dtype, **models)
+    except ValueError as err:
+        if not attention or "does not support" not in str(err):
+            raise
+        if model_args.attn_implementation != "auto":
+            raise RecipeError(f"--attn_implementation {attention}: {str(err).splitlines()[0]} Use another kernel "
+                              "(sdpa, eager) or leave it unset.") from err
+        logger.info("attn_implementation auto: %s not supported by this model; using its default", attention)
+        models.pop("attn_implementation")
+        teacher = load_teacher(name, training_args, dtype=dtype, **models)
     if model_task(teacher) not in (MASKED_LM, None):
         raise RecipeError(
             f"Teacher {name!r} is a fine-tuned {type(teacher).__name__}, not a masked LM: this recipe distils masked "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 
 import torch
 from torch import nn
@@ -19,6 +20,8 @@ from .heads import (
     layer_prefix,
     set_config_value,
 )
+
+logger = logging.getLogger("hf_distil")
 
 # DistilBERT's choice for a 12 → 6 layer student (Sanh et al. research code).
 _DISTILBERT_LAYERS = (0, 2, 4, 7, 9, 11)
@@ -145,9 +148,13 @@ def create_student(teacher: PreTrainedModel, num_hidden_layers: int = 6, layers=
         missing, unexpected = student.load_state_dict(state, strict=False)
     # A family whose layer 0 lacks some parameters (ModernBERT: no attention pre-norm) leaves them at their
     # initialisation when a student layer > 0 comes from teacher layer 0, and drops them when student layer 0 comes
-    # from a later teacher layer; the rest must match exactly.
-    optional = tuple(f"{prefix}{i}.{name}" for i in range(num_hidden_layers)
-                     for name in family_of(teacher).not_in_first_layer)
+    # from a later teacher layer (said here and on the card); the rest must match exactly.
+    not_in_first = family_of(teacher).not_in_first_layer
+    optional = tuple(f"{prefix}{i}.{name}" for i in range(num_hidden_layers) for name in not_in_first)
+    if not_in_first and chosen[0] != 0:
+        logger.warning("Student layer 0 is copied from teacher layer %d without its %s: the first layer of %s has "
+                       "none.", chosen[0], ", ".join(name.rstrip(".") for name in not_in_first),
+                       family_of(teacher).name)
     missing = [name for name in missing if not name.startswith(optional)]
     unexpected = [name for name in unexpected if not name.startswith(optional)]
     if unexpected or missing:
@@ -156,6 +163,12 @@ def create_student(teacher: PreTrainedModel, num_hidden_layers: int = 6, layers=
     student.tie_weights()
     student.train(teacher.training)
     return student
+
+
+def _repeat_pattern(types: list, depth: int) -> list:
+    """`types` (one per teacher layer) continued to `depth` layers by its period: the shortest prefix it repeats."""
+    period = next(p for p in range(1, len(types) + 1) if all(t == types[i % p] for i, t in enumerate(types)))
+    return [types[i % period] for i in range(depth)]
 
 
 def _random_student(teacher: PreTrainedModel, num_hidden_layers: int, num_teacher_layers: int, changed: dict,
@@ -176,9 +189,10 @@ def _random_student(teacher: PreTrainedModel, num_hidden_layers: int, num_teache
             f"choose a head count that divides the width (e.g. 12 for 312 or 384)."
         )
     config.num_hidden_layers = num_hidden_layers
-    kinds = attention_kinds(teacher.config)
-    if kinds is not None:  # the family's own pattern, as its config builds it for this depth
-        config.layer_types = [teacher.config.layer_types[i % len(kinds)] for i in range(num_hidden_layers)]
+    if attention_kinds(teacher.config) is not None:  # the teacher's repeating pattern, continued to this depth
+        config.layer_types = _repeat_pattern(teacher.config.layer_types, num_hidden_layers)
+    if getattr(config, "pooler_hidden_size", None) == teacher.config.hidden_size:  # DeBERTa's pooler follows the width
+        config.pooler_hidden_size = config.hidden_size
     config.distil_teacher_layers = None
     config.distil_layer_strategy = None
     config.distil_init = "random"

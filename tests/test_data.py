@@ -518,7 +518,8 @@ def test_pack_lengths_keeps_notes_whole_and_cuts_only_longer_ones():
 
 def test_pack_notes_gives_whole_notes_per_block(wordpiece):
     notes = [f"the patient {i} with chest pain " * (1 + i % 9) for i in range(40)]
-    raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": notes})})
+    blank = ["", "  \n "]  # no bare [CLS] [SEP] pairs from these
+    raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": notes[:3] + blank + notes[3:]})})
     out = tokenize_corpus(raw, wordpiece, args(train_file="x", pack_notes=True), 64)["train"]
     encoded = [wordpiece(note)["input_ids"] for note in notes]
     assert max(len(e) for e in encoded) > 64  # one note is longer than a block: cut into pieces

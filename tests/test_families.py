@@ -13,6 +13,7 @@ from hf_distil.errors import ModelMismatchError
 from hf_distil.heads import (
     GLOBAL,
     LOCAL,
+    attention_is_plain,
     attention_kinds,
     embedding_module,
     encoder_layers,
@@ -186,6 +187,7 @@ def test_every_family_end_to_end(tmp_path, family):
     assert "teacher's layers 1, 3" in card
     if family == "modernbert":
         assert "student layer 0 ← teacher layer 1 (local, a window of ±4 tokens); 1 ← teacher layer 3 (global)" in card
+        assert "student layer 0 was copied from teacher layer 1 without that norm's weights" in card
 
 
 @pytest.mark.parametrize("family, narrow", [("modernbert", False), ("distilbert", False), ("bert", True)])
@@ -213,3 +215,88 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients_with_layer_ter
     assert len(grads[0]) == len(grads[1]) > 0
     for plain, checkpointed in zip(*grads):
         torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_visible_key_counts_and_the_windowed_attention_mse_by_brute_force():
+    from hf_distil.losses import attention_loss_rows, visible_key_counts
+
+    keys = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    for window in (None, 0, 1, 2, 10):
+        expected = torch.tensor([[sum(bool(keys[b, j]) and (window is None or abs(i - j) <= window)
+                                      for j in range(7)) for i in range(7)] for b in range(2)])
+        assert torch.equal(visible_key_counts(keys, window), expected), window
+    # a local layer's MSE averages over the keys its window shows, not over every real key
+    torch.manual_seed(0)
+    q, k, q2, k2 = (torch.randn(2, 7, 4) for _ in range(4))
+    s = scaled_dot_log_probs(q, k, 2, keys, 1)
+    t = scaled_dot_log_probs(q2, k2, 2, keys, 1)
+    rows = attention_loss_rows(s.transpose(1, 2).reshape(14, 2, 7), t.transpose(1, 2).reshape(14, 2, 7), "mse",
+                               visible_key_counts(keys, 1).reshape(-1))
+    band = (torch.arange(7)[:, None] - torch.arange(7)[None, :]).abs() <= 1
+    seen = keys[:, None, None, :] & band
+    by_hand = ((s.exp() - t.exp()).square() * seen).sum(-1) / seen.sum(-1).clamp(min=1)  # (2, heads, 7)
+    torch.testing.assert_close(rows, by_hand.mean(1).reshape(14))
+
+
+def test_model_types_outside_the_table_with_bert_layout():
+    """roberta-prelayernorm is not in the table: its parts are found (head `lm_head` at the masked rows), and the
+    attention term is refused because its attention is not known; a causal LM is no family at all."""
+    from transformers import LlamaConfig, LlamaForCausalLM, RobertaPreLayerNormConfig, RobertaPreLayerNormForMaskedLM
+
+    config = RobertaPreLayerNormConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, max_position_embeddings=80, pad_token_id=0)
+    model = RobertaPreLayerNormForMaskedLM(config)
+    assert family_of(model).name == "BERT-like" and find_mlm_head(model) is model.lm_head
+    assert not attention_is_plain(model) and self_attention(model, 1) is not None
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64))
+    assert family_of(llama) is None and encoder_layers(llama) is None
+
+
+def test_attention_kinds_of_a_family_without_local_layers_count_as_global(tmp_path):
+    from hf_distil.layer_map import LayerPlan, _check_attention_kinds
+
+    modern = family_config("modernbert", layers=4)  # global, local, local, global
+    bert = family_config("bert", layers=2)
+    _check_attention_kinds(LayerPlan(((0, 0), (1, 3)), None), bert, modern)
+    with pytest.raises(ModelMismatchError, match=r"0:1 \(global↔local\)"):
+        _check_attention_kinds(LayerPlan(((0, 1), (1, 3)), None), bert, modern)
+
+
+def test_narrow_students_follow_the_teachers_pattern_and_width_fields():
+    from transformers import DebertaV2ForSequenceClassification
+
+    from hf_distil.student import _repeat_pattern
+
+    full, local = "full_attention", "sliding_attention"
+    assert _repeat_pattern([full, local, local] * 2 + [full], 10) == [full, local, local] * 3 + [full]
+    deep = create_student(family_teacher("modernbert", layers=4), 7, hidden_size=16)
+    assert attention_kinds(deep.config) == [GLOBAL, LOCAL, LOCAL, GLOBAL, LOCAL, LOCAL, GLOBAL]
+    config = family_config("deberta-v2")
+    config.num_labels = 3
+    classifier = DebertaV2ForSequenceClassification(config)
+    narrow = create_student(classifier, 2, hidden_size=16)  # its pooler narrows with it
+    assert narrow(**_inputs(batch_of(2))).logits.shape == (2, 3)
+
+
+def test_recipe_attn_implementation_with_a_family_that_has_no_sdpa(tmp_path, capsys):
+    """DeBERTa supports neither sdpa nor flash-attention: `auto` falls back to its default, a named kernel it lacks is
+    one line naming the kernel."""
+    import json
+
+    from tiny import random_texts, write_recipe_config
+
+    from hf_distil.recipe import main
+
+    family_teacher("deberta-v2").save_pretrained(tmp_path / "teacher")
+    family_tokenizer(tmp_path / "teacher", "deberta-v2").save_pretrained(tmp_path / "teacher")
+    with open(tmp_path / "corpus.jsonl", "w") as f:
+        f.writelines(json.dumps({"text": text}) + "\n" for text in random_texts(60, min_len=10, max_len=40))
+    config = write_recipe_config(tmp_path, attn_implementation="auto", max_steps=1, alpha_relation=1.0,
+                                 relation_heads=2)
+    assert main([str(config)]) == 0
+    assert AutoModelForMaskedLM.from_pretrained(tmp_path / "out").config.model_type == "deberta-v2"
+    capsys.readouterr()
+    assert main([str(config), "--attn_implementation", "sdpa", "--output_dir", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--attn_implementation sdpa" in err[0] and "does not support" in err[0], err

@@ -194,8 +194,12 @@ def _attention_kinds_text(config, teacher_layers=None) -> str:
     local = f"local, a window of ±{window} tokens" if window else "local"
     layers = [f"{i} ← teacher layer {teacher_layers[i]} ({'global' if kind == GLOBAL else local})"
               if teacher_layers else f"{i} ({'global' if kind == GLOBAL else local})" for i, kind in enumerate(kinds)]
-    return (" Each layer keeps the attention kind it was trained with (global attention over the whole sequence,"
+    text = (" Each layer keeps the attention kind it was trained with (global attention over the whole sequence,"
             f" or local attention within a window): student layer {'; '.join(layers)}.")
+    if teacher_layers and teacher_layers[0] != 0:
+        text += (f" The first layer of this architecture has no attention pre-norm, so student layer 0 was copied"
+                 f" from teacher layer {teacher_layers[0]} without that norm's weights.")
+    return text
 
 
 

@@ -90,8 +90,8 @@ def tokenize_corpus(
                                          f"{max_seq_length}"),
         )
     if "train" in out and len(out["train"]) == 0 and len(raw["train"]) > 0:
-        if data_args.line_by_line:
-            raise DataError("the training corpus has no non-empty line; give a corpus with text")
+        if data_args.line_by_line or data_args.pack_notes:
+            raise DataError("the training corpus has no non-empty text; give a corpus with text")
         raise DataError(
             f"the training corpus gives no block of {max_seq_length} tokens; add text, lower --max_seq_length "
             "or pass --line_by_line"
@@ -185,6 +185,8 @@ _tokenize_and_group.__module__ = "hf_distil.data"  # datasets hashes it by this 
 
 def _encode_each(texts: list[str], encoder, with_types: bool):
     """Per text: (token ids, special-token mask, token types or None), each a numpy array."""
+    if not texts:  # tokenizers cannot encode an empty batch
+        return []
     if isinstance(encoder, Tokenizer):
         encode = getattr(encoder, "encode_batch_fast", encoder.encode_batch)
         return [(np.asarray(e.ids, np.int32), np.asarray(e.special_tokens_mask, np.int8),
@@ -225,7 +227,8 @@ def pack_lengths(lengths: list[int], max_seq_length: int) -> list[list[tuple[int
 
 def _tokenize_and_pack_notes(batch, encoder, max_seq_length: int, with_types: bool):
     """Tokenise a batch of notes and pack whole notes into blocks of up to `max_seq_length` tokens (pack_lengths)."""
-    encoded = _encode_each(batch["text"], encoder, with_types)
+    # Blank texts would become bare [CLS] [SEP] pairs.
+    encoded = _encode_each([text for text in batch["text"] if text and text.strip()], encoder, with_types)
     blocks = pack_lengths([len(ids) for ids, _, _ in encoded], max_seq_length)
     out = {"input_ids": [], "attention_mask": [], "special_tokens_mask": []}
     if with_types:
