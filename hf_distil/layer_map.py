@@ -162,12 +162,32 @@ def _check_attention_kinds(plan: LayerPlan, s_cfg, t_cfg) -> None:
     mixed = [f"{s}:{t} ({s_kinds[s]}↔{t_kinds[t]})" for s, t in plan.layer_pairs if s_kinds[s] != t_kinds[t]]
     if mixed:
         copied = getattr(s_cfg, "distil_teacher_layers", None)
-        pairs = ",".join(f"{i}:{t}" for i, t in enumerate(copied or ()))
-        hint = f', e.g. the layers the student was copied from: layer_map "{pairs}"' if copied else ""
+        if copied and len(copied) == len(s_kinds) and all(s_kinds[i] == t_kinds[t] for i, t in enumerate(copied)):
+            hint = f', e.g. the layers the student was copied from: layer_map "{_pairs_text(enumerate(copied))}"'
+        else:
+            nearest = _nearest_same_kind(s_kinds, t_kinds)
+            hint = f', e.g. layer_map "{_pairs_text(enumerate(nearest))}"' if nearest else ""
         raise ModelMismatchError(
             f"layer_map pairs attention layers of different kinds ({', '.join(mixed)}): the attention term compares "
             f"global with global and local with local layers; give a layer_map of same-kind pairs{hint}."
         )
+
+
+def _pairs_text(pairs) -> str:
+    return ",".join(f"{s}:{t}" for s, t in pairs)
+
+
+def _nearest_same_kind(s_kinds: list[str], t_kinds: list[str]) -> list[int] | None:
+    """For each student layer, the teacher layer of its kind nearest to its uniform partner (the deeper on a tie);
+    None when the teacher has no layer of some student layer's kind."""
+    chosen = []
+    for i, kind in enumerate(s_kinds):
+        target = (i + 1) * len(t_kinds) // len(s_kinds) - 1
+        same = [t for t, other in enumerate(t_kinds) if other == kind]
+        if not same:
+            return None
+        chosen.append(min(same, key=lambda t: (abs(t - target), -t)))
+    return chosen
 
 
 def plan_layers_wanted(args) -> bool:

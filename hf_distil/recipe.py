@@ -354,7 +354,8 @@ def resolve_attn_implementation(requested: str | None, training_args: Distillati
         return "flash_attention_2" if usable else None
     if requested not in ATTENTION_KERNELS:
         raise RecipeError(f"--attn_implementation {requested!r} is not one of auto, {', '.join(ATTENTION_KERNELS)}.")
-    if requested.startswith("flash_attention") and (training_args.use_cpu or not torch.cuda.is_available()):
+    if (requested.startswith("flash_attention") or requested == "flex_attention") and (
+            training_args.use_cpu or not torch.cuda.is_available()):  # flex attention has no backward on a CPU
         raise RecipeError(f"--attn_implementation {requested} needs a CUDA GPU; use sdpa (or auto) on this machine.")
     return requested
 
@@ -385,8 +386,9 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
         if not attention or "does not support" not in str(err):
             raise
         if model_args.attn_implementation != "auto":
-            raise RecipeError(f"--attn_implementation {attention}: {str(err).splitlines()[0]} Use another kernel "
-                              "(sdpa, eager) or leave it unset.") from err
+            first = str(err).split(". ")[0].splitlines()[0]
+            raise RecipeError(f"--attn_implementation {attention}: {first}; use eager or leave it unset (the model's "
+                              "default).") from err
         logger.info("attn_implementation auto: %s not supported by this model; using its default", attention)
         models.pop("attn_implementation")
         teacher = load_teacher(name, training_args, dtype=dtype, **models)
@@ -411,6 +413,10 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
                 f"Student {model_args.student_model_name_or_path!r} could not be loaded ({str(err).splitlines()[0]}): "
                 "pass a folder holding config.json and weights, or drop --student_model_name_or_path."
             ) from err
+        student.config.distil_init = "checkpoint"  # the card says where it started, not how that one was made
+        start = Path(model_args.student_model_name_or_path)
+        student.config.distil_start_checkpoint = start.resolve().name if start.is_dir() else str(start)
+        student.config.distil_teacher_layers = None
         layers = getattr(student.config, "num_hidden_layers", None)
         if layers is not None and layers != model_args.student_num_layers:
             logger.warning("student_num_layers=%d and student_layers are not used: the student loaded from %s has %d "
@@ -435,12 +441,18 @@ def describe_dataset(data_args: DataArguments) -> tuple[str | None, list[str] | 
     return (Path(source).name if source else None), None, None
 
 
-def card_facts(data_args: DataArguments, run_args: RunArguments) -> CardFacts:
-    """What the card says about this run's data and terms: the corpus as the data loader resolves it, and the card
-    options."""
+def card_facts(data_args: DataArguments, run_args: RunArguments, max_seq_length: int | None = None) -> CardFacts:
+    """What the card says about this run's data and terms: the corpus as the data loader resolves it, the length of
+    its training examples (`max_seq_length` as used, after any cap), and the card options."""
     dataset_name, dataset_ids, note = describe_dataset(data_args)
+    examples = None
+    if max_seq_length:
+        examples = (f"one line per example, truncated at {max_seq_length:,} tokens" if data_args.line_by_line else
+                    f"whole notes packed into blocks of up to {max_seq_length:,} tokens" if data_args.pack_notes else
+                    f"blocks of {max_seq_length:,} tokens of concatenated text")
     return CardFacts(dataset_name=dataset_name, dataset_ids=dataset_ids, data_use_note=note,
-                     license=run_args.card_license, language=_codes(run_args.card_language))
+                     license=run_args.card_license, language=_codes(run_args.card_language),
+                     training_examples=examples)
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: DistillationArguments,
@@ -467,7 +479,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
 
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=tokenizer, data_collator=collator, card_facts=card_facts(data_args, run_args),
+        processing_class=tokenizer, data_collator=collator, card_facts=card_facts(data_args, run_args, max_len),
     )
 
     before = {}

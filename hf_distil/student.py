@@ -151,10 +151,13 @@ def create_student(teacher: PreTrainedModel, num_hidden_layers: int = 6, layers=
     # from a later teacher layer (said here and on the card); the rest must match exactly.
     not_in_first = family_of(teacher).not_in_first_layer
     optional = tuple(f"{prefix}{i}.{name}" for i in range(num_hidden_layers) for name in not_in_first)
+    names = ", ".join(name.rstrip(".") for name in not_in_first)
     if not_in_first and chosen[0] != 0:
         logger.warning("Student layer 0 is copied from teacher layer %d without its %s: the first layer of %s has "
-                       "none.", chosen[0], ", ".join(name.rstrip(".") for name in not_in_first),
-                       family_of(teacher).name)
+                       "none.", chosen[0], names, family_of(teacher).name)
+    if not_in_first and 0 in chosen[1:]:
+        logger.warning("Student layer %d is copied from teacher layer 0, which has no %s: the student's starts from "
+                       "its initialisation.", chosen.index(0), names)
     missing = [name for name in missing if not name.startswith(optional)]
     unexpected = [name for name in unexpected if not name.startswith(optional)]
     if unexpected or missing:

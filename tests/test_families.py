@@ -300,3 +300,42 @@ def test_recipe_attn_implementation_with_a_family_that_has_no_sdpa(tmp_path, cap
     assert main([str(config), "--attn_implementation", "sdpa", "--output_dir", str(tmp_path / "out2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--attn_implementation sdpa" in err[0] and "does not support" in err[0], err
+
+
+def test_a_narrow_modernbert_student_gets_a_same_kind_layer_map(tmp_path):
+    teacher = family_teacher("modernbert", layers=6)  # global, local, local, global, local, local
+    student = create_student(teacher, 3, hidden_size=16)  # global, local, local: uniform 0:1, 1:3, 2:5 mixes kinds
+    args = args_for(tmp_path, max_steps=1, alpha_kd=1.0, alpha_hidden=0.0, **ATTENTION)
+    with pytest.raises(ModelMismatchError, match='layer_map "0:0,1:4,2:5"'):
+        DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=premasked_dataset(8))
+    fixed = args_for(tmp_path, max_steps=1, alpha_kd=1.0, alpha_hidden=0.0, layer_map="0:0,1:4,2:5", **ATTENTION)
+    DistillationTrainer(model=student, teacher_model=teacher, args=fixed, train_dataset=premasked_dataset(8)).train()
+
+
+def test_recipe_cards_for_a_loaded_student_and_refuses_flex_attention_on_cpu(tmp_path, capsys):
+    from tiny import write_recipe_config, write_workspace
+
+    from hf_distil.recipe import main
+
+    write_workspace(tmp_path)
+    config = write_recipe_config(tmp_path, max_steps=1, evaluate_before_training=False)
+    assert main([str(config), "--output_dir", str(tmp_path / "first")]) == 0
+    assert main([str(config), "--student_model_name_or_path", str(tmp_path / "first")]) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "started from the existing checkpoint `first`" in card and "layers were copied from" not in card
+    assert "as blocks of 32 tokens of concatenated text" in card
+    capsys.readouterr()
+    assert main([str(config), "--attn_implementation", "flex_attention", "--output_dir", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "flex_attention needs a CUDA GPU" in err[0], err
+
+
+def test_card_says_where_modernbert_layers_lack_the_first_layers_norm():
+    from hf_distil.card.render import _initialisation
+
+    teacher = family_teacher("modernbert", layers=6)
+    card = _initialisation(create_student(teacher, 3, [3, 0, 4]).config, "T")
+    assert "Student layer 1 was copied from teacher layer 0, which has no attention pre-norm" in card
+    assert "student layer 0 was copied from teacher layer 3 without that norm's weights" in card
+    narrow = _initialisation(create_student(teacher, 3, hidden_size=16).config, "T")
+    assert "keeps the attention kind" not in narrow and "following the teacher's pattern: layer 0 (global)" in narrow

@@ -17,7 +17,9 @@ class CardFacts:
     """The corpus, its terms of use, and the card's licence, language(s) and extra tags.
 
     Only names go in, never text of the corpus: `dataset_name` is shown in the card (a local path is cut to its last
-    component), `dataset_ids` are Hub dataset ids for the front matter, `data_use_note` becomes the "Data use" section.
+    component), `dataset_ids` are Hub dataset ids for the front matter, `data_use_note` becomes the "Data use" section,
+    `training_examples` says what one training example was (e.g. "whole notes packed into blocks of up to 8,192
+    tokens"), after the data loader capped the length at what the model accepts.
     """
 
     dataset_name: str | None = None
@@ -26,6 +28,7 @@ class CardFacts:
     license: str = DEFAULT_LICENSE
     language: list[str] | str = DEFAULT_LANGUAGE
     extra_tags: list[str] | None = None
+    training_examples: str | None = None
 
     def overridden_by(self, *, language=None, license=None, tags=None, dataset=None) -> CardFacts:
         """These facts with the arguments of `Trainer.create_model_card` taking precedence where given.

@@ -165,9 +165,11 @@ def _initialisation(config, teacher: str) -> str:
         )
     if getattr(config, "distil_init", None) == "checkpoint":
         start = getattr(config, "distil_start_checkpoint", None)
+        classifier = task_of_classes(getattr(config, "architectures", None)) not in (MASKED_LM, None)
+        head = (" with a new classification head for the teacher's labels;" if classifier else ",")
         return (
             f"The student started from the existing checkpoint `{start}` (for example a general-distilled student),"
-            f" with a new classification head for the teacher's labels; no weights were copied from {teacher}."
+            f"{head} no weights were copied from {teacher}.{_attention_kinds_text(config, copied=False)}"
         )
     if not layers:
         return (
@@ -184,9 +186,9 @@ def _initialisation(config, teacher: str) -> str:
     )
 
 
-def _attention_kinds_text(config, teacher_layers=None) -> str:
+def _attention_kinds_text(config, teacher_layers=None, copied: bool = True) -> str:
     """For a family whose layers attend globally or within a local window (ModernBERT): which kind each student
-    layer has (and which teacher layer it came from); empty for the others."""
+    layer has (and which teacher layer it came from, when copied); empty for the others."""
     kinds = attention_kinds(config)
     if kinds is None:
         return ""
@@ -194,13 +196,18 @@ def _attention_kinds_text(config, teacher_layers=None) -> str:
     local = f"local, a window of ±{window} tokens" if window else "local"
     layers = [f"{i} ← teacher layer {teacher_layers[i]} ({'global' if kind == GLOBAL else local})"
               if teacher_layers else f"{i} ({'global' if kind == GLOBAL else local})" for i, kind in enumerate(kinds)]
+    if not teacher_layers:
+        return (" Its layers attend globally (over the whole sequence) or locally (within a window), following the"
+                f" teacher's pattern{'' if copied else ' as the checkpoint has it'}: layer {'; '.join(layers)}.")
     text = (" Each layer keeps the attention kind it was trained with (global attention over the whole sequence,"
             f" or local attention within a window): student layer {'; '.join(layers)}.")
-    if teacher_layers and teacher_layers[0] != 0:
-        text += (f" The first layer of this architecture has no attention pre-norm, so student layer 0 was copied"
+    if teacher_layers[0] != 0:
+        text += (" The first layer of this architecture has no attention pre-norm, so student layer 0 was copied"
                  f" from teacher layer {teacher_layers[0]} without that norm's weights.")
+    if 0 in teacher_layers[1:]:
+        text += (f" Student layer {teacher_layers.index(0)} was copied from teacher layer 0, which has no attention"
+                 " pre-norm: that norm started from its initialisation (weights 1).")
     return text
-
 
 
 def _layer_map_text(args, plan) -> str:
@@ -460,7 +467,7 @@ def build_model_card(
     description = (
         f"{model_name} is a distilled version of {teacher_display}, distilled for"
         f" {_run_length(args, epochs_completed)} using a total batch size of {total_train_batch_size}"
-        f" on {dataset_display}."
+        f" on {dataset_display}{f', as {facts.training_examples}' if facts.training_examples else ''}."
     )
     if adapter:
         description += (
