@@ -266,18 +266,30 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _profile_summary(prof, vocab: int, top: int = 15) -> dict:
-    """Top operators by self time, and the share of the step spent in operators touching vocabulary-sized tensors."""
+def _profile_summary(prof, vocab: int, cuda: bool, top: int = 15) -> dict:
+    """Top operators by self time (on a GPU: by GPU time, with the GPU's busy time and the kernel launches of the
+    step, which say whether the CPU's launching or the GPU's work bounds it), and the share of the step spent in
+    operators touching vocabulary-sized tensors."""
+    time_of = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
     events = prof.key_averages(group_by_input_shape=True)
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    total = sum(time_of(e) for e in events) or 1.0
     vocab_time = 0.0
     for e in events:
         shapes = [s for s in (e.input_shapes or []) if isinstance(s, (list, tuple))]
         dims = [d for s in shapes for d in s if isinstance(d, int)]
         if vocab in dims and "adam" not in e.key.lower():
-            vocab_time += e.self_cpu_time_total
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
-    return {"vocab_sized_ops_share": vocab_time / total, "table": table}
+            vocab_time += time_of(e)
+    by_name = prof.key_averages()
+    table = by_name.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=top)
+    summary = {"vocab_sized_ops_share": vocab_time / total, "table": table}
+    if cuda:
+        summary["gpu_busy_ms"] = total / 1000
+        summary["kernel_launches"] = sum(e.count for e in by_name if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                                               "cudaLaunchKernelExC"))
+        summary["host_syncs"] = sum(e.count for e in by_name if e.key in ("cudaStreamSynchronize",
+                                                                           "cudaDeviceSynchronize"))
+        summary["cpu_table"] = by_name.table(sort_by="self_cpu_time_total", row_limit=top)
+    return summary
 
 
 def _cpu_seconds() -> float:
@@ -352,7 +364,7 @@ def run_worker(a) -> dict:
         "terms": sorted(getattr(trainer, "_last_terms", ())),
     }
     if "prof" in profiled:
-        result["profile"] = _profile_summary(profiled["prof"], a.vocab)
+        result["profile"] = _profile_summary(profiled["prof"], a.vocab, device == "cuda")
     return result
 
 
@@ -588,9 +600,12 @@ def bench(a, argv: list[str], device: str) -> dict:
                   f"(CPU {statistics.median(result['step_cpu_s']):.3f} s), peak RSS {result['peak_rss_mib']:.0f} MiB",
                   flush=True)
             if "profile" in result:
+                prof = result["profile"]
+                gpu = (f"; GPU busy {prof['gpu_busy_ms']:.1f} ms of the step, {prof['kernel_launches']} kernel "
+                       f"launches, {prof['host_syncs']} host syncs" if "gpu_busy_ms" in prof else "")
                 print(f"--- profile of one {name} step (vocabulary-sized ops: "
-                      f"{100 * result['profile']['vocab_sized_ops_share']:.1f} % of self time)\n"
-                      f"{result['profile']['table']}", flush=True)
+                      f"{100 * prof['vocab_sized_ops_share']:.1f} % of self time{gpu})\n{prof['table']}"
+                      + (f"\n{prof['cpu_table']}" if "cpu_table" in prof else ""), flush=True)
     summary = summarize(a, runs)
     rat = ratios(summary, runs)
     print_report(a, check, summary, rat, device)
