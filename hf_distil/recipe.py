@@ -46,7 +46,7 @@ from .data import (
 )
 from .data.utf8 import bom_encoding
 from .errors import DistillationConfigError
-from .heads import MASKED_LM, model_task
+from .heads import MASKED_LM, encoder_layers, model_task
 from .hub import check_push_to_hub
 from .student import create_student
 from .trainer import DistillationTrainer, NonFiniteLossError, check_compatibility, load_teacher
@@ -302,6 +302,8 @@ def resolve_resume(training_args: DistillationArguments, run_args: RunArguments,
             )
         if found is None:
             logger.info("resume_from_checkpoint=auto: no complete checkpoint in %s, starting fresh.", out)
+        else:
+            logger.info("resume_from_checkpoint=auto: resuming from %s", found)
         resume = found
     elif resume and not os.path.isdir(resume):
         raise RecipeError(f"resume_from_checkpoint={resume!r} is not a folder: pass a checkpoint-N folder or 'auto'.")
@@ -423,6 +425,10 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
                            "layers of its own.", model_args.student_num_layers,
                            model_args.student_model_name_or_path, layers)
     else:
+        depth = len(encoder_layers(teacher) or ())
+        if depth and model_args.student_num_layers > depth:
+            raise RecipeError(f"--student_num_layers {model_args.student_num_layers} is deeper than the teacher "
+                              f"({depth} layers): choose at most {depth}.")
         set_seed(training_args.seed)  # a narrower student is randomly initialised: the same seed, the same student
         student = create_student(teacher, model_args.student_num_layers, parse_layers(model_args.student_layers),
                                  hidden_size=model_args.student_hidden_size,

@@ -603,6 +603,16 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
                     "use bf16 rather than fp16, check the data, or pass --nan_policy skip."
                 )
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """A checkpoint lacks the weights the model ties to others (the MLM decoder to the word embeddings) by design:
+        tie them again, and warn only about keys that are really missing."""
+        inner = unwrap(self.model)
+        tied = set(getattr(inner, "all_tied_weights_keys", None) or {})
+        missing = [key for key in load_result.missing_keys if key not in tied]
+        if len(missing) != len(load_result.missing_keys):
+            inner.tie_weights()
+        super()._issue_warnings_after_load(type(load_result)(missing, load_result.unexpected_keys))
+
     def _save_checkpoint(self, model, trial):
         """Never write a checkpoint whose weights went through a non-finite update; a full disk is said in words,
         with the last complete checkpoint named (torch.save reports it as a bare RuntimeError)."""

@@ -437,3 +437,21 @@ def test_a_teacher_load_bug_keeps_its_own_error(monkeypatch):
     with pytest.raises(ValueError) as err:
         load_teacher("some/teacher", DistillationArguments(output_dir="unused", report_to=[], use_cpu=True))
     assert type(err.value) is ValueError and "deep inside" in str(err.value)
+
+
+def test_resume_warns_only_about_weights_that_are_really_missing(tmp_path, monkeypatch):
+    """A checkpoint holds no tied weights (the MLM decoder is the word embeddings): transformers' resume warned that
+    they were missing; they are tied again, and only other missing keys reach the warning."""
+    from torch.nn.modules.module import _IncompatibleKeys
+    from transformers import Trainer
+
+    teacher, student = pair()
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args_for(tmp_path, max_steps=1))
+    seen = []
+    monkeypatch.setattr(Trainer, "_issue_warnings_after_load", lambda self, result: seen.append(result))
+    decoder = student.cls.predictions.decoder
+    decoder.weight = torch.nn.Parameter(torch.zeros_like(decoder.weight))  # untied, as a bare state dict leaves it
+    tied = ["cls.predictions.decoder.weight", "cls.predictions.decoder.bias"]
+    trainer._issue_warnings_after_load(_IncompatibleKeys(tied + ["bert.pooler.dense.weight"], []))
+    assert seen[0].missing_keys == ["bert.pooler.dense.weight"] and seen[0].unexpected_keys == []
+    assert student.cls.predictions.decoder.weight is student.bert.embeddings.word_embeddings.weight  # tied again
