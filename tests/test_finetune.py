@@ -302,7 +302,7 @@ def test_output_dir_never_replaces_the_models_it_reads(tiny_models, tmp_path, mo
     # Non-empty: only with overwrite_output_dir, and never over a model no run_finetune wrote there.
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("keep")
-    with pytest.raises(OutputFolderError, match="not empty: pass --overwrite_output_dir true"):
+    with pytest.raises(OutputFolderError, match="not empty: pass --resume_from_checkpoint auto to continue its run, --overwrite_output_dir true"):
         check_finetune_output_dir(FinetuneArguments(**{**vars(args), "overwrite_output_dir": False}),
                                   _training_args(tmp_path / "out"))
     check_finetune_output_dir(args, _training_args(tmp_path / "out"))
@@ -498,3 +498,29 @@ def test_update_card_that_is_not_a_card_folder_is_refused_before_any_work(tmp_pa
 
     with pytest.raises(ValueError, match="not a folder holding a model card"):
         check_update_card(args)
+
+
+def test_resume_auto_continues_the_model_and_restarts_the_comparison(tiny_models, tmp_path):
+    """`--resume_from_checkpoint auto` into the interrupted run's folder (no --overwrite_output_dir): the model ends
+    as if never interrupted, and the --compare_with model starts over instead of loading the other's checkpoint."""
+    from safetensors.torch import load_file
+
+    student, teacher = tiny_models
+    common = ["--model_name_or_path", str(student), "--compare_with", str(teacher),
+              "--train_file", str(FIXTURES / "assertion_train.csv"),
+              "--validation_file", str(FIXTURES / "assertion_validation.csv"), "--speed_batches", "1",
+              "--speed_min_seconds", "0.01", "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+              "--learning_rate", "5e-3", "--per_device_train_batch_size", "8", "--report_to", "none",
+              "--disable_tqdm", "true", "--seed", "0", "--use_cpu", "true"]
+    main = _load_recipe("run_finetune").main
+    main([*common, "--output_dir", str(tmp_path / "whole")])
+    main([*common, "--output_dir", str(tmp_path / "cut")])
+    cut = tmp_path / "cut"
+    for path in list(cut.iterdir()):  # the run "died" right after its step-2 checkpoint
+        if path.name != "checkpoint-2":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    main([*common, "--output_dir", str(cut), "--resume_from_checkpoint", "auto"])
+    for folder in (".", "compare_with"):
+        whole = load_file(tmp_path / "whole" / folder / "model.safetensors")
+        resumed = load_file(cut / folder / "model.safetensors")
+        assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole), folder

@@ -479,19 +479,22 @@ def test_resuming_an_interrupted_task_distillation_gives_the_uninterrupted_weigh
     from safetensors.torch import load_file
 
     run = ["--distil_from", teachers / "ner", "--train_file", NER_TRAIN, "--validation_file", NER_VAL,
-           "--max_steps", 4, "--learning_rate", 3e-3, *COMMON, "--save_strategy", "steps", "--save_steps", 2]
+           "--max_steps", 4, "--learning_rate", 3e-3, *COMMON, "--save_strategy", "steps", "--save_steps", 2,
+           "--compare_with", "plain"]
     _cli([*run, "--output_dir", tmp_path / "whole"])
     _cli([*run, "--output_dir", tmp_path / "cut"])
     cut = tmp_path / "cut"
     for path in list(cut.iterdir()):  # the run "died" right after its step-2 checkpoint
         if path.name != "checkpoint-2":
             (__import__("shutil").rmtree if path.is_dir() else Path.unlink)(path)
-    _cli([*run, "--output_dir", cut, "--overwrite_output_dir", "true", "--resume_from_checkpoint",
-          cut / "checkpoint-2"])
-    whole, resumed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(cut / "model.safetensors")
-    assert whole.keys() == resumed.keys()
-    for name in whole:
-        assert torch.equal(whole[name], resumed[name]), name
+    _cli([*run, "--output_dir", cut, "--resume_from_checkpoint", "auto"])  # no --overwrite_output_dir needed
+    # the student resumes; the control starts over from its own init (never from the student's checkpoint)
+    for folder in (".", "compare_with"):
+        whole = load_file(tmp_path / "whole" / folder / "model.safetensors")
+        resumed = load_file(cut / folder / "model.safetensors")
+        assert whole.keys() == resumed.keys()
+        for name in whole:
+            assert torch.equal(whole[name], resumed[name]), (folder, name)
     state = json.loads((cut / "trainer_state.json").read_text())
     assert state["global_step"] == 4
 

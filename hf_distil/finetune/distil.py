@@ -257,7 +257,9 @@ def distil_task(args: FinetuneArguments, training_args, check_output) -> list[Fi
     results = [distilled, teacher_result]
     if args.compare_with:
         compare_dir = str(Path(training_args.output_dir) / "compare_with")
-        compare_args = dataclasses.replace(training_args, output_dir=compare_dir, push_to_hub=False)
+        # The control starts over (an earlier run's was removed above): the checkpoint to resume is the student's.
+        compare_args = dataclasses.replace(training_args, output_dir=compare_dir, push_to_hub=False,
+                                           resume_from_checkpoint=None)
         if args.compare_with == PLAIN:
             plain = finetune_model(args.distil_from, raw, task, label_list, args, compare_args, model=plain_init,
                                    name=PLAIN_NAME)

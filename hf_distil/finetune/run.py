@@ -21,8 +21,11 @@ from ..checkpoints import (
     OutputFolderError,
     check_output_dir,
     expected_save_bytes,
+    latest_complete_checkpoint,
+    list_checkpoints,
     made_here_by,
     probe_output_dir,
+    require_complete_checkpoint,
 )
 from ..errors import ArgumentError
 from ..hub import NoPickleHubMixin, check_push_to_hub
@@ -140,6 +143,27 @@ def finetune_model(model_name_or_path: str, raw: DatasetDict, task: str, label_l
     )
 
 
+def resolve_resume(training_args) -> bool:
+    """`--resume_from_checkpoint auto` → the newest complete checkpoint of output_dir (none: a fresh start, said in
+    the log); a given path must be a complete checkpoint. Whether this run resumes; training_args is updated."""
+    resume = training_args.resume_from_checkpoint
+    out = str(training_args.output_dir)
+    if resume is True or resume in ("auto", "latest", "True", "true"):
+        resume = latest_complete_checkpoint(out)
+        if resume is None and list_checkpoints(out):
+            raise OutputFolderError(
+                f"resume_from_checkpoint=auto: no checkpoint in {out!r} is complete enough to resume (the warnings "
+                "above name what each lacks): drop --resume_from_checkpoint and pass --overwrite_output_dir true to "
+                "start over, or choose another output_dir."
+            )
+        logger.info("resume_from_checkpoint=auto: %s", f"resuming from {resume}" if resume else
+                    f"no checkpoint in {out}, starting fresh")
+        training_args.resume_from_checkpoint = resume
+    elif resume:
+        require_complete_checkpoint(resume)
+    return bool(resume)
+
+
 def check_finetune_output_dir(args: FinetuneArguments, training_args) -> None:
     """Raise OutputFolderError before any work when output_dir (or its compare_with/) is the folder of a model this
     run reads, holds a model an earlier run_finetune did not write, or is not empty without overwrite_output_dir."""
@@ -149,10 +173,11 @@ def check_finetune_output_dir(args: FinetuneArguments, training_args) -> None:
     folders = [out] + ([os.path.join(out, "compare_with")] if args.compare_with else [])
     for folder in folders:
         check_output_dir(folder, sources, marker=FINETUNE_MARKER)
-    if os.path.isdir(out) and any(Path(out).iterdir()) and not args.overwrite_output_dir:
+    resuming = resolve_resume(training_args)
+    if os.path.isdir(out) and any(Path(out).iterdir()) and not args.overwrite_output_dir and not resuming:
         raise OutputFolderError(
-            f"output_dir {out!r} is not empty: pass --overwrite_output_dir true to write over it, or choose another "
-            "output_dir."
+            f"output_dir {out!r} is not empty: pass --resume_from_checkpoint auto to continue its run, "
+            "--overwrite_output_dir true to write over it, or choose another output_dir."
         )
     # As in the distillation recipe: overwrite only over what an earlier run of ours wrote in this very folder,
     # never over files (weights in a layout model_files does not know, a config, a card) that no run of ours wrote.
@@ -276,8 +301,9 @@ def run_finetune(args: FinetuneArguments, training_args) -> list[FinetuneResult]
     runs = [(args.model_name_or_path, training_args)]
     if args.compare_with:
         compare_dir = str(Path(training_args.output_dir) / "compare_with")
-        runs.append((args.compare_with,
-                     dataclasses.replace(training_args, output_dir=compare_dir, push_to_hub=False)))
+        runs.append((args.compare_with,  # the control starts over: the checkpoint to resume is the model's own
+                     dataclasses.replace(training_args, output_dir=compare_dir, push_to_hub=False,
+                                         resume_from_checkpoint=None)))
     results = []
     for path, run_args in runs:
         result = finetune_model(path, raw, task, label_list, args, run_args)
