@@ -703,6 +703,9 @@ def test_files_as_people_save_them(tmp_path):
     (tmp_path / "header.csv").write_text("id,text\n")
     with pytest.raises(DataError, match=r"header.csv has no rows \(a header only\?\); point --train_file at a corpus"):
         load_raw_corpus(args(train_file=str(tmp_path / "header.csv")), cache_dir=str(tmp_path / "c"))
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    with pytest.raises(DataError, match=r"blank.jsonl has no rows \(blank lines only\?\)"):
+        load_raw_corpus(args(train_file=str(tmp_path / "blank.jsonl")), cache_dir=str(tmp_path / "c"))
     # `--validation_file ""` on the command line unsets a config's validation_file instead of "does not exist".
     unset = args(train_file=str(tmp_path / "crlf.txt"), validation_file="", validation_split_percentage=33)
     assert unset.validation_file is None

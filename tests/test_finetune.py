@@ -302,7 +302,7 @@ def test_output_dir_never_replaces_the_models_it_reads(tiny_models, tmp_path, mo
     # Non-empty: only with overwrite_output_dir, and never over a model no run_finetune wrote there.
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("keep")
-    with pytest.raises(OutputFolderError, match="not empty: pass --resume_from_checkpoint auto to continue its run, --overwrite_output_dir true"):
+    with pytest.raises(OutputFolderError, match="not empty: pass --resume_from_checkpoint auto"):
         check_finetune_output_dir(FinetuneArguments(**{**vars(args), "overwrite_output_dir": False}),
                                   _training_args(tmp_path / "out"))
     check_finetune_output_dir(args, _training_args(tmp_path / "out"))

@@ -80,7 +80,8 @@ def _load_files(path: str, flag: str, data_args: DataArguments, cache_dir, downl
         if isinstance(cause, UnicodeDecodeError):
             raise DataError(_not_utf8_message(files) or f"{path} is not UTF-8 text; re-encode it as UTF-8") from error
         if "corresponds to no data" in str(cause):
-            raise DataError(f"{path} has no rows (a header only?); point {flag} at a corpus with text") from error
+            what = "a header only?" if builder == "csv" else "blank lines only?"
+            raise DataError(f"{path} has no rows ({what}); point {flag} at a corpus with text") from error
         raise DataError(f"could not read {path} as {builder}: {_first_line(cause)}") from error
     return _text_only(ds, data_args.text_column or "text", path, cache_dir, files)
 
