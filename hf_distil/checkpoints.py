@@ -195,6 +195,26 @@ def require_complete_checkpoint(checkpoint: str | os.PathLike, resume_state: boo
 # ---- output folders ------------------------------------------------------------------------------------------------
 
 
+def barrier() -> None:
+    """Wait for every process of a distributed run (nothing to wait for in one process)."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def remove_checkpoints(folder: str | os.PathLike, process_index: int, why: str) -> None:
+    """Remove the `checkpoint-N` folders of `folder` (rank 0, once every rank has looked at it): old checkpoints
+    would mix with a new run's (resume auto, save_total_limit rotation). Each removal is logged with `why`."""
+    barrier()  # every rank has looked at the folder before rank 0 changes it
+    if process_index == 0:
+        for old in Path(folder).glob("checkpoint-*"):
+            logger.warning("%s: removing the previous run's %s", why, old)
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+
+
+
 def model_files(folder: str | os.PathLike) -> list[str]:
     """Names of the config and weight files that make `folder` hold a model; [] when it holds none."""
     folder = Path(folder)

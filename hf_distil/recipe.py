@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from .checkpoints import (
     list_checkpoints,
     made_here_by,
     probe_output_dir,
+    remove_checkpoints,
     require_complete_checkpoint,
 )
 from .data import (
@@ -322,19 +322,8 @@ def resolve_resume(training_args: DistillationArguments, run_args: RunArguments,
                 f"{ARGS_MARKER} naming this output_dir); --overwrite_output_dir would replace them: choose a new or "
                 "empty output_dir, or move those files away first."
             )
-        _barrier()  # every rank has looked at the folder before rank 0 changes it
-        if training_args.process_index == 0:
-            # Old checkpoints would mix with the new run's (resume auto, save_total_limit rotation).
-            for old in Path(out).glob("checkpoint-*"):
-                logger.warning("overwrite_output_dir: removing the previous run's %s", old)
-                shutil.rmtree(old, ignore_errors=True)
-        _barrier()
+        remove_checkpoints(out, training_args.process_index, "overwrite_output_dir")
     return resume
-
-
-def _barrier():
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 ATTENTION_KERNELS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
@@ -426,9 +415,10 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
                            model_args.student_model_name_or_path, layers)
     else:
         depth = len(encoder_layers(teacher) or ())
-        if depth and model_args.student_num_layers > depth:
+        narrower = any(value is not None for value in widths.values())  # random init: any depth
+        if depth and model_args.student_num_layers > depth and not narrower:
             raise RecipeError(f"--student_num_layers {model_args.student_num_layers} is deeper than the teacher "
-                              f"({depth} layers): choose at most {depth}.")
+                              f"({depth} layers): pass --student_num_layers {depth} or fewer (the default is 6).")
         set_seed(training_args.seed)  # a narrower student is randomly initialised: the same seed, the same student
         student = create_student(teacher, model_args.student_num_layers, parse_layers(model_args.student_layers),
                                  hidden_size=model_args.student_hidden_size,

@@ -524,3 +524,34 @@ def test_resume_auto_continues_the_model_and_restarts_the_comparison(tiny_models
         whole = load_file(tmp_path / "whole" / folder / "model.safetensors")
         resumed = load_file(cut / folder / "model.safetensors")
         assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole), folder
+
+
+def test_resume_never_writes_over_a_finished_run_or_another_folder(tiny_models, tmp_path, capsys):
+    student, _ = tiny_models
+    common = ["--model_name_or_path", str(student), "--train_file", str(FIXTURES / "assertion_train.csv"),
+              "--validation_file", str(FIXTURES / "assertion_validation.csv"), "--speed_batches", "1",
+              "--speed_min_seconds", "0.01", "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+              "--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true",
+              "--use_cpu", "true"]
+    main = _load_recipe("run_finetune").main
+    main([*common, "--output_dir", str(tmp_path / "a")])
+    main([*common, "--output_dir", str(tmp_path / "b"), "--save_strategy", "no"])
+
+    def error(argv):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert stopped.value.code == 2 and len(lines) == 1, lines
+        return lines[0]
+
+    # a finished run: auto has nothing to resume
+    assert "finished" in error([*common, "--output_dir", str(tmp_path / "a"), "--resume_from_checkpoint", "auto"])
+    # a checkpoint of another folder does not make a non-empty output_dir writable
+    assert "is not empty" in error([*common, "--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint",
+                                    str(tmp_path / "a" / "checkpoint-2")])
+    assert "is not a folder" in error([*common, "--output_dir", str(tmp_path / "c"), "--resume_from_checkpoint",
+                                       str(tmp_path / "a" / "checkpoint-9")])
+    # written over: the earlier run's checkpoints go, so a later auto cannot take one of them
+    main([*common, "--output_dir", str(tmp_path / "a"), "--overwrite_output_dir", "true", "--save_strategy", "no"])
+    assert not list((tmp_path / "a").glob("checkpoint-*"))

@@ -457,3 +457,15 @@ def test_an_empty_output_dir_is_one_line_before_anything_loads(workspace, capsys
     # --output_dir "" loaded the teacher, tokenised the corpus, then died in Trainer with FileNotFoundError: ''.
     monkeypatch.setattr(recipe, "load_teacher", lambda *a, **k: pytest.fail("the teacher must not be loaded"))
     assert "output_dir is empty" in _error_of(capsys, [str(workspace / "config.yaml"), "--output_dir", value])
+
+
+def test_a_narrower_random_student_may_be_deeper_than_the_teacher(tmp_path):
+    from tiny import write_recipe_config, write_workspace
+
+    from hf_distil.recipe import main
+
+    write_workspace(tmp_path)  # a 4-layer teacher
+    config = write_recipe_config(tmp_path, max_steps=1, student_num_layers=6, student_hidden_size=16, alpha_hidden=0.0,
+                                 evaluate_before_training=False)
+    assert main([str(config)]) == 0
+    assert AutoModelForMaskedLM.from_pretrained(tmp_path / "out").config.num_hidden_layers == 6

@@ -22,7 +22,7 @@ import torch
 
 from ..card.downstream import TASK_INFO, comparison_summary, device_note, results_table, update_model_card
 from ..card.facts import CardFacts
-from ..checkpoints import made_here_by
+from ..checkpoints import barrier, made_here_by
 from ..errors import ArgumentError, ModelMismatchError
 from ..heads import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, model_task
 from ..parameters import count_parameters
@@ -196,8 +196,10 @@ def distil_task(args: FinetuneArguments, training_args, check_output) -> list[Fi
         )
     check_output(args, training_args)
     stale = Path(training_args.output_dir) / "compare_with"  # an earlier run's control: never shown as this run's
+    barrier()  # every rank has checked the folder before rank 0 changes it
     if training_args.process_index == 0 and made_here_by(str(stale), FINETUNE_MARKER):
         shutil.rmtree(stale)
+    barrier()
     raw, task, data_labels = load_splits(args)
     files = {"train": args.train_file, "validation": args.validation_file}
     teacher = load_task_teacher(args.distil_from, training_args)

@@ -25,6 +25,7 @@ from ..checkpoints import (
     list_checkpoints,
     made_here_by,
     probe_output_dir,
+    remove_checkpoints,
     require_complete_checkpoint,
 )
 from ..errors import ArgumentError
@@ -145,11 +146,18 @@ def finetune_model(model_name_or_path: str, raw: DatasetDict, task: str, label_l
 
 def resolve_resume(training_args) -> bool:
     """`--resume_from_checkpoint auto` → the newest complete checkpoint of output_dir (none: a fresh start, said in
-    the log); a given path must be a complete checkpoint. Whether this run resumes; training_args is updated."""
+    the log; a run that finished there: refused); a given path must be a complete checkpoint. Whether this run
+    continues a run of output_dir itself (its checkpoint lies there); training_args is updated."""
     resume = training_args.resume_from_checkpoint
     out = str(training_args.output_dir)
+    resume_state = not training_args.save_only_model  # save_only_model checkpoints hold no optimizer by design
     if resume is True or resume in ("auto", "latest", "True", "true"):
-        resume = latest_complete_checkpoint(out)
+        if made_here_by(out, FINETUNE_MARKER):
+            raise OutputFolderError(
+                f"resume_from_checkpoint=auto: the run in {out!r} finished ({FINETUNE_MARKER} is written at its end): "
+                "nothing to resume; pass --overwrite_output_dir true to run it again, or choose another output_dir."
+            )
+        resume = latest_complete_checkpoint(out, resume_state)
         if resume is None and list_checkpoints(out):
             raise OutputFolderError(
                 f"resume_from_checkpoint=auto: no checkpoint in {out!r} is complete enough to resume (the warnings "
@@ -159,9 +167,12 @@ def resolve_resume(training_args) -> bool:
         logger.info("resume_from_checkpoint=auto: %s", f"resuming from {resume}" if resume else
                     f"no checkpoint in {out}, starting fresh")
         training_args.resume_from_checkpoint = resume
+    elif resume and not os.path.isdir(resume):
+        raise OutputFolderError(f"resume_from_checkpoint={resume!r} is not a folder: pass a checkpoint-N folder or "
+                                "'auto'.")
     elif resume:
-        require_complete_checkpoint(resume)
-    return bool(resume)
+        require_complete_checkpoint(resume, resume_state)
+    return bool(resume) and Path(resume).resolve().parent == Path(out).resolve()
 
 
 def check_finetune_output_dir(args: FinetuneArguments, training_args) -> None:
@@ -173,7 +184,7 @@ def check_finetune_output_dir(args: FinetuneArguments, training_args) -> None:
     folders = [out] + ([os.path.join(out, "compare_with")] if args.compare_with else [])
     for folder in folders:
         check_output_dir(folder, sources, marker=FINETUNE_MARKER)
-    resuming = resolve_resume(training_args)
+    resuming = resolve_resume(training_args)  # continuing the run of this very folder
     if os.path.isdir(out) and any(Path(out).iterdir()) and not args.overwrite_output_dir and not resuming:
         raise OutputFolderError(
             f"output_dir {out!r} is not empty: pass --resume_from_checkpoint auto to continue its run, "
@@ -192,6 +203,12 @@ def check_finetune_output_dir(args: FinetuneArguments, training_args) -> None:
                 f"{FINETUNE_MARKER} naming this output_dir); --overwrite_output_dir would replace them: choose a new "
                 "or empty output_dir, or move those files away first."
             )
+    # Old checkpoints would mix with this run's (resume auto, save_total_limit rotation): a run written over loses
+    # them, and a resumed run's --compare_with model, which starts over, loses its own.
+    for folder in (folders if not resuming else folders[1:]):
+        if os.path.isdir(folder) and (args.overwrite_output_dir or resuming):
+            remove_checkpoints(folder, training_args.process_index,
+                               "resume (the comparison starts over)" if resuming else "overwrite_output_dir")
 
 
 def _weights_fingerprint(folder: str) -> tuple[int, str] | None:
