@@ -147,13 +147,13 @@ def _layer_hooks(model: nn.Module, spec: CaptureSpec, captured: dict, projection
             raise ValueError(f"{type(model).__name__}: hf_distil.heads does not know layer {layer}'s self-attention.")
         captured["heads"] = attention.num_heads
         captured[("window", layer)] = attention.window
-        _qkv_hooks(attention, layer, captured, hooks)
+        _qkv_hooks(attention, layer, "qkv" if layer == spec.relation else "qk", captured, hooks)
 
 
-def _qkv_hooks(attention, layer: int, captured: dict, hooks: list) -> None:
-    """Hooks that keep layer `layer`'s query, key and value projections' outputs in `captured` as ("q" | "k" | "v",
-    layer), or one fused [q | k | v] output as ("qkv", layer), and where the family rotates queries and keys
-    (ModernBERT) the (cos, sin) its attention receives as ("rotary", layer): `_signals` splits and rotates them."""
+def _qkv_hooks(attention, layer: int, parts: str, captured: dict, hooks: list) -> None:
+    """Hooks that keep layer `layer`'s query / key / value projections' outputs named in `parts` in `captured` as
+    ("q" | "k" | "v", layer), or one fused [q | k | v] output as ("qkv", layer), and where the family rotates queries
+    and keys (ModernBERT) the (cos, sin) its attention receives as ("rotary", layer): `_qkv` splits and rotates them."""
     if len(attention.projections) == 3:
         def keep(part):
             def hook(module, args, output):
@@ -163,7 +163,8 @@ def _qkv_hooks(attention, layer: int, captured: dict, hooks: list) -> None:
             return hook
 
         for part, module in zip("qkv", attention.projections):
-            hooks.append(module.register_forward_hook(keep(part)))
+            if part in parts:
+                hooks.append(module.register_forward_hook(keep(part)))
     else:
         def keep_fused(module, args, output):
             captured[("qkv", layer)] = _output_tensor(output)
@@ -174,19 +175,18 @@ def _qkv_hooks(attention, layer: int, captured: dict, hooks: list) -> None:
         hooks.append(attention.module.register_forward_pre_hook(keep_rotary, with_kwargs=True))
 
 
-def _qkv(captured: dict, layer: int, heads: int, parts: str = "qkv") -> tuple[torch.Tensor, ...]:
+def _qkv(captured: dict, layer: int, heads: int, parts: str) -> tuple[torch.Tensor, ...]:
     """Layer `layer`'s captured queries / keys / values (`parts`), each (batch, length, heads · head size): split from
     a fused projection, and queries and keys rotated where the layer rotates them, so that softmax(q·k/√d) is the
-    layer's attention."""
+    layer's attention. Done once per layer: the result replaces what the hooks kept."""
     if ("qkv", layer) in captured:
-        fused = dict(zip("qkv", captured[("qkv", layer)].chunk(3, dim=-1)))
-    else:
-        fused = {part: captured[(part, layer)] for part in "qkv"}
+        for part, tensor in zip("qkv", captured.pop(("qkv", layer)).chunk(3, dim=-1)):
+            captured[(part, layer)] = tensor
     if ("rotary", layer) in captured:
-        cos, sin = captured[("rotary", layer)]
+        cos, sin = captured.pop(("rotary", layer))
         for part in "qk":
-            fused[part] = rotary(fused[part], cos, sin, heads)
-    return tuple(fused[part] for part in parts)
+            captured[(part, layer)] = rotary(captured[(part, layer)], cos, sin, heads)
+    return tuple(captured[(part, layer)] for part in parts)
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> torch.Tensor:
@@ -208,7 +208,7 @@ def _signals(logits: torch.Tensor, spec: CaptureSpec, captured: dict) -> Signals
         attention_qk=tuple(_qkv(captured, i, captured["heads"], "qk") for i in spec.attention),
         attention_heads=captured.get("heads", 0),
         attention_windows=tuple(captured[("window", i)] for i in spec.attention),
-        relation_qkv=_qkv(captured, spec.relation, captured["heads"]) if spec.relation is not None else (),
+        relation_qkv=_qkv(captured, spec.relation, captured["heads"], "qkv") if spec.relation is not None else (),
     )
 
 

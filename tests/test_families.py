@@ -339,3 +339,15 @@ def test_card_says_where_modernbert_layers_lack_the_first_layers_norm():
     assert "student layer 0 was copied from teacher layer 3 without that norm's weights" in card
     narrow = _initialisation(create_student(teacher, 3, hidden_size=16).config, "T")
     assert "keeps the attention kind" not in narrow and "following the teacher's pattern: layer 0 (global)" in narrow
+
+
+def test_a_layer_both_compared_and_related_is_rotated_once():
+    model = family_teacher("modernbert").eval()
+    batch = batch_of(2, seed=4)
+    positions = (batch["labels"].reshape(-1) != -100).nonzero().squeeze(1)
+    with torch.no_grad():
+        alone = capture(model, batch, positions, CaptureSpec(attention=(1,)))
+        both = capture(model, batch, positions, CaptureSpec(attention=(1,), relation=1))
+    for a, b in zip(alone.attention_qk[0], both.attention_qk[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(both.relation_qkv[0], both.attention_qk[0][0], rtol=0, atol=0)
