@@ -13,7 +13,7 @@ from .layer_map import canonical_layer_map
 
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 HIDDEN_LOSSES = ("cosine", "mse")
-ATTENTION_LOSSES = ("mse", "kl")
+ATTENTION_LOSSES = ("scores", "probs", "kl")
 KD_POSITIONS = ("masked", "all")
 NAN_POLICIES = ("stop", "skip")
 
@@ -80,9 +80,10 @@ class DistillationArguments(TrainingArguments):
                   "head counts in the paired layers."},
     )
     attention_loss: str = field(
-        default="mse",
-        metadata={"help": "Attention-map loss: mse of the attention probabilities (TinyBERT), or kl "
-                  "(teacher ‖ student)."},
+        default="scores",
+        metadata={"help": "Attention-map loss: scores = MSE of the scaled pre-softmax scores q·kᵀ/√d with masked keys "
+                  "at 0 (TinyBERT's code), probs = MSE of the attention probabilities, kl = KL(teacher ‖ student) "
+                  "of the probabilities."},
     )
     alpha_intermediate: float = field(
         default=0.0,
@@ -157,6 +158,11 @@ class DistillationArguments(TrainingArguments):
                 f"{', '.join(weights)} are all 0{unset}: nothing to train; set at least one of them > 0."
             )
         self.layer_map = canonical_layer_map(self.layer_map)
+        if self.attention_loss == "mse":
+            raise ArgumentError(
+                "attention_loss='mse' was renamed: use 'probs' for the MSE of the attention probabilities (what 'mse' "
+                "computed), or 'scores' for TinyBERT's own MSE of the pre-softmax scores."
+            )
         if self.attention_loss not in ATTENTION_LOSSES:
             raise _choice_error("attention_loss", self.attention_loss, ATTENTION_LOSSES)
         if self.intermediate_loss not in HIDDEN_LOSSES:

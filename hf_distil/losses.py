@@ -56,6 +56,31 @@ def hidden_loss_rows(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
     raise ValueError(f"hidden_loss={kind!r} is not supported; choose 'cosine' or 'mse'.")
 
 
+def scaled_dot_scores(a: torch.Tensor, b: torch.Tensor, heads: int) -> torch.Tensor:
+    """a_h · b_hᵀ / √d_h for each of `heads` heads (d_h = width / heads): with a = queries and b = keys of one layer,
+    its attention scores before the mask and the softmax.
+
+    a, b:    (batch, length, width), width divisible by heads
+    returns: (batch, heads, length, length) float32
+    """
+    batch, length, width = a.shape
+    size = width // heads
+    a = a.float().reshape(batch, length, heads, size).transpose(1, 2)
+    b = b.float().reshape(batch, b.shape[1], heads, size).transpose(1, 2)
+    return a @ b.transpose(-1, -2) / math.sqrt(size)
+
+
+def allowed_keys(key_mask: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """(batch, 1, length or 1, length) bool: the keys each query may attend to, the real (non-padding) ones, and of
+    those only the ones within ±`window` positions when a window is given (a local-attention layer's band)."""
+    allowed = key_mask[:, None, None, :]
+    if window is not None:
+        length = key_mask.shape[1]
+        positions = torch.arange(length, device=key_mask.device)
+        allowed = allowed & ((positions[:, None] - positions[None, :]).abs() <= window)
+    return allowed
+
+
 def scaled_dot_log_probs(a: torch.Tensor, b: torch.Tensor, heads: int, key_mask: torch.Tensor,
                          window: int | None = None) -> torch.Tensor:
     """log softmax over keys of a_h · b_hᵀ / √d_h for each of `heads` heads (d_h = width / heads).
@@ -69,17 +94,21 @@ def scaled_dot_log_probs(a: torch.Tensor, b: torch.Tensor, heads: int, key_mask:
     key_mask: (batch, length) bool, True at real (non-padding) tokens
     returns:  (batch, heads, length, length) float32
     """
-    batch, length, width = a.shape
-    size = width // heads
-    a = a.float().reshape(batch, length, heads, size).transpose(1, 2)
-    b = b.float().reshape(batch, b.shape[1], heads, size).transpose(1, 2)
-    scores = a @ b.transpose(-1, -2) / math.sqrt(size)
-    allowed = key_mask[:, None, None, :]
-    if window is not None:
-        positions = torch.arange(length, device=a.device)
-        allowed = allowed & ((positions[:, None] - positions[None, :]).abs() <= window)
-    scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
+    scores = scaled_dot_scores(a, b, heads)
+    scores = scores.masked_fill(~allowed_keys(key_mask, window), torch.finfo(torch.float32).min)
     return scores.log_softmax(dim=-1)
+
+
+def masked_scaled_dot_scores(a: torch.Tensor, b: torch.Tensor, heads: int, key_mask: torch.Tensor,
+                             window: int | None = None) -> torch.Tensor:
+    """TinyBERT's attention target: the scores a_h · b_hᵀ / √d_h with the keys a query cannot attend to (padding,
+    outside a local layer's window) set to 0, as its code sets the masked scores (≤ −100) to 0.
+
+    a, b:     (batch, length, width), width divisible by heads
+    key_mask: (batch, length) bool, True at real (non-padding) tokens
+    returns:  (batch, heads, length, length) float32
+    """
+    return scaled_dot_scores(a, b, heads).masked_fill(~allowed_keys(key_mask, window), 0.0)
 
 
 def visible_key_counts(key_mask: torch.Tensor, window: int | None = None) -> torch.Tensor:
@@ -94,25 +123,21 @@ def visible_key_counts(key_mask: torch.Tensor, window: int | None = None) -> tor
     return before[:, high] - before[:, low]
 
 
-def attention_loss_rows(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, kind: str,
-                        real_keys: torch.Tensor) -> torch.Tensor:
-    """Per query row, the mean over heads of: "mse", the squared difference of the two attention distributions
-    averaged over the real keys; "kl", KL(teacher ‖ student) summed over the keys.
+def map_mse_rows(student_maps: torch.Tensor, teacher_maps: torch.Tensor, real_keys: torch.Tensor) -> torch.Tensor:
+    """Per query row, the mean over heads of the squared difference of two attention maps summed over the keys and
+    divided by the row's real keys (the keys outside them must be equal in both maps, e.g. 0).
 
-    Averaged over the rows of an unpadded batch, "mse" is the element-wise MSE of the probability maps (TinyBERT).
+    Averaged over the rows of an unpadded batch this is the element-wise MSE of the maps (TinyBERT's `MSELoss`): of
+    the scores with masked keys at 0 (TinyBERT's code, attention_loss "scores") or of the probabilities ("probs").
 
-    student_log_probs: (rows, heads, keys) log attention probabilities (see scaled_dot_log_probs)
-    teacher_log_probs: (rows, heads, keys), the same head count
-    real_keys:         (rows,) the number of keys each row attends over (its example's non-padding keys, within the
-                       window of a local layer: visible_key_counts)
-    returns:           (rows,) float32
+    student_maps: (rows, heads, keys)
+    teacher_maps: (rows, heads, keys), the same head count
+    real_keys:    (rows,) the number of keys each row attends over (its example's non-padding keys, within the
+                  window of a local layer: visible_key_counts)
+    returns:      (rows,) float32
     """
-    if kind == "mse":
-        squared = (student_log_probs.exp() - teacher_log_probs.exp()).square().sum(-1)
-        return squared.mean(-1) / real_keys.clamp(min=1).to(squared.dtype)
-    if kind == "kl":
-        return relation_kl_rows(student_log_probs, teacher_log_probs)
-    raise ValueError(f"attention_loss={kind!r} is not supported; choose 'mse' or 'kl'.")
+    squared = (student_maps.float() - teacher_maps.float()).square().sum(-1)
+    return squared.mean(-1) / real_keys.clamp(min=1).to(squared.dtype)
 
 
 def relation_kl_rows(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor) -> torch.Tensor:

@@ -32,9 +32,10 @@ import torch.utils.checkpoint
 from .errors import ArgumentError
 from .heads import MASKED_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
 from .losses import (
-    attention_loss_rows,
     hidden_loss_rows,
     kd_loss_rows,
+    map_mse_rows,
+    masked_scaled_dot_scores,
     mlm_loss_rows,
     relation_kl_rows,
     scaled_dot_log_probs,
@@ -152,14 +153,21 @@ def _recomputed(fn, *tensors):
 
 def _attention(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
     """Σ over the layer pairs of the attention-map loss per query position (padded keys, and keys outside a local
-    layer's window, excluded)."""
+    layer's window, excluded): the MSE of the scaled scores with those keys at 0 ("scores", TinyBERT's code), the
+    MSE of the probabilities ("probs") or KL(teacher ‖ student) of the probabilities ("kl")."""
     keys = rows.sets["N"]
 
     def pair_loss(s_q, s_k, t_q, t_k, window):
+        if args.attention_loss == "scores":
+            s = masked_scaled_dot_scores(s_q, s_k, student.attention_heads, keys, window)
+            t = masked_scaled_dot_scores(t_q, t_k, teacher.attention_heads, keys, window)
+            return map_mse_rows(_by_query_row(s), _by_query_row(t), visible_key_counts(keys, window).reshape(-1))
         s = scaled_dot_log_probs(s_q, s_k, student.attention_heads, keys, window)
         t = scaled_dot_log_probs(t_q, t_k, teacher.attention_heads, keys, window)
-        return attention_loss_rows(_by_query_row(s), _by_query_row(t), args.attention_loss,
-                                   visible_key_counts(keys, window).reshape(-1))
+        if args.attention_loss == "kl":
+            return relation_kl_rows(_by_query_row(s), _by_query_row(t))
+        return map_mse_rows(_by_query_row(s).exp(), _by_query_row(t).exp(),
+                            visible_key_counts(keys, window).reshape(-1))
 
     values = 0
     pairs = zip(student.attention_qk, teacher.attention_qk, student.attention_windows, teacher.attention_windows,

@@ -30,6 +30,9 @@ def test_defaults_are_the_seed_recipe():
         ({"alpha_kd": 0, "alpha_mlm": 0, "alpha_hidden": 0}, ["alpha_kd", "alpha_mlm", "alpha_hidden", "all 0"]),
         ({"hidden_loss": "l1"}, ["hidden_loss", "'l1'", "'cosine'", "'mse'"]),
         ({"kd_positions": "some"}, ["kd_positions", "'some'", "'masked'", "'all'"]),
+        ({"attention_loss": "l1"}, ["attention_loss", "'l1'", "'scores'", "'probs'", "'kl'"]),
+        # the old name of the probability MSE: a hint, not a silent change of loss
+        ({"attention_loss": "mse"}, ["attention_loss='mse' was renamed", "'probs'", "'scores'", "TinyBERT"]),
         ({"teacher_dtype": "int8"}, ["teacher_dtype", "'int8'", "'auto'", "'bfloat16'", "'float16'", "'float32'"]),
     ],
 )

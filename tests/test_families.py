@@ -218,7 +218,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients_with_layer_ter
 
 
 def test_visible_key_counts_and_the_windowed_attention_mse_by_brute_force():
-    from hf_distil.losses import attention_loss_rows, visible_key_counts
+    from hf_distil.losses import map_mse_rows, masked_scaled_dot_scores, visible_key_counts
 
     keys = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
     for window in (None, 0, 1, 2, 10):
@@ -230,11 +230,18 @@ def test_visible_key_counts_and_the_windowed_attention_mse_by_brute_force():
     q, k, q2, k2 = (torch.randn(2, 7, 4) for _ in range(4))
     s = scaled_dot_log_probs(q, k, 2, keys, 1)
     t = scaled_dot_log_probs(q2, k2, 2, keys, 1)
-    rows = attention_loss_rows(s.transpose(1, 2).reshape(14, 2, 7), t.transpose(1, 2).reshape(14, 2, 7), "mse",
-                               visible_key_counts(keys, 1).reshape(-1))
+    rows = map_mse_rows(s.exp().transpose(1, 2).reshape(14, 2, 7), t.exp().transpose(1, 2).reshape(14, 2, 7),
+                        visible_key_counts(keys, 1).reshape(-1))
     band = (torch.arange(7)[:, None] - torch.arange(7)[None, :]).abs() <= 1
     seen = keys[:, None, None, :] & band
     by_hand = ((s.exp() - t.exp()).square() * seen).sum(-1) / seen.sum(-1).clamp(min=1)  # (2, heads, 7)
+    torch.testing.assert_close(rows, by_hand.mean(1).reshape(14))
+    # the scores form: the same band, the scores outside it at 0 on both sides
+    s, t = masked_scaled_dot_scores(q, k, 2, keys, 1), masked_scaled_dot_scores(q2, k2, 2, keys, 1)
+    assert torch.all(s[~seen.expand_as(s)] == 0)
+    rows = map_mse_rows(s.transpose(1, 2).reshape(14, 2, 7), t.transpose(1, 2).reshape(14, 2, 7),
+                        visible_key_counts(keys, 1).reshape(-1))
+    by_hand = ((s - t).square() * seen).sum(-1) / seen.sum(-1).clamp(min=1)
     torch.testing.assert_close(rows, by_hand.mean(1).reshape(14))
 
 

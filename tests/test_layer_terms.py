@@ -15,7 +15,7 @@ from transformers import BertForMaskedLM, BertTokenizerFast, pipeline
 from hf_distil import DistillationArguments, DistillationTrainer, create_student
 from hf_distil.errors import ArgumentError, ModelMismatchError
 from hf_distil.layer_map import parse_layer_map, resolve_layer_plan
-from hf_distil.losses import attention_loss_rows, relation_kl_rows, scaled_dot_log_probs
+from hf_distil.losses import map_mse_rows, masked_scaled_dot_scores, relation_kl_rows, scaled_dot_log_probs
 from hf_distil.objective import active_terms, select_rows
 from hf_distil.signals import CaptureSpec, capture
 
@@ -45,18 +45,61 @@ def terms_of(tmp_path, student, teacher, batch, **alphas):
 
 def test_attention_losses_on_a_hand_computed_row():
     # one query row, one head, three keys of which the last is padding
-    student = torch.tensor([[[0.5, 0.5, 0.0]]]).clamp(min=1e-30).log()
-    teacher = torch.tensor([[[1.0, 0.0, 0.0]]]).clamp(min=1e-30).log()
+    student = torch.tensor([[[0.5, 0.5, 0.0]]])
+    teacher = torch.tensor([[[1.0, 0.0, 0.0]]])
     real = torch.tensor([2])
-    # mse: ((0.5 - 1)² + (0.5 - 0)²) averaged over the 2 real keys
-    assert torch.allclose(attention_loss_rows(student, teacher, "mse", real), torch.tensor([0.25]))
+    # probs: ((0.5 - 1)² + (0.5 - 0)²) averaged over the 2 real keys
+    assert torch.allclose(map_mse_rows(student, teacher, real), torch.tensor([0.25]))
     # kl: 1 · log(1 / 0.5)
-    assert torch.allclose(attention_loss_rows(student, teacher, "kl", real), torch.tensor([math.log(2)]))
+    kl = relation_kl_rows(student.clamp(min=1e-30).log(), teacher.clamp(min=1e-30).log())
+    assert torch.allclose(kl, torch.tensor([math.log(2)]))
     # two heads: the mean over heads
-    both = attention_loss_rows(torch.cat([student, teacher], 1), torch.cat([teacher, teacher], 1), "mse", real)
+    both = map_mse_rows(torch.cat([student, teacher], 1), torch.cat([teacher, teacher], 1), real)
     assert torch.allclose(both, torch.tensor([0.125]))
-    with pytest.raises(ValueError, match="attention_loss='l1'"):
-        attention_loss_rows(student, teacher, "l1", real)
+
+
+def tinybert_attention_loss(student_q, student_k, teacher_q, teacher_k, attention_mask, heads):
+    """TinyBERT's general_distill.py, transcribed: each model's attention scores as its modeling.py returns them
+    (q·kᵀ/√d_h plus the extended mask, −10000 at padded keys), the scores ≤ −100 set to 0, then MSELoss (the mean
+    over batch × heads × queries × keys)."""
+    def scores(q, k):
+        b, n, w = q.shape
+        d = w // heads
+        q = q.view(b, n, heads, d).permute(0, 2, 1, 3)
+        k = k.view(b, n, heads, d).permute(0, 2, 1, 3)
+        extended = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
+        return q @ k.transpose(-1, -2) / math.sqrt(d) + extended
+
+    student_att, teacher_att = scores(student_q, student_k), scores(teacher_q, teacher_k)
+    student_att = torch.where(student_att <= -1e2, torch.zeros_like(student_att), student_att)
+    teacher_att = torch.where(teacher_att <= -1e2, torch.zeros_like(teacher_att), teacher_att)
+    return torch.nn.MSELoss()(student_att, teacher_att)
+
+
+def ours_scores_loss(student_q, student_k, teacher_q, teacher_k, attention_mask, heads):
+    """attention_loss "scores" as objective._attention computes it, averaged over the non-padding query rows."""
+    keys = attention_mask.bool()
+    by_row = [masked_scaled_dot_scores(q, k, heads, keys).transpose(1, 2).reshape(-1, heads, keys.shape[1])
+              for q, k in ((student_q, student_k), (teacher_q, teacher_k))]
+    rows = map_mse_rows(*by_row, keys.sum(1, keepdim=True).expand(keys.shape).reshape(-1))
+    return rows[keys.reshape(-1)].mean()
+
+
+def test_attention_scores_loss_is_tinyberts_own_on_an_unpadded_batch_and_skips_padding_otherwise():
+    torch.manual_seed(0)
+    s_q, s_k, t_q, t_k = (torch.randn(3, 5, 8) * 2 for _ in range(4))
+    unpadded = torch.ones(3, 5, dtype=torch.long)
+    theirs = tinybert_attention_loss(s_q, s_k, t_q, t_k, unpadded, heads=2)
+    assert theirs > 0.5  # the scores' scale: far from the probabilities' ~1e-2
+    torch.testing.assert_close(ours_scores_loss(s_q, s_k, t_q, t_k, unpadded, 2), theirs, rtol=1e-6, atol=0)
+    # With padding, the authors' mean also runs over the padded query rows and divides by the padded length; ours
+    # is the same per-row value over the real rows and keys: each example alone is the authors' number.
+    padded = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    real_rows = []
+    for b, n in enumerate(padded.sum(1).tolist()):
+        one = [x[b:b + 1, :n] for x in (s_q, s_k, t_q, t_k)]
+        real_rows += [tinybert_attention_loss(*one, torch.ones(1, n), heads=2)] * n
+    torch.testing.assert_close(ours_scores_loss(s_q, s_k, t_q, t_k, padded, 2), torch.stack(real_rows).mean())
 
 
 def test_scaled_dot_probabilities_mask_padded_keys_and_never_nan():
@@ -124,7 +167,7 @@ def _qkv(model, layer, hidden):
     return attention.query(hidden), attention.key(hidden), attention.value(hidden)
 
 
-@pytest.mark.parametrize("kind", ["mse", "kl"])
+@pytest.mark.parametrize("kind", ["scores", "probs", "kl"])
 def test_attention_term_equals_its_formula_on_a_padded_batch(tmp_path, kind):
     teacher = tiny_teacher(layers=4, dropout=0.0)
     student = narrow_student(teacher)  # 16 wide, 2 heads like the teacher
@@ -143,26 +186,29 @@ def test_attention_term_equals_its_formula_on_a_padded_batch(tmp_path, kind):
             for s_layer, t_layer in ((0, 1), (1, 3)):
                 for model, hidden, layer, key in ((student, s_hidden, s_layer, "s"), (teacher, t_hidden, t_layer, "t")):
                     q, k, _ = _qkv(model, layer, hidden[layer][b, :real])
-                    heads = [torch.softmax(q[i, h * (q.shape[1] // 2):(h + 1) * (q.shape[1] // 2)]
-                                           @ k[:, h * (q.shape[1] // 2):(h + 1) * (q.shape[1] // 2)].T
-                                           / math.sqrt(q.shape[1] // 2), -1) for h in range(2)]
+                    heads = [q[i, h * (q.shape[1] // 2):(h + 1) * (q.shape[1] // 2)]
+                             @ k[:, h * (q.shape[1] // 2):(h + 1) * (q.shape[1] // 2)].T
+                             / math.sqrt(q.shape[1] // 2) for h in range(2)]
+                    if kind != "scores":
+                        heads = [torch.softmax(h, -1) for h in heads]
                     if key == "s":
                         s_probs = torch.stack(heads)
                     else:
                         t_probs = torch.stack(heads)
-                if kind == "mse":
+                if kind in ("scores", "probs"):
                     total += float(((s_probs - t_probs) ** 2).mean())  # mean over heads and the real keys
                 else:
                     total += float((t_probs * (t_probs.log() - s_probs.log())).sum(-1).mean())
     assert math.isclose(float(values["attention"]), total / rows, rel_tol=1e-4)
 
 
-def test_attention_mse_on_an_unpadded_batch_is_tinyberts_elementwise_mse(tmp_path):
+def test_attention_probs_on_an_unpadded_batch_is_the_elementwise_mse_of_the_probabilities(tmp_path):
     teacher = tiny_teacher(layers=2, dropout=0.0)
     student = create_student(teacher, 1, [1])
     batch = batch_of(4, seed=3)
     batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
-    values, _ = terms_of(tmp_path, student, teacher, batch, alpha_attention=1.0, layer_map="0:0")
+    values, _ = terms_of(tmp_path, student, teacher, batch, alpha_attention=1.0, layer_map="0:0",
+                         attention_loss="probs")
     eager_s, eager_t = copy.deepcopy(student), copy.deepcopy(teacher)
     for m in (eager_s, eager_t):
         m.config._attn_implementation = "eager"
@@ -542,8 +588,9 @@ def test_recomputing_the_maps_in_backward_gives_the_same_gradients(tmp_path, mon
     batch = batch_of(4, seed=3)
 
     calls = []
-    original = objective.scaled_dot_log_probs
-    monkeypatch.setattr(objective, "scaled_dot_log_probs", lambda *a: calls.append(1) or original(*a))
+    for name in ("scaled_dot_log_probs", "masked_scaled_dot_scores"):
+        monkeypatch.setattr(objective, name, lambda *a, original=getattr(objective, name): calls.append(1)
+                            or original(*a))
 
     def gradients(recompute):
         monkeypatch.setattr(objective, "RECOMPUTE_MAPS", recompute)

@@ -222,8 +222,10 @@ def _layer_terms(args, plan, projected: bool) -> list[tuple[str, str]]:
         return []
     out = []
     if args.alpha_attention > 0:
-        kind = ("mean squared error of the attention probabilities" if args.attention_loss == "mse"
-                else "KL divergence between the attention distributions")
+        kind = {"scores": "mean squared error of the scaled attention scores before the softmax (masked keys at 0,"
+                          " TinyBERT's form)",
+                "probs": "mean squared error of the attention probabilities",
+                "kl": "KL divergence between the attention distributions"}[args.attention_loss]
         layers = ", ".join(f"{s}↔{t}" for s, t in plan.layer_pairs)
         out.append((f"the {kind}, head by head, of student↔teacher layers {layers} (weight "
                     f"{_weight(args.alpha_attention)})", f"{_weight(args.alpha_attention)} · attention"))
