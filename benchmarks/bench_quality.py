@@ -1,29 +1,37 @@
-"""Quality benchmark: does a half-depth distilled student keep its teacher's skill, on real text and a real task?
+"""Quality benchmark: does a half-depth distilled student keep its teacher's skill, and does the teacher make it
+better than the same student trained without it? On real text and a real task, offline.
 
-The teacher is `benchmarks/assets/medical-bert-teacher`: a 6-layer BERT pretrained from scratch on real medical text
-(recipes/pretrain_medical_teacher.py; its card has the command, the numbers and the data licences). Every student has
-3 layers (the teacher's width 128, or 64 for the narrow TinyBERT-style / MiniLM-style rows and their MLM-only control)
-and the same budget (steps, batch, learning-rate schedule, data order, seed); each is trained through the recipe's
-own code (`hf_distil.recipe.main`) on the teacher's pretraining text. Then the teacher and every student are
+The teacher is `benchmarks/assets/medical-bert-teacher`: a 6-layer BERT pretrained here on real medical text
+(recipes/pretrain_medical_teacher.py; its card has the commands, the curve and the data licences). Every student has
+3 layers (the teacher's width, or half of it for the narrow rows) and the same budget (steps, batch, learning-rate
+schedule); each is trained through the recipe's own code (`hf_distil.recipe.main`) on the teacher's pretraining mix,
+with several distillation seeds (data order, masks, dropout and any random init). Then the teacher and every
+student are
 
 - fine-tuned (all weights, `hf_distil.finetune`) on MTS-Dialog section-header classification (20 classes; TrainingSet
-  to train, ValidationSet to pick the epoch, both Final_200_TestSets, 400 sections, to report), with several seeds:
-  accuracy and macro-F1, mean ± standard deviation, and the student/teacher retention ratio;
+  to train, ValidationSet to pick the epoch, both Final_200_TestSets, 400 sections, to report), each distilled
+  student with its own seed (the teacher with the same seeds): accuracy and macro-F1, mean ± standard deviation over
+  the runs, the student/teacher retention ratio, and paired per-seed differences against each row's control;
 - scored as masked LMs on the MTS test texts under one fixed masking (same positions for every model): masked-token
   accuracy, perplexity and top-1 agreement with the teacher, beside an add-one unigram model of the training text;
-- timed side by side (inference tokens/s of the fine-tuned classifiers on the same test batches, interleaved rounds);
-- and, for task distillation, per seed: the teacher fine-tuned on the sections, distilled on them into a half-depth
-  student (`run_finetune.py recipes/configs/task_distil.yaml --distil_from`), beside the same student fine-tuned
-  without the teacher.
+- timed side by side (inference tokens/s of the fine-tuned classifiers on the same test batches, interleaved rounds).
 
-Writes OUT/quality.json (every number, every seed), OUT/quality.md (the table), OUT/quality.png (bars with
-error bars) and OUT/task_distillation.{json,md}. ../shared/data holds the text (never committed; see its README for
-the licences).
+Parts (`--part`; each writes OUT/parts/PART.json and all are merged into OUT/quality.{json,md,png}):
+  main    the teacher, the half-depth student distilled with the seed's objective and DistilBERT's ablation of it
+          (without KD, without the cosine term, without MLM, MLM alone, from a random init), the untrained init
+  narrow  3 × 64 students from a random init: TinyBERT-style (attention scores + projected hidden states + KD),
+          MiniLM-style (relations), and their masked-LM-only control
+  curve   the MTS-test perplexity of distilled and MLM-only students at several budgets (budget_curve.png)
+  task    per seed: the teacher fine-tuned on the sections, distilled on them into a half-depth student
+          (`run_finetune.py recipes/configs/task_distil.yaml --distil_from`), beside the same student fine-tuned
+          without the teacher (OUT/task_distillation.{json,md})
+  all     every part in turn
 
-    python benchmarks/bench_quality.py --out out/quality              # 2 CPU cores: about 55 minutes
-    python benchmarks/bench_quality.py --smoke --out /tmp/q           # the whole pipeline at toy sizes
-    python benchmarks/bench_quality.py --part task --out out/q        # the task-distillation rows alone
-    python benchmarks/bench_quality.py --device cuda --out out/q      # bigger budgets on a GPU
+../shared/data holds the text (never committed; see its README for the licences).
+
+    python benchmarks/bench_quality.py --part main --out out/quality     # 2 CPU cores: see benchmarks/README.md
+    python benchmarks/bench_quality.py --smoke --out /tmp/q              # every part at toy sizes
+    python benchmarks/bench_quality.py --device cuda --out out/q          # bigger budgets on a GPU
 """
 
 from __future__ import annotations
@@ -32,7 +40,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import math
 import shutil
 import statistics
 import sys
@@ -44,10 +51,22 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality_report  # noqa: E402
+from mlm_scores import (  # noqa: E402,F401  (re-exported: make_quality_teacher and the tests score through here)
+    masked_batches,
+    masked_lm_predictions,
+    score_masked_lm,
+    score_unigram,
+    unigram_log_probs,
+)
+from quality_report import TASK_INITS, TASK_ROLES, TEACHER_ROLE  # noqa: E402,F401  (TASK_ROLES: the rows)
+
 DEFAULT_TEACHER = ROOT / "benchmarks" / "assets" / "medical-bert-teacher"
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 MTS_SPLITS = {"train": ("TrainingSet",), "validation": ("ValidationSet",),
               "test": ("Final_200_TestSet_1", "Final_200_TestSet_2")}
+PARTS = ("main", "narrow", "curve", "task")
 
 
 @dataclass(frozen=True)
@@ -64,26 +83,28 @@ class Sizes:
     finetune_lr: float
     finetune_train_rows: int | None  # MTS TrainingSet rows (None: all)
     finetune_eval_rows: int | None  # MTS validation and test rows (None: all)
-    seeds: int
+    seeds: int  # distillation seeds per student; each distilled student is fine-tuned with its own seed
     task_teacher_epochs: int  # fine-tuning epochs of the task-distillation teacher (trained to its best)
+    curve_steps: tuple[int, ...]  # the budgets of the budget curve (seed 0)
 
 
 SIZES = {
     "smoke": Sizes(student_layers=3, distil_steps=4, distil_batch=8, learning_rate=5e-4, max_train_texts=300,
                    max_eval_blocks=16, finetune_epochs=1, finetune_lr=1e-4, finetune_train_rows=60,
-                   finetune_eval_rows=40, seeds=2, task_teacher_epochs=1),
+                   finetune_eval_rows=40, seeds=2, task_teacher_epochs=1, curve_steps=(2, 4)),
     "cpu": Sizes(student_layers=3, distil_steps=600, distil_batch=64, learning_rate=5e-4, max_train_texts=None,
                  max_eval_blocks=None, finetune_epochs=6, finetune_lr=5e-4, finetune_train_rows=None,
-                 finetune_eval_rows=None, seeds=3, task_teacher_epochs=18),
+                 finetune_eval_rows=None, seeds=3, task_teacher_epochs=18, curve_steps=(150, 300, 600, 1200, 2400)),
     "cuda": Sizes(student_layers=3, distil_steps=6000, distil_batch=128, learning_rate=5e-4, max_train_texts=None,
                   max_eval_blocks=None, finetune_epochs=10, finetune_lr=5e-4, finetune_train_rows=None,
-                  finetune_eval_rows=None, seeds=5, task_teacher_epochs=30),
+                  finetune_eval_rows=None, seeds=5, task_teacher_epochs=30, curve_steps=(1500, 3000, 6000, 12000)),
 }
 
 # The seed's objective (../shared/seed-model-card.md, recipes/configs/distil_clinical_bert.yaml): T 2, KL 5, MLM 2,
 # hidden-state cosine 1, the KL at the masked positions.
 SEED_OBJECTIVE = {"temperature": 2.0, "alpha_kd": 5.0, "alpha_mlm": 2.0, "alpha_hidden": 1.0, "hidden_loss": "cosine",
                   "kd_positions": "masked"}
+MLM_ONLY = {"alpha_mlm": 2.0}
 
 
 @dataclass(frozen=True)
@@ -95,35 +116,60 @@ class Student:
     # `widths`, a narrower one (create_student's random init)
     init: str
     objective: dict
+    part: str = "main"
     trained: bool = True
     note: str = ""
     widths: dict | None = None  # hidden_size / intermediate_size / num_attention_heads of a narrower student
 
+    @property
+    def slug(self) -> str:
+        return self.name.replace(" ", "-")
 
-# Narrower students: half the teacher's width (128 → 64), its 2 heads (so attention maps compare head by head).
+
+# Narrower students: half the teacher's width, its heads (so attention maps compare head by head).
 NARROW = {"hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 2}
-# TinyClinicalBERT's recipe (recipes/configs/tiny_clinical_bert.yaml): attention-map MSE over the uniform layer map,
-# hidden-state MSE through learned projections, soft cross-entropy at T 1 on the masked positions, no MLM term.
-TINYBERT_OBJECTIVE = {"alpha_attention": 1.0, "alpha_intermediate": 1.0, "alpha_kd": 1.0, "temperature": 1.0}
+# TinyClinicalBERT's recipe (recipes/configs/tiny_clinical_bert.yaml): TinyBERT's attention-score MSE over the uniform
+# layer map, hidden-state MSE through learned projections, soft cross-entropy at T 1 on the masked positions, no MLM.
+TINYBERT_OBJECTIVE = {"alpha_attention": 1.0, "attention_loss": "scores", "alpha_intermediate": 1.0, "alpha_kd": 1.0,
+                      "temperature": 1.0}
 # MiniLM v2 (recipes/configs/minilm_clinical.yaml): the self-attention relations of the teacher's last layer alone.
 MINILM_OBJECTIVE = {"alpha_relation": 1.0, "relation_heads": 4}
 
 
 STUDENTS = (
-    Student("distilled", "teacher", SEED_OBJECTIVE, note="seed objective, every-other-layer init"),
-    Student("mlm-only", "teacher", {"alpha_kd": 0.0, "alpha_mlm": 2.0, "alpha_hidden": 0.0},
+    Student("distilled", "teacher", SEED_OBJECTIVE,
+            note="seed objective (KD 5, MLM 2, cosine 1), every-other-layer init"),
+    # DistilBERT's ablation (Sanh et al. 2019, Table 4): each term of the seed objective removed in turn, MLM alone,
+    # and the whole objective from a random init.
+    Student("without KD", "teacher", {**SEED_OBJECTIVE, "alpha_kd": 0.0},
+            note="the seed objective without the KL term"),
+    Student("without cosine", "teacher", {**SEED_OBJECTIVE, "alpha_hidden": 0.0},
+            note="the seed objective without the hidden-state cosine term"),
+    Student("without MLM", "teacher", {**SEED_OBJECTIVE, "alpha_mlm": 0.0},
+            note="the seed objective without the masked-LM term"),
+    Student("mlm-only", "teacher", MLM_ONLY,
             note="same init and budget, the seed's masked-LM term alone (no teacher signal)"),
     Student("random-init distilled", "random", SEED_OBJECTIVE, note="seed objective from a random init"),
     Student("init only", "teacher", {}, trained=False, note="every-other-layer init, not trained (reference)"),
-    Student("TinyBERT-style", "random", TINYBERT_OBJECTIVE, widths=NARROW,
-            note="3 × 64 from random init: attention + projected hidden states + KD at T 1 (TinyClinicalBERT's)"),
-    Student("MiniLM-style", "random", MINILM_OBJECTIVE, widths=NARROW,
+    Student("TinyBERT-style", "random", TINYBERT_OBJECTIVE, part="narrow", widths=NARROW,
+            note="3 × 64 from random init: attention scores + projected hidden states + KD at T 1 "
+            "(TinyClinicalBERT's)"),
+    Student("MiniLM-style", "random", MINILM_OBJECTIVE, part="narrow", widths=NARROW,
             note="3 × 64 from random init: Q-Q/K-K/V-V relations of the teacher's last layer alone (MiniLM v2)"),
-    Student("narrow mlm-only", "random", {"alpha_mlm": 2.0}, widths=NARROW,
+    Student("narrow mlm-only", "random", MLM_ONLY, part="narrow", widths=NARROW,
             note="3 × 64 from random init, the masked-LM term alone: the narrow students' control"),
 )
-# Paired per-seed comparisons of the summary: (method, its control with the same shape, init and budget).
-COMPARISONS = (("distilled", "mlm-only"), ("TinyBERT-style", "narrow mlm-only"), ("MiniLM-style", "narrow mlm-only"))
+BY_NAME = {student.name: student for student in STUDENTS}
+# Paired per-seed comparisons (method, control): the distilled student against the same student without a teacher,
+# the ablation rows against the full objective, the narrow methods against their control.
+COMPARISONS = {
+    "main": (("distilled", "mlm-only"),
+             *((name, "distilled") for name in ("without KD", "without cosine", "without MLM", "mlm-only",
+                                                 "random-init distilled"))),
+    "narrow": (("TinyBERT-style", "narrow mlm-only"), ("MiniLM-style", "narrow mlm-only")),
+}
+# The budget curve's students (seed 0 at each of Sizes.curve_steps).
+CURVE_STUDENTS = ("distilled", "mlm-only")
 
 
 # ---------------------------------------------------------------- data
@@ -212,14 +258,16 @@ def untrained_student(teacher_dir: Path, num_layers: int, folder: Path) -> Path:
 
 
 def distil_student(student: Student, teacher_dir: Path, corpus: Path, folder: Path, sizes: Sizes, device: str,
-                   seed: int = 42) -> dict:
-    """Train one student through the recipe (hf_distil.recipe.main); returns its final metrics and wall time."""
+                   seed: int = 0, steps: int | None = None) -> dict:
+    """Train one student through the recipe (hf_distil.recipe.main) with one seed (its data order, masks, dropout
+    and random init) for `steps` (default sizes.distil_steps); returns its final metrics and wall time."""
     from hf_distil import recipe
 
     if not student.trained:
         start = time.perf_counter()
         untrained_student(teacher_dir, sizes.student_layers, folder)
         return {"minutes": (time.perf_counter() - start) / 60}
+    steps = steps or sizes.distil_steps
     objective = {"alpha_kd": 0.0, "alpha_mlm": 0.0, "alpha_hidden": 0.0, **student.objective}
     widths = {f"student_{name}": value for name, value in (student.widths or {}).items()}
     flags = {
@@ -227,10 +275,10 @@ def distil_student(student: Student, teacher_dir: Path, corpus: Path, folder: Pa
         "validation_file": corpus / "valid.jsonl", "output_dir": folder, "overwrite_output_dir": "true",
         "student_num_layers": sizes.student_layers, "student_layers": "every_other", "max_seq_length": 128,
         "mlm_probability": 0.15, **objective, **widths,
-        "max_steps": sizes.distil_steps, "per_device_train_batch_size": sizes.distil_batch,
+        "max_steps": steps, "per_device_train_batch_size": sizes.distil_batch,
         "per_device_eval_batch_size": 64, "learning_rate": sizes.learning_rate, "lr_scheduler_type": "linear",
         "warmup_steps": 0.05, "weight_decay": 1e-4, "seed": seed, "data_seed": seed,
-        "logging_steps": max(sizes.distil_steps // 20, 1), "eval_strategy": "no", "save_strategy": "no",
+        "logging_steps": max(steps // 20, 1), "eval_strategy": "no", "save_strategy": "no",
         "report_to": "none", "dataloader_num_workers": 0,
         "max_eval_samples": sizes.max_eval_blocks, "logging_nan_inf_filter": "false",
         "disable_tqdm": "true", "use_cpu": str(device == "cpu").lower(),
@@ -246,74 +294,6 @@ def distil_student(student: Student, teacher_dir: Path, corpus: Path, folder: Pa
                                   "above.")
     metrics = json.loads((folder / "all_results.json").read_text())
     return {"minutes": (time.perf_counter() - start) / 60, "recipe_metrics": metrics}
-
-
-# ---------------------------------------------------------------- masked-LM scoring
-
-
-def masked_batches(tokenizer, texts: list[str], seed: int = 0, rate: float = 0.15, batch_size: int = 64,
-                   max_length: int = 128) -> list[dict]:
-    """Fixed-mask evaluation batches: `rate` of the tokens of each text (at least one) become [MASK]; special tokens,
-    [UNK] included, and padding never do."""
-    generator = torch.Generator().manual_seed(seed)
-    batches = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[start:start + batch_size], truncation=True, max_length=max_length, padding=True,
-                        return_special_tokens_mask=True, return_tensors="pt")
-        special = torch.isin(enc["input_ids"], torch.tensor(tokenizer.all_special_ids))  # [UNK] included
-        maskable = (enc.pop("special_tokens_mask") == 0) & (enc["attention_mask"] == 1) & ~special
-        scores = torch.rand(maskable.shape, generator=generator).masked_fill(~maskable, 2.0)
-        chosen = (scores < rate) & maskable
-        first = scores.argmin(dim=1)  # every text with a maskable token gets at least one mask
-        chosen[torch.arange(len(first)), first] |= maskable[torch.arange(len(first)), first]
-        labels = enc["input_ids"].masked_fill(~chosen, -100)
-        enc["input_ids"] = enc["input_ids"].masked_fill(chosen, tokenizer.mask_token_id)
-        batches.append({**enc, "labels": labels})
-    return batches
-
-
-@torch.no_grad()
-def masked_lm_predictions(model, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log-probabilities at the masked positions, their labels, top-1 ids) of a masked LM on fixed batches."""
-    model.eval()
-    device = next(model.parameters()).device
-    log_probs, labels = [], []
-    for batch in batches:
-        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs).logits.float().cpu()
-        rows = batch["labels"] != -100
-        log_probs.append(torch.log_softmax(logits[rows], dim=-1))
-        labels.append(batch["labels"][rows])
-    log_probs, labels = torch.cat(log_probs), torch.cat(labels)
-    return log_probs, labels, log_probs.argmax(-1)
-
-
-def score_masked_lm(model, batches: list[dict], teacher_top1: torch.Tensor | None = None) -> dict:
-    """Masked-token accuracy, perplexity and (given the teacher's top-1) teacher agreement on fixed batches."""
-    log_probs, labels, top1 = masked_lm_predictions(model, batches)
-    nll = -log_probs.gather(1, labels[:, None]).mean().item()
-    scores = {"masked_accuracy": (top1 == labels).float().mean().item(), "perplexity": math.exp(nll),
-              "masked_tokens": int(labels.numel())}
-    if teacher_top1 is not None:
-        scores["teacher_agreement"] = (top1 == teacher_top1).float().mean().item()
-    return scores
-
-
-def unigram_log_probs(tokenizer, texts: list[str]) -> torch.Tensor:
-    """Add-one smoothed unigram log-probabilities of the tokens of `texts` (special tokens get no count)."""
-    counts = torch.zeros(len(tokenizer), dtype=torch.float64)
-    for start in range(0, len(texts), 1000):
-        for ids in tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]:
-            counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=len(tokenizer)).double()
-    counts[tokenizer.all_special_ids] = 0
-    return torch.log((counts + 1) / (counts + 1).sum())
-
-
-def score_unigram(log_p: torch.Tensor, batches: list[dict]) -> dict:
-    """The unigram baseline on the same masked positions: accuracy of its one guess, and its perplexity."""
-    labels = torch.cat([b["labels"][b["labels"] != -100] for b in batches])
-    return {"masked_accuracy": (labels == log_p.argmax()).float().mean().item(),
-            "perplexity": math.exp(-log_p[labels].mean().item()), "masked_tokens": int(labels.numel())}
 
 
 # ---------------------------------------------------------------- downstream
@@ -407,12 +387,6 @@ def inference_speed(model_dirs: dict[str, Path], mts_task, device: str, rounds: 
 # ---------------------------------------------------------------- task distillation
 
 TASK_DISTIL_CONFIG = ROOT / "recipes" / "configs" / "task_distil.yaml"
-TEACHER_ROLE = "fine-tuned teacher"
-# The two student initialisations, each distilled and plainly fine-tuned: the pretrained teacher's layers
-# (DistilBERT's: a general half-depth encoder, which learns the task here) and the fine-tuned teacher's layers and
-# head (the student starts from the task already).
-TASK_INITS = ("pretrained layers", "fine-tuned layers")
-TASK_ROLES = (TEACHER_ROLE, *(f"{kind}, {init}" for init in TASK_INITS for kind in ("task-distilled", "plain")))
 
 
 def task_distillation(teacher_dir: Path, mts_files: dict[str, Path], mts_task, out: Path, sizes: Sizes,
@@ -463,168 +437,170 @@ def task_distillation(teacher_dir: Path, mts_files: dict[str, Path], mts_task, o
     report = {"runs": runs, "objective": objective, "seeds": sizes.seeds, "student_layers": sizes.student_layers,
               "epochs": sizes.finetune_epochs, "teacher_epochs": sizes.task_teacher_epochs,
               "learning_rate": sizes.finetune_lr}
-    report["summary"] = summarise_task(report)
+    report["summary"] = quality_report.summarise_task(report)
     return report
 
 
-def summarise_task(report: dict) -> dict:
-    """Mean ± sd per role, each student's share of the teacher, and per init the paired distilled − plain gap."""
-    runs = report["runs"]
-    rows = {}
-    for role in TASK_ROLES:
-        row = {"parameters": runs[0][role]["parameters"]}
-        for metric in ("accuracy", "macro_f1"):
-            row[metric], row[f"{metric}_std"] = mean_std([run[role][metric] for run in runs])
-        rows[role] = row
-    teacher = rows[TEACHER_ROLE]
-    for row in rows.values():
-        for metric in ("accuracy", "macro_f1"):
-            row[f"{metric}_retention"] = row[metric] / teacher[metric] if teacher[metric] else float("nan")
-    gaps = {}
-    for init in TASK_INITS:
-        distilled, plain = f"task-distilled, {init}", f"plain, {init}"
-        gaps[init] = {}
-        for metric in ("accuracy", "macro_f1"):
-            diffs = [run[distilled][metric] - run[plain][metric] for run in runs]
-            gaps[init][metric] = paired_gap(diffs, max(rows[distilled][f"{metric}_std"], rows[plain][f"{metric}_std"]))
-    return {"rows": rows, "gaps": gaps}
+# ---------------------------------------------------------------- the parts
 
 
-def task_markdown(report: dict) -> str:
-    summary = report["summary"]
-    lines = ["| model | params | test accuracy | test macro-F1 | macro-F1 kept |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    for role, r in summary["rows"].items():
-        lines.append(f"| {role} | {r['parameters'] / 1e6:.2f} M | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "
-                     f"| {r['macro_f1']:.3f} ± {r['macro_f1_std']:.3f} | {r['macro_f1_retention']:.1%} |")
-    objective = ", ".join(f"{k} {v}" for k, v in report["objective"].items())
-    lines.append("")
-    lines.append(f"± is one standard deviation over {report['seeds']} seeds. Each seed fine-tunes its own teacher "
-                 f"({report['teacher_epochs']} epochs, the best validation epoch kept), then trains "
-                 f"{report['student_layers']}-layer students from two initialisations, each distilled from that "
-                 "teacher (`run_finetune.py recipes/configs/task_distil.yaml --distil_from`) and, as its control, "
-                 f"fine-tuned without it (`--compare_with plain`): {report['epochs']} epochs at learning rate "
-                 f"{report['learning_rate']:g} for both, the epoch with the best validation macro-F1 kept. "
-                 "Pretrained layers: every other layer of the pretrained (not fine-tuned) teacher, a new head. "
-                 "Fine-tuned layers: every other layer of the fine-tuned teacher, and its head. Objective "
-                 f"(recipes/configs/task_distil.yaml): {objective}.")
-    for init, gaps in summary["gaps"].items():
-        for metric, gap in gaps.items():
-            verdict = "more" if gap["beats_spread"] else "not more"
-            lines.append(f"- {init}: task-distilled − plain, {metric.replace('_', '-')}: {gap['mean']:+.3f} ± "
-                         f"{gap['standard_error']:.3f} (standard error of the paired per-seed differences), "
-                         f"{verdict} than the largest seed-to-seed sd ({gap['largest_seed_sd']:.3f}).")
-    return "\n".join(lines)
+@dataclass
+class Bench:
+    """What every part shares: the arguments, the budget, the text, the task and the fixed-mask test batches."""
+
+    args: argparse.Namespace
+    sizes: Sizes
+    corpus: Path
+    mts_files: dict
+    mts_task: tuple
+    test_batches: list
+    teacher_top1: torch.Tensor
+    started: float
+
+    @classmethod
+    def prepare(cls, args: argparse.Namespace, sizes: Sizes) -> Bench:
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        out = args.out
+        out.mkdir(parents=True, exist_ok=True)
+        corpus = build_corpus(args.data, out / "corpus", sizes.max_train_texts)
+        mts = read_mts(args.data)
+        mts_files = write_mts_files(mts, out / "mts", sizes.finetune_train_rows, sizes.finetune_eval_rows)
+        tokenizer = AutoTokenizer.from_pretrained(args.teacher)
+        batches = masked_batches(tokenizer, [row["text"] for row in mts["test"]])
+        teacher = AutoModelForMaskedLM.from_pretrained(args.teacher, dtype=torch.float32)
+        return cls(args, sizes, corpus, mts_files, load_mts_task(mts_files), batches,
+                   masked_lm_predictions(teacher, batches)[2], time.perf_counter())
+
+    def phase(self, text: str) -> None:
+        print(f"[bench_quality {(time.perf_counter() - self.started) / 60:5.1f} min] {text}", flush=True)
+
+    def lm_scores(self, folder: Path, against_teacher: bool = True) -> dict:
+        from transformers import AutoModelForMaskedLM
+
+        model = AutoModelForMaskedLM.from_pretrained(folder, dtype=torch.float32)
+        return score_masked_lm(model, self.test_batches, self.teacher_top1 if against_teacher else None)
+
+    def finetuned(self, model_dir: Path, name: str, seed: int) -> dict:
+        self.phase(f"fine-tuning {name!r}, seed {seed}")
+        folder = self.args.out / "finetune" / name.replace(" ", "-") / f"seed{seed}"
+        result = finetune(model_dir, name, seed, self.mts_task, folder, self.sizes, self.args.device)
+        return {"parameters": result.parameters, **{k: result.metrics[k] for k in quality_report.TASK_METRICS}}
+
+    def write_part(self, name: str, report: dict) -> None:
+        report["minutes"] = (time.perf_counter() - self.started) / 60
+        report["smoke"] = self.args.smoke
+        (self.args.out / "parts").mkdir(exist_ok=True)
+        (self.args.out / "parts" / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
 
 
-def write_task_report(report: dict, out: Path) -> str:
-    (out / "task_distillation.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    text = task_markdown(report)
-    (out / "task_distillation.md").write_text(text + "\n", encoding="utf-8")
-    return text
+def teacher_part(bench: Bench) -> dict:
+    """The teacher's row (fine-tuned with every seed), the unigram and text-only references; once per OUT."""
+    path = bench.args.out / "parts" / "teacher.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("teacher") == str(bench.args.teacher) and saved.get("sizes") == asdict(bench.sizes):
+            return saved
+    lm = bench.lm_scores(bench.args.teacher, against_teacher=False)
+    runs = []
+    for seed in range(bench.sizes.seeds):
+        result = bench.finetuned(bench.args.teacher, "teacher", seed)
+        parameters = result.pop("parameters")
+        runs.append({"seed": seed, **result, **lm})
+    train_texts = [json.loads(line)["text"] for line in open(bench.corpus / "train.jsonl", encoding="utf-8")]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bench.args.teacher)
+    report = {
+        "teacher": str(bench.args.teacher), "sizes": asdict(bench.sizes), "device": bench.args.device,
+        "threads": torch.get_num_threads(),
+        "model": {"note": "the teacher itself", "parameters": parameters, "runs": runs, "masked_lm": lm},
+        "unigram": score_unigram(unigram_log_probs(tokenizer, train_texts), bench.test_batches),
+        "reference_classifiers": reference_classifiers(bench.mts_files),
+        "data": {"pretraining_texts": len(train_texts),
+                 "mix": json.loads((bench.corpus / "mix.json").read_text()),
+                 **{f"mts_{split}": sum(1 for _ in open(p, encoding="utf-8")) for split, p in bench.mts_files.items()}},
+    }
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return report
 
 
-# ---------------------------------------------------------------- summary
+def students_part(bench: Bench, part: str) -> dict:
+    """Every student of `part`, distilled with each seed, scored and fine-tuned with that seed; the paired
+    comparisons; inference speed of one fine-tuned model per row beside the teacher's, timed in one run."""
+    teacher = teacher_part(bench)
+    sizes, out = bench.sizes, bench.args.out
+    models = {}
+    for student in (s for s in STUDENTS if s.part == part):
+        runs = []
+        for seed in range(sizes.seeds if student.trained else 1):
+            folder = out / "students" / student.slug / f"seed{seed}"
+            bench.phase(f"student {student.name!r}, seed {seed}")
+            runs.append({"seed": seed, "distillation": distil_student(student, bench.args.teacher, bench.corpus, folder,
+                                                                      sizes, bench.args.device, seed=seed),
+                         **bench.lm_scores(folder)})
+        if not student.trained:  # one untrained model, fine-tuned with each seed
+            runs = [{**runs[0], "seed": seed} for seed in range(sizes.seeds)]
+        for run in runs:
+            folder = out / "students" / student.slug / f"seed{run['seed'] if student.trained else 0}"
+            result = bench.finetuned(folder, student.name, run["seed"])
+            parameters = result.pop("parameters")
+            run.update(result)
+        models[student.name] = {"note": student.note, "objective": student.objective, "init": student.init,
+                                "widths": student.widths, "parameters": parameters, "runs": runs,
+                                "distillation_runs": sizes.seeds if student.trained else 0}
+    bench.phase("inference speed, side by side")
+    dirs = {"teacher": out / "finetune" / "teacher" / "seed0",
+            **{name: out / "finetune" / name.replace(" ", "-") / "seed0" for name in models}}
+    speeds = inference_speed(dirs, bench.mts_task, bench.args.device,
+                             **({"rounds": 1, "min_seconds": 0.1} if bench.args.smoke else {}))
+    for name, model in models.items():
+        model["tokens_per_second"] = speeds[name]
+        model["speedup"] = speeds[name] / speeds["teacher"]
+    rows = quality_report.summarise_models({**models, "teacher": teacher["model"]})
+    report = {"models": models, "teacher_tokens_per_second": speeds["teacher"],
+              "comparisons": quality_report.compare(models, rows, COMPARISONS[part]),
+              "comparisons_run": [list(pair) for pair in COMPARISONS[part]]}
+    bench.write_part(part, report)
+    return report
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def curve_part(bench: Bench) -> dict:
+    """MTS-test perplexity (and masked accuracy, teacher agreement) of the CURVE_STUDENTS at each budget, seed 0,
+    each run with its own full schedule; the main part's seed-0 runs are reused at its budget."""
+    sizes, out = bench.sizes, bench.args.out
+    students = {}
+    for name in CURVE_STUDENTS:
+        student = BY_NAME[name]
+        points = []
+        for steps in sizes.curve_steps:
+            folder = out / "curve" / student.slug / f"steps{steps}"
+            reused = out / "students" / student.slug / "seed0"
+            if steps == sizes.distil_steps and (reused / "all_results.json").exists():
+                folder, minutes = reused, None
+            else:
+                bench.phase(f"budget curve: {name!r}, {steps} steps")
+                minutes = distil_student(student, bench.args.teacher, bench.corpus, folder, sizes, bench.args.device,
+                                         seed=0, steps=steps)["minutes"]
+            points.append({"steps": steps, "minutes": minutes, **bench.lm_scores(folder)})
+        students[name] = points
+    report = {"steps": list(sizes.curve_steps), "batch": sizes.distil_batch, "students": students,
+              "teacher_perplexity": bench.lm_scores(bench.args.teacher, against_teacher=False)["perplexity"]}
+    bench.write_part("curve", report)
+    return report
 
 
-def paired_gap(diffs: list[float], spread: float) -> dict:
-    """A method − control comparison from its per-seed differences, against the larger of the two seed spreads."""
-    mean, sd = mean_std(diffs)
-    return {"paired_differences": diffs, "mean": mean, "sd": sd, "standard_error": sd / math.sqrt(len(diffs)),
-            "largest_seed_sd": spread, "beats_spread": mean > spread}
-
-
-def summarise(report: dict) -> dict:
-    """Per model: mean ± std over seeds, retention against the teacher; the distilled − mlm-only gap."""
-    rows = {}
-    for name, model in report["models"].items():
-        row = {"parameters": model["parameters"], **model["masked_lm"]}
-        for metric in ("accuracy", "macro_f1"):
-            row[metric], row[f"{metric}_std"] = mean_std([run[metric] for run in model["finetune"]])
-        row["tokens_per_second"] = model.get("tokens_per_second")
-        rows[name] = row
-    teacher = rows["teacher"]
-    for row in rows.values():
-        for metric in ("accuracy", "macro_f1"):
-            row[f"{metric}_retention"] = row[metric] / teacher[metric] if teacher[metric] else float("nan")
-        if row["tokens_per_second"] and teacher["tokens_per_second"]:
-            row["speedup"] = row["tokens_per_second"] / teacher["tokens_per_second"]
-    comparisons = {}
-    for method, control in COMPARISONS:
-        if method not in rows or control not in rows:
-            continue
-        # The fine-tuning seeds are shared: compare seed by seed.
-        runs = {name: {r["seed"]: r for r in report["models"][name]["finetune"]} for name in (method, control)}
-        gaps = {}
-        for metric in ("accuracy", "macro_f1"):
-            diffs = [runs[method][seed][metric] - runs[control][seed][metric] for seed in runs[method]]
-            gaps[metric] = paired_gap(diffs, max(rows[method][f"{metric}_std"], rows[control][f"{metric}_std"]))
-        comparisons[f"{method} − {control}"] = gaps
-    return {"rows": rows, "distilled_minus_mlm_only": comparisons.get("distilled − mlm-only", {}),
-            "comparisons": comparisons}
-
-
-def markdown_table(report: dict) -> str:
-    rows = report["summary"]["rows"]
-    lines = ["| model | params | test accuracy | test macro-F1 | F1 kept | MTS-test perplexity | masked acc. "
-             "| teacher agreement | tokens/s (× teacher) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, r in rows.items():
-        agreement = f"{r['teacher_agreement']:.3f}" if "teacher_agreement" in r else "—"
-        speed = (f"{r['tokens_per_second']:,.0f} ({r.get('speedup', 1.0):.2f}×)" if r["tokens_per_second"] else "—")
-        lines.append(f"| {name} | {r['parameters'] / 1e6:.2f} M | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "
-                     f"| {r['macro_f1']:.3f} ± {r['macro_f1_std']:.3f} | {r['macro_f1_retention']:.1%} "
-                     f"| {r['perplexity']:.1f} | {r['masked_accuracy']:.3f} | {agreement} | {speed} |")
-    for name, r in report["reference_classifiers"].items():
-        lines.append(f"| {name} (reference) | — | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | — | — | — | — | — |")
-    unigram = report["unigram"]
-    lines.append(f"| unigram (reference) | — | — | — | — | {unigram['perplexity']:.1f} "
-                 f"| {unigram['masked_accuracy']:.3f} | — | — |")
-    return "\n".join(lines)
-
-
-def markdown_notes(report: dict) -> str:
-    """How to read the table: what ± means, and the paired distilled − mlm-only difference."""
-    lines = [f"± is one standard deviation over {report['seeds']} fine-tuning seeds; each student was distilled once "
-             f"({report['sizes']['distil_steps']} steps of {report['sizes']['distil_batch']} blocks of 128 tokens). "
-             "F1 kept: mean macro-F1 over the teacher's. Perplexity, masked accuracy and teacher agreement: the MTS "
-             "test texts, 15 % of their tokens masked at fixed positions."]
-    for pair, gaps in report["summary"]["comparisons"].items():
-        for metric, gap in gaps.items():
-            verdict = "more" if gap["beats_spread"] else "not more"
-            lines.append(f"- {pair}, {metric.replace('_', '-')}: {gap['mean']:+.3f} ± "
-                         f"{gap['standard_error']:.3f} (standard error of the paired per-seed differences), {verdict} "
-                         f"than the largest seed-to-seed sd ({gap['largest_seed_sd']:.3f}).")
-    if "MiniLM-style" in report["summary"]["rows"]:
-        lines.append("The MiniLM-style student is trained on relations alone, so its masked-LM head is untrained: "
-                     "its perplexity, masked accuracy and agreement say nothing; its fine-tuning scores do.")
-    return "\n".join(lines)
-
-
-def plot(report: dict, path: Path) -> None:
-    """Bars of test accuracy and macro-F1 per model, error bars one standard deviation over seeds."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = report["summary"]["rows"]
-    names = list(rows)
-    fig = Figure(figsize=(11, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    width = 0.38
-    for offset, metric in ((-width / 2, "accuracy"), (width / 2, "macro_f1")):
-        ax.bar([i + offset for i in range(len(names))], [rows[n][metric] for n in names], width,
-               yerr=[rows[n][f"{metric}_std"] for n in names], capsize=4, label=metric.replace("_", "-"))
-    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
-    ax.set_ylabel(f"MTS-Dialog test ({report['seeds']} seeds, mean ± sd)")
-    ax.set_title("Section-header classification after fine-tuning")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
+def task_part(bench: Bench) -> dict:
+    report = task_distillation(bench.args.teacher, bench.mts_files, bench.mts_task, bench.args.out, bench.sizes,
+                               bench.args.device, bench.phase)
+    report.update({"device": bench.args.device, "threads": torch.get_num_threads(),
+                   "teacher": str(bench.args.teacher)})
+    bench.write_part("task", report)
+    (bench.args.out / "task_distillation.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    (bench.args.out / "task_distillation.md").write_text(quality_report.task_markdown(report) + "\n",
+                                                          encoding="utf-8")
+    return report
 
 
 # ---------------------------------------------------------------- main
@@ -644,12 +620,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="Folder with medquad_answers.txt and mts_sections.jsonl (default ../shared/data).")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--smoke", action="store_true", help="The whole pipeline at toy sizes (a few minutes).")
+    parser.add_argument("--smoke", action="store_true", help="Every part at toy sizes (a few minutes).")
     parser.add_argument("--seeds", type=positive_int,
-                        help="Fine-tuning seeds (default: 3 on CPU, 5 on a GPU, 2 smoke).")
-    parser.add_argument("--part", choices=("all", "task"), default="all",
-                        help="task: only the task-distillation rows (fine-tuned teacher → task-distilled and plain "
-                        "fine-tuned students), written to OUT/task_distillation.{json,md}.")
+                        help="Distillation (and fine-tuning) seeds per student (default: 3 on CPU, 5 on a GPU, "
+                        "2 smoke).")
+    parser.add_argument("--part", choices=("all", *PARTS), default="all",
+                        help="Which rows to run (see the module docstring); every part's results in OUT/parts/ are "
+                        "merged into OUT/quality.json after each.")
     args = parser.parse_args(argv)
     for name in ("medquad_answers.txt", "mts_sections.jsonl"):
         if not (args.data / name).is_file():
@@ -660,101 +637,18 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--device cuda, but torch sees no GPU here: drop --device.")
     sizes = SIZES["smoke" if args.smoke else args.device]
     if args.seeds is not None:
-        sizes = Sizes(**{**asdict(sizes), "seeds": args.seeds})
+        sizes = dataclasses.replace(sizes, seeds=args.seeds)
     try:
-        return run_task_only(args, sizes) if args.part == "task" else run(args, sizes)
+        bench = Bench.prepare(args, sizes)
+        run = {"main": lambda: students_part(bench, "main"), "narrow": lambda: students_part(bench, "narrow"),
+               "curve": lambda: curve_part(bench), "task": lambda: task_part(bench)}
+        for part in PARTS if args.part == "all" else (args.part,):
+            run[part]()
     except BenchmarkInputError as err:
         parser.exit(2, f"bench_quality: error: {err}\n")
-
-
-def run_task_only(args: argparse.Namespace, sizes: Sizes) -> dict:
-    """The task-distillation rows alone (see `task_distillation`)."""
-    args.out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-
-    def phase(text):
-        print(f"[bench_quality {(time.perf_counter() - started) / 60:5.1f} min] {text}", flush=True)
-
-    mts_files = write_mts_files(read_mts(args.data), args.out / "mts", sizes.finetune_train_rows,
-                                sizes.finetune_eval_rows)
-    report = task_distillation(args.teacher, mts_files, load_mts_task(mts_files), args.out, sizes, args.device, phase)
-    report.update({"device": args.device, "smoke": args.smoke, "threads": torch.get_num_threads(),
-                   "teacher": str(args.teacher), "minutes": (time.perf_counter() - started) / 60})
-    print(write_task_report(report, args.out))
-    print(f"{report['minutes']:.1f} minutes; results in {args.out}/task_distillation.json, task_distillation.md")
-    return report
-
-
-def run(args: argparse.Namespace, sizes: Sizes) -> dict:
-    """The whole benchmark (see the module docstring); returns the report written to OUT/quality.json."""
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-
-    def phase(text):
-        print(f"[bench_quality {(time.perf_counter() - started) / 60:5.1f} min] {text}", flush=True)
-
-    corpus = build_corpus(args.data, out / "corpus", sizes.max_train_texts)
-    mts = read_mts(args.data)
-    mts_files = write_mts_files(mts, out / "mts", sizes.finetune_train_rows, sizes.finetune_eval_rows)
-    mts_task = load_mts_task(mts_files)
-    models = {"teacher": {"dir": args.teacher, "note": "the teacher itself"}}
-    for student in STUDENTS:
-        folder = out / "students" / student.name.replace(" ", "-")
-        phase(f"student {student.name!r}")
-        run = distil_student(student, args.teacher, corpus, folder, sizes, args.device)
-        models[student.name] = {"dir": folder, "note": student.note, "distillation": run,
-                                "objective": student.objective, "init": student.init}
-
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-    phase("masked-LM scores on the MTS test texts")
-    tokenizer = AutoTokenizer.from_pretrained(args.teacher)
-    test_texts = [row["text"] for row in mts["test"]]
-    batches = masked_batches(tokenizer, test_texts)
-    teacher = AutoModelForMaskedLM.from_pretrained(args.teacher, dtype=torch.float32)
-    teacher_top1 = masked_lm_predictions(teacher, batches)[2]
-    train_texts = [json.loads(line)["text"] for line in open(corpus / "train.jsonl", encoding="utf-8")]
-    unigram = score_unigram(unigram_log_probs(tokenizer, train_texts), batches)
-    for name, model in models.items():
-        lm = AutoModelForMaskedLM.from_pretrained(model["dir"], dtype=torch.float32)
-        model["masked_lm"] = score_masked_lm(lm, batches, None if name == "teacher" else teacher_top1)
-        runs = []
-        for seed in range(sizes.seeds):
-            phase(f"fine-tuning {name!r}, seed {seed}")
-            result = finetune(model["dir"], name, seed, mts_task,
-                              out / "finetune" / name.replace(" ", "-") / f"seed{seed}", sizes, args.device)
-            runs.append({"seed": seed, **{k: result.metrics[k] for k in ("accuracy", "macro_f1")}})
-            model["parameters"] = result.parameters
-        model["finetune"] = runs
-    task_report = task_distillation(args.teacher, mts_files, mts_task, out, sizes, args.device, phase)
-    write_task_report(task_report, out)
-    phase("inference speed, side by side")
-    speeds = inference_speed({name: out / "finetune" / name.replace(" ", "-") / "seed0" for name in models},
-                             mts_task, args.device, **({"rounds": 1, "min_seconds": 0.1} if args.smoke else {}))
-    for name, tokens_per_second in speeds.items():
-        models[name]["tokens_per_second"] = tokens_per_second
-
-    report = {
-        "sizes": asdict(sizes), "seeds": sizes.seeds, "device": args.device, "smoke": args.smoke,
-        "threads": torch.get_num_threads(), "teacher": str(args.teacher),
-        "data": {"pretraining_texts": len(train_texts),
-                 **{f"mts_{split}": sum(1 for _ in open(path, encoding="utf-8")) for split, path in mts_files.items()}},
-        "distillation_runs_per_student": 1,
-        "unigram": unigram, "reference_classifiers": reference_classifiers(mts_files),
-        "task_distillation": task_report,
-        "models": {name: {k: (str(v) if isinstance(v, Path) else v) for k, v in m.items()}
-                   for name, m in models.items()},
-    }
-    report["summary"] = summarise(report)
-    report["minutes"] = (time.perf_counter() - started) / 60
-    (out / "quality.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    text = (markdown_table(report) + "\n\n" + markdown_notes(report) + "\n\n## Task distillation\n\n"
-            + task_markdown(task_report))
-    (out / "quality.md").write_text(text + "\n", encoding="utf-8")
-    plot(report, out / "quality.png")
-    print(text)
-    print(f"{report['minutes']:.1f} minutes; results in {out}/quality.json, quality.md, quality.png")
+    report = quality_report.merge(args.out)
+    print((args.out / "quality.md").read_text())
+    print(f"{(time.perf_counter() - bench.started) / 60:.1f} minutes; results in {args.out}/quality.json, quality.md")
     return report
 
 

@@ -25,8 +25,24 @@ def test_corpus_holds_train_text_only_and_a_disjoint_validation(tmp_path):
     # Short sections ("Noncontributory.") recur across MTS-Dialog's splits: only test text unseen in TrainingSet counts.
     test_texts = {s["text"] for s in sections if s["split"].startswith("Final_200_TestSet")} - in_training_set
     assert len(valid) == 300 + sum(s["split"] == "ValidationSet" for s in sections)
-    assert len(train) > 16_000 and all(text.strip() for text in train)
+    assert all(text.strip() for text in train)
     assert not test_texts & (set(train) | set(valid))
     only_valid = {s["text"] for s in sections if s["split"] == "ValidationSet"} - in_training_set
     assert only_valid and not only_valid & set(train)
     assert os.path.getsize(tmp_path / "train.jsonl") > 20e6
+    clinical = [json.loads(line)["text"] for line in open(tmp_path / "valid_clinical.jsonl", encoding="utf-8")]
+    assert clinical == [s["text"] for s in sections if s["split"] == "ValidationSet"]
+    # The clinical sections weighted to a third of the words: each repeated as often, the file shuffled
+    mix = json.loads((tmp_path / "mix.json").read_text())
+    training_sections = [s["text"] for s in sections if s["split"] == "TrainingSet"]
+    clinical_words = mix["clinical_repeats"] * sum(len(t.split()) for t in training_sections)
+    assert mix["clinical_repeats"] > 10 and 0.30 < clinical_words / sum(len(t.split()) for t in train) < 0.36
+    answers = [line.strip() for line in open(DATA / "medquad_answers.txt", encoding="utf-8") if line.strip()]
+    general = set(answers[:-300]) - set(answers[-300:])
+    assert len(train) == len(general) + mix["clinical_repeats"] * len(training_sections)  # MedQuAD once each
+    # spread through the file, not in one stretch: the first 2,000 texts hold about their share of sections
+    share = mix["clinical_repeats"] * len(training_sections) / len(train)
+    assert abs(sum(text not in general for text in train[:2000]) / 2000 - share) < 0.05
+    unweighted = tmp_path / "unweighted"
+    module.main(["--out", str(unweighted), "--clinical_share", "0"])
+    assert json.loads((unweighted / "mix.json").read_text())["clinical_repeats"] == 1

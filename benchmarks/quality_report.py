@@ -1,0 +1,291 @@
+"""The quality benchmark's numbers → summaries, paired comparisons, tables and plots (no training here).
+
+bench_quality.py writes one JSON per part (OUT/parts/*.json); `merge` joins whatever parts exist into
+OUT/quality.json, OUT/quality.md, OUT/quality.png and OUT/budget_curve.png, so that parts run apart (each within a
+machine's time limit) still make one report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+# Scores of a model row: the fine-tuned task metrics (higher is better) and the masked-LM scores on the MTS test
+# texts (perplexity lower is better).
+HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "perplexity": False, "masked_accuracy": True,
+                    "teacher_agreement": True}
+TASK_METRICS = ("accuracy", "macro_f1")
+LM_METRICS = ("perplexity", "masked_accuracy", "teacher_agreement")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def paired_gap(diffs: list[float], spread: float, higher_is_better: bool = True) -> dict:
+    """A method − control comparison from its per-seed differences: mean, sd, standard error; whether the method is
+    better by more than 2 standard errors, and by more than the larger of the two seed-to-seed sds (`spread`)."""
+    mean, sd = mean_std(diffs)
+    se = sd / math.sqrt(len(diffs))
+    gain = mean if higher_is_better else -mean
+    return {"paired_differences": diffs, "mean": mean, "sd": sd, "standard_error": se, "largest_seed_sd": spread,
+            "higher_is_better": higher_is_better, "better_by_2se": gain > 2 * se, "worse_by_2se": -gain > 2 * se,
+            "beats_spread": gain > spread, "seeds_better": sum((d > 0) == higher_is_better and d != 0 for d in diffs)}
+
+
+def summarise_models(models: dict) -> dict:
+    """Per model: mean ± sd over its runs of every score, parameters, speed, and retention against the teacher."""
+    rows = {}
+    for name, model in models.items():
+        runs = model["runs"]
+        row = {"parameters": model["parameters"], "runs": len(runs),
+               "distillation_runs": model.get("distillation_runs", 0)}
+        for metric in TASK_METRICS + LM_METRICS:
+            values = [run[metric] for run in runs if run.get(metric) is not None]
+            if values:
+                row[metric], row[f"{metric}_std"] = mean_std(values)
+        row["tokens_per_second"] = model.get("tokens_per_second")
+        row["speedup"] = model.get("speedup")
+        rows[name] = row
+    teacher = rows.get("teacher")
+    for row in rows.values():
+        for metric in TASK_METRICS:
+            row[f"{metric}_retention"] = (row[metric] / teacher[metric] if teacher and teacher[metric]
+                                          else float("nan"))
+    return rows
+
+
+def compare(models: dict, rows: dict, pairs) -> dict:
+    """Paired per-seed differences method − control for each pair (same distillation and fine-tuning seed)."""
+    out = {}
+    for method, control in pairs:
+        if method not in models or control not in models:
+            continue
+        by_seed = {name: {run["seed"]: run for run in models[name]["runs"]} for name in (method, control)}
+        seeds = sorted(set(by_seed[method]) & set(by_seed[control]))
+        gaps = {}
+        for metric, higher in HIGHER_IS_BETTER.items():
+            if not all(by_seed[n][s].get(metric) is not None for n in (method, control) for s in seeds):
+                continue
+            diffs = [by_seed[method][s][metric] - by_seed[control][s][metric] for s in seeds]
+            spread = max(rows[method][f"{metric}_std"], rows[control][f"{metric}_std"])
+            gaps[metric] = paired_gap(diffs, spread, higher)
+        out[f"{method} − {control}"] = gaps
+    return out
+
+
+# ---------------------------------------------------------------- merging the parts
+
+
+def merge(out: Path) -> dict:
+    """Join OUT/parts/*.json into OUT/quality.json (+ .md, .png, budget_curve.png); returns the report."""
+    parts = {path.stem: json.loads(path.read_text()) for path in sorted((out / "parts").glob("*.json"))}
+    teacher = parts.pop("teacher", None)
+    report = {"parts": {}, "models": {}, "comparisons": {}}
+    if teacher:
+        report["models"]["teacher"] = teacher["model"]
+        report.update({k: teacher[k] for k in ("unigram", "reference_classifiers", "sizes", "data", "device",
+                                                "teacher", "threads") if k in teacher})
+    for name in ("main", "narrow"):
+        if name in parts:
+            part = parts[name]
+            report["parts"][name] = {k: part[k] for k in ("minutes", "smoke", "comparisons_run") if k in part}
+            report["models"].update(part["models"])
+            report["comparisons"].update(part["comparisons"])
+    if "curve" in parts:
+        report["budget_curve"] = parts["curve"]
+        report["parts"]["curve"] = {"minutes": parts["curve"]["minutes"]}
+    if "task" in parts:
+        report["task_distillation"] = parts["task"]
+        report["parts"]["task"] = {"minutes": parts["task"].get("minutes")}
+    trained = [m["distillation_runs"] for m in report["models"].values() if m.get("distillation_runs", 0) > 1]
+    report["distillation_runs_per_student"] = min(trained) if trained else 1
+    report["summary"] = {"rows": summarise_models(report["models"]), "comparisons": report["comparisons"]}
+    (out / "quality.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    text = markdown(report)
+    (out / "quality.md").write_text(text + "\n", encoding="utf-8")
+    if report["models"]:
+        plot_models(report, out / "quality.png")
+    if "budget_curve" in report:
+        plot_curve(report["budget_curve"], out / "budget_curve.png")
+    return report
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def _pm(row: dict, metric: str, digits: int = 3) -> str:
+    if metric not in row:
+        return "—"
+    return f"{row[metric]:.{digits}f} ± {row[f'{metric}_std']:.{digits}f}"
+
+
+def markdown_table(report: dict) -> str:
+    rows = report["summary"]["rows"]
+    lines = ["| model | params | test accuracy | test macro-F1 | F1 kept | MTS-test perplexity | masked acc. "
+             "| teacher agreement | tokens/s (× teacher) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in rows.items():
+        speed = (f"{r['tokens_per_second']:,.0f} ({r['speedup']:.2f}×)"
+                 if r.get("tokens_per_second") and r.get("speedup") else "—")
+        lines.append(f"| {name} | {r['parameters'] / 1e6:.2f} M | {_pm(r, 'accuracy')} | {_pm(r, 'macro_f1')} "
+                     f"| {r['macro_f1_retention']:.1%} | {_pm(r, 'perplexity', 1)} | {_pm(r, 'masked_accuracy')} "
+                     f"| {_pm(r, 'teacher_agreement')} | {speed} |")
+    for name, r in report.get("reference_classifiers", {}).items():
+        lines.append(f"| {name} (reference) | — | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | — | — | — | — | — |")
+    if "unigram" in report:
+        unigram = report["unigram"]
+        lines.append(f"| unigram (reference) | — | — | — | — | {unigram['perplexity']:.1f} "
+                     f"| {unigram['masked_accuracy']:.3f} | — | — |")
+    return "\n".join(lines)
+
+
+def gap_line(pair: str, metric: str, gap: dict) -> str:
+    verdict = ("better by more than 2 SE" if gap["better_by_2se"] else
+               "worse by more than 2 SE" if gap["worse_by_2se"] else "within 2 SE")
+    n = len(gap["paired_differences"])
+    return (f"- {pair}, {metric.replace('_', '-')}: {gap['mean']:+.3f} ± {gap['standard_error']:.3f} (standard error "
+            f"of the {n} paired per-seed differences; {gap['seeds_better']} of {n} seeds better), {verdict}.")
+
+
+def markdown_comparisons(comparisons: dict) -> str:
+    return "\n".join(gap_line(pair, metric, gap) for pair, gaps in comparisons.items()
+                     for metric, gap in gaps.items())
+
+
+def curve_table(curve: dict) -> str:
+    names = list(curve["students"])
+    lines = ["| steps | " + " | ".join(f"{n} perplexity" for n in names) + " | teacher |",
+             "| ---: | " + " | ".join("---:" for _ in names) + " | ---: |"]
+    for i, steps in enumerate(curve["steps"]):
+        cells = [f"{curve['students'][n][i]['perplexity']:.1f}" for n in names]
+        lines.append(f"| {steps:,} | " + " | ".join(cells) + f" | {curve['teacher_perplexity']:.1f} |")
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    parts = []
+    if report["models"]:
+        sizes = report.get("sizes", {})
+        parts.append(markdown_table(report))
+        parts.append(f"± is one standard deviation over the runs: each student was distilled with "
+                     f"{report['distillation_runs_per_student']} seeds ({sizes.get('distil_steps')} steps of "
+                     f"{sizes.get('distil_batch')} blocks of 128 tokens each) and each distilled model fine-tuned "
+                     "with its own seed, so the spread covers both; the teacher and the untrained init are fine-tuned "
+                     "with the same seeds. F1 kept: mean macro-F1 over the teacher's. Perplexity, masked accuracy and "
+                     "teacher agreement: the MTS test texts, 15 % of their tokens masked at fixed positions.")
+        parts.append(markdown_comparisons(report["comparisons"]))
+    if "budget_curve" in report:
+        parts.append("## Budget curve\n\n" + curve_table(report["budget_curve"]))
+    if "task_distillation" in report:
+        parts.append("## Task distillation\n\n" + task_markdown(report["task_distillation"]))
+    return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------- task distillation
+
+
+TEACHER_ROLE = "fine-tuned teacher"
+# The two student initialisations, each distilled and plainly fine-tuned: the pretrained teacher's layers
+# (DistilBERT's: a general half-depth encoder, which learns the task here) and the fine-tuned teacher's layers and
+# head (the student starts from the task already).
+TASK_INITS = ("pretrained layers", "fine-tuned layers")
+TASK_ROLES = (TEACHER_ROLE, *(f"{kind}, {init}" for init in TASK_INITS for kind in ("task-distilled", "plain")))
+
+
+def summarise_task(report: dict) -> dict:
+    """Mean ± sd per role, each student's share of the teacher, and per init the paired distilled − plain gap."""
+    runs = report["runs"]
+    rows = {}
+    for role in TASK_ROLES:
+        row = {"parameters": runs[0][role]["parameters"]}
+        for metric in TASK_METRICS:
+            row[metric], row[f"{metric}_std"] = mean_std([run[role][metric] for run in runs])
+        rows[role] = row
+    teacher = rows[TEACHER_ROLE]
+    for row in rows.values():
+        for metric in TASK_METRICS:
+            row[f"{metric}_retention"] = row[metric] / teacher[metric] if teacher[metric] else float("nan")
+    gaps = {}
+    for init in TASK_INITS:
+        distilled, plain = f"task-distilled, {init}", f"plain, {init}"
+        gaps[init] = {}
+        for metric in TASK_METRICS:
+            diffs = [run[distilled][metric] - run[plain][metric] for run in runs]
+            gaps[init][metric] = paired_gap(diffs, max(rows[distilled][f"{metric}_std"], rows[plain][f"{metric}_std"]))
+    return {"rows": rows, "gaps": gaps}
+
+
+def task_markdown(report: dict) -> str:
+    summary = report["summary"]
+    lines = ["| model | params | test accuracy | test macro-F1 | macro-F1 kept |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for role, r in summary["rows"].items():
+        lines.append(f"| {role} | {r['parameters'] / 1e6:.2f} M | {_pm(r, 'accuracy')} | {_pm(r, 'macro_f1')} "
+                     f"| {r['macro_f1_retention']:.1%} |")
+    objective = ", ".join(f"{k} {v}" for k, v in report["objective"].items())
+    lines.append("")
+    lines.append(f"± is one standard deviation over {report['seeds']} seeds. Each seed fine-tunes its own teacher "
+                 f"({report['teacher_epochs']} epochs, the best validation epoch kept), then trains "
+                 f"{report['student_layers']}-layer students from two initialisations, each distilled from that "
+                 "teacher (`run_finetune.py recipes/configs/task_distil.yaml --distil_from`) and, as its control, "
+                 f"fine-tuned without it (`--compare_with plain`): {report['epochs']} epochs at learning rate "
+                 f"{report['learning_rate']:g} for both, the epoch with the best validation macro-F1 kept. "
+                 "Pretrained layers: every other layer of the pretrained (not fine-tuned) teacher, a new head. "
+                 "Fine-tuned layers: every other layer of the fine-tuned teacher, and its head. Objective "
+                 f"(recipes/configs/task_distil.yaml): {objective}.")
+    for init, gaps in summary["gaps"].items():
+        for metric, gap in gaps.items():
+            lines.append(gap_line(f"{init}: task-distilled − plain", metric, gap))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _figure(size):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_models(report: dict, path: Path) -> None:
+    """Bars of test accuracy and macro-F1 per model, error bars one standard deviation over the runs."""
+    rows = report["summary"]["rows"]
+    names = [n for n in rows if "accuracy" in rows[n]]
+    fig = _figure((12, 4.5))
+    ax = fig.add_subplot()
+    width = 0.38
+    for offset, metric in ((-width / 2, "accuracy"), (width / 2, "macro_f1")):
+        ax.bar([i + offset for i in range(len(names))], [rows[n][metric] for n in names], width,
+               yerr=[rows[n][f"{metric}_std"] for n in names], capsize=4, label=metric.replace("_", "-"))
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel("MTS-Dialog test (mean ± sd over runs)")
+    ax.set_title("Section-header classification after fine-tuning")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_curve(curve: dict, path: Path) -> None:
+    """MTS-test perplexity of each student against its budget (log-log), the teacher as a line."""
+    fig = _figure((7, 4.5))
+    ax = fig.add_subplot()
+    for name, points in curve["students"].items():
+        ax.plot(curve["steps"], [p["perplexity"] for p in points], "o-", label=name)
+    ax.axhline(curve["teacher_perplexity"], color="black", linestyle="--", label="teacher")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(curve["steps"], [f"{s:,}" for s in curve["steps"]])
+    ax.set_xlabel(f"student training steps (batch {curve['batch']} × 128 tokens, each its own schedule)")
+    ax.set_ylabel("MTS-test perplexity (fixed masks)")
+    ax.set_title("Distilled vs masked-LM-only student by budget")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path)
