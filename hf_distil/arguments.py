@@ -10,11 +10,9 @@ from transformers import TrainingArguments
 
 from .errors import ArgumentError
 from .layer_map import canonical_layer_map
+from .terms import registered, weight_of
 
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
-HIDDEN_LOSSES = ("cosine", "mse")
-ATTENTION_LOSSES = ("scores", "probs", "kl")
-KD_POSITIONS = ("masked", "all")
 NAN_POLICIES = ("stop", "skip")
 
 
@@ -24,7 +22,7 @@ def _choice_error(name: str, value, allowed) -> ArgumentError:
 
 @dataclass
 class DistillationArguments(TrainingArguments):
-    """Everything `Trainer` takes, plus the teacher and the weights of the loss terms (hf_distil.objective.TERMS).
+    """Everything `Trainer` takes, plus the teacher and the weights of the loss terms (the registry hf_distil.terms).
 
     loss = alpha_kd · T² · KL(teacher ‖ student) + alpha_mlm · CE(student, labels) + alpha_hidden · align(h_s, h_t)
            + alpha_attention · attention + alpha_intermediate · intermediate + alpha_relation · relation
@@ -139,44 +137,23 @@ class DistillationArguments(TrainingArguments):
                 example = 1 if name == "gradient_accumulation_steps" else 8
                 raise ArgumentError(f"{name}={value!r} must be a positive integer (e.g. --{name} {example}).")
         super().__post_init__()
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ArgumentError(
-                f"temperature={self.temperature!r} must be a finite number > 0 (the seed recipe uses 2.0)."
-            )
-        from .objective import TERMS
-
-        weights = [term.weight for term in TERMS]
-        for name in weights:
-            value = getattr(self, name)
-            if value is None and name == "alpha_task":  # unset: the task term's default, for task students only
+        terms = [term for term in registered() if hasattr(self, term.weight)]
+        weights = [term.weight for term in terms]
+        for term in terms:
+            value = getattr(self, term.weight)
+            if value is None and term.default_weight is not None:  # unset: the term's default, where it applies
                 continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ArgumentError(f"{name}={value!r} must be a finite number >= 0 (0 switches the term off).")
+                raise ArgumentError(f"{term.weight}={value!r} must be a finite number >= 0 (0 switches the term off).")
         if not any((getattr(self, name) or 0) > 0 for name in weights):
-            unset = " (alpha_task, unset here, counts only once it is given)" if self.alpha_task is None else ""
+            unset = [t.weight for t in terms if getattr(self, t.weight) is None]
+            unset = (f" ({', '.join(unset)}, unset here, counts only once it is given)" if unset else "")
             raise ArgumentError(
                 f"{', '.join(weights)} are all 0{unset}: nothing to train; set at least one of them > 0."
             )
         self.layer_map = canonical_layer_map(self.layer_map)
-        if self.attention_loss == "mse":
-            raise ArgumentError(
-                "attention_loss='mse' was renamed: use 'probs' for the MSE of the attention probabilities (what 'mse' "
-                "computed), or 'scores' for TinyBERT's own MSE of the pre-softmax scores."
-            )
-        if self.attention_loss not in ATTENTION_LOSSES:
-            raise _choice_error("attention_loss", self.attention_loss, ATTENTION_LOSSES)
-        if self.intermediate_loss not in HIDDEN_LOSSES:
-            raise _choice_error("intermediate_loss", self.intermediate_loss, HIDDEN_LOSSES)
-        if not isinstance(self.relation_heads, int) or self.relation_heads < 1:
-            raise ArgumentError(f"relation_heads={self.relation_heads!r} must be a positive integer (e.g. 12).")
-        if not isinstance(self.relation_teacher_layer, int):
-            raise ArgumentError(
-                f"relation_teacher_layer={self.relation_teacher_layer!r} must be a layer index (-1: the last)."
-            )
-        if self.hidden_loss not in HIDDEN_LOSSES:
-            raise _choice_error("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
-        if self.kd_positions not in KD_POSITIONS:
-            raise _choice_error("kd_positions", self.kd_positions, KD_POSITIONS)
+        for term in terms:
+            term.validate(self)
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise _choice_error("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
         if self.nan_policy not in NAN_POLICIES:
@@ -204,6 +181,5 @@ class DistillationArguments(TrainingArguments):
     def needs_teacher(self) -> bool:
         """Whether any weighted loss term reads the teacher (when not, training never runs it); the term registry
         knows which do."""
-        from .objective import TERMS, weight_of
-
-        return any(term.needs_teacher and weight_of(self, term.name) > 0 for term in TERMS)
+        return any(term.needs_teacher and weight_of(self, term.name) > 0 for term in registered()
+                   if hasattr(self, term.weight))

@@ -27,3 +27,7 @@ class ModelMismatchError(DistillationConfigError):
 
 class HubError(DistillationConfigError):
     """`push_to_hub` cannot work from here (offline, no token, a strategy that would upload pickles)."""
+
+
+class RecipeError(DistillationConfigError):
+    """A user-fixable problem with a command line's configuration, reported as one line."""

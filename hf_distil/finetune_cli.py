@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 
 from .arguments import DistillationArguments
+from .config import USER_ERRORS, parse_config_and_flags
 from .finetune import FinetuneArguments, FinetuneResult, run_finetune
-from .recipe import USER_ERRORS, parse_config_and_flags
 
 PROG = "hf-distil-finetune"
 

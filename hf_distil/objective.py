@@ -1,19 +1,18 @@
-"""The distillation objective: the registry of loss terms, and the steps from a micro-batch to its loss.
+"""The distillation objective: the steps from a micro-batch to its loss, over the terms of hf_distil.terms.
 
 A micro-batch goes: select rows → forward pair → per-term sums → normalise → weight (DistillationTrainer runs
-these steps, and does the forward pair itself, since it owns the models). `TERMS` is the one place that knows the
-terms: a term's name (logged as `{name}_loss`, evaluated as `eval_{name}_loss`), its weight field in
-DistillationArguments, its row set (whose count is its denominator), whether it needs the teacher, which signals it
-reads, and how its pure loss function from hf_distil.losses is fed. Everything else (which rows the heads compute,
-what each model captures, whether the teacher runs, logging, evaluation metrics, the non-finite watch) is derived
-from it.
+these steps, and does the forward pair itself, since it owns the models). The registry (hf_distil.terms) knows each
+term: its name (logged as `{name}_loss`, evaluated as `eval_{name}_loss`), its weight field in
+DistillationArguments, its row set (whose count is its denominator), what it reads from each model, and its loss per
+row. Everything here (which rows the heads compute, what each model captures, whether the teacher runs, the
+evaluation metrics) is derived from it.
 
 Row sets, as (batch, length) bool masks, and their counts (the denominators):
   P  the KL positions (the masked ones, or every non-padding one with kd_positions="all")
   M  the masked positions (labels != -100)
   N  the non-padding positions
 
-Task students (hf_distil.heads.model_task) use the same row sets: a token classifier's labelled tokens are M (its
+Task students (hf_distil.families.model_task) use the same row sets: a token classifier's labelled tokens are M (its
 sub-tokens, special tokens and padding carry -100), and a sequence classifier's examples are rows too, each at its
 first position (`label_grid` puts an example's label there), so every count, denominator and per-example statistic
 below holds for the three kinds of student alike.
@@ -21,243 +20,28 @@ below holds for the three kinds of student alike.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.utils.checkpoint
 
 from .errors import ArgumentError
-from .heads import MASKED_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
-from .losses import (
-    hidden_loss_rows,
-    kd_loss_rows,
-    map_mse_rows,
-    masked_scaled_dot_scores,
-    mlm_loss_rows,
-    relation_kl_rows,
-    scaled_dot_log_probs,
-    visible_key_counts,
-)
-from .signals import CaptureSpec, LayerSelection, Signals
+from .families import MASKED_LM
+from .signals import CaptureSpec, Signals
+from .terms import ROW_SETS, PerRow, Rows, Term, active_terms, applies_to, by_name, names, registered, weight_of
 
 if TYPE_CHECKING:
     from .arguments import DistillationArguments
     from .layer_map import LayerPlan
 
-# The order of every row-count vector: (P, M, N).
-ROW_SETS = ("P", "M", "N")
-
-
-@dataclass
-class Rows:
-    """The "select rows" step: a micro-batch's row sets and the rows whose logits the heads compute."""
-
-    sets: dict[str, torch.Tensor]  # "P" / "M" / "N" -> (batch, length) bool
-    positions: torch.Tensor  # (rows,) long: flat indices into batch × length, increasing
-    labels: torch.Tensor  # (rows,) long: the labels at `positions` (-100 where not masked)
-
-    def counts(self) -> torch.Tensor:
-        """(3,) long: the sizes of P, M, N in this micro-batch."""
-        return row_counts_of(self.sets)
-
-
-@dataclass
-class PerRow:
-    """A term's loss value per row and the flat position (into batch × length) of each row."""
-
-    values: torch.Tensor  # (rows,) float32
-    flat: torch.Tensor  # (rows,) long
-
-
-@dataclass(frozen=True)
-class Term:
-    """One weighted term of the objective."""
-
-    name: str  # logged as `{name}_loss`, evaluated as `eval_{name}_loss`
-    weight: str  # the DistillationArguments field weighting it
-    rows: str  # "P" / "M" / "N": the row set its values are summed over; its size is the denominator
-    student_reads: tuple[str, ...]  # signals (hf_distil.signals.SIGNALS) it reads from the student
-    teacher_reads: tuple[str, ...]  # ... and from the teacher; none: the term needs no teacher
-    # (student signals, teacher signals or None, rows, arguments) -> its loss per row, from a hf_distil.losses function
-    per_row: Callable[[Signals, Signals | None, Rows, DistillationArguments], PerRow]
-    # Also scored in evaluation when weighted 0 (a baseline's report needs it; it must cost no extra capture).
-    always_evaluated: bool = False
-    # The students (hf_distil.heads.model_task) whose objective has this term; None: every student.
-    students: tuple[str | None, ...] | None = None
-
-    @property
-    def needs_teacher(self) -> bool:
-        return bool(self.teacher_reads)
-
-
-def _kd(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
-    return PerRow(kd_loss_rows(student.logits, teacher.logits, args.temperature), rows.positions)
-
-
-def _mlm(student: Signals, teacher: Signals | None, rows: Rows, args: DistillationArguments) -> PerRow:
-    return PerRow(mlm_loss_rows(student.logits, rows.labels), rows.positions)
-
-
-# The students of each supervised term: the masked-LM loss for masked LMs (and models of unknown class, as before
-# task students existed), the cross-entropy on the gold labels for token and sequence classifiers.
-MLM_STUDENTS = (MASKED_LM, None)
-TASK_STUDENTS = (TOKEN_CLASSIFICATION, SEQUENCE_CLASSIFICATION)
-# alpha_task when unset (None): a task student learns from its gold labels by default.
-DEFAULT_TASK_WEIGHT = 1.0
-
-
-def _every_position(values: torch.Tensor, rows: Rows) -> PerRow:
-    """A value at every position of the batch, padding zeroed: no boolean indexing, so no host sync."""
-    flat_non_pad = rows.sets["N"].reshape(-1)
-    return PerRow(torch.where(flat_non_pad, values, torch.zeros_like(values)),
-                  torch.arange(flat_non_pad.numel(), device=flat_non_pad.device))
-
-
-def _hidden(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
-    width = student.last_hidden_state.shape[-1]
-    values = hidden_loss_rows(student.last_hidden_state.reshape(-1, width),
-                              teacher.last_hidden_state.reshape(-1, width), args.hidden_loss)
-    return _every_position(values, rows)
-
-
-def _intermediate(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
-    """Σ over the hidden-state pairs of the per-position loss (the student's states already projected)."""
-    values = 0
-    for s, t in zip(student.hidden_states, teacher.hidden_states, strict=True):
-        values = values + hidden_loss_rows(s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1]),
-                                           args.intermediate_loss)
-    return _every_position(values, rows)
-
-
-def _by_query_row(log_probs: torch.Tensor) -> torch.Tensor:
-    """(batch, heads, length, keys) → (batch · length, heads, keys): one row per query position."""
-    batch, heads, length, keys = log_probs.shape
-    return log_probs.transpose(1, 2).reshape(batch * length, heads, keys)
-
-
-# Recompute each pair's (batch, heads, length, length) maps in the backward pass instead of keeping them from the
-# forward: the attention / relation terms then hold the small query/key/value tensors only (see bench_step's
-# ours_attention lever). False keeps the maps (the reference the tests compare against).
-RECOMPUTE_MAPS = True
-
-
-def _recomputed(fn, *tensors):
-    """fn(*tensors), with its intermediates recomputed in backward when a gradient will flow through it."""
-    if RECOMPUTE_MAPS and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return torch.utils.checkpoint.checkpoint(fn, *tensors, use_reentrant=False)
-    return fn(*tensors)
-
-
-def _attention(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
-    """Σ over the layer pairs of the attention-map loss per query position (padded keys, and keys outside a local
-    layer's window, excluded): the MSE of the scaled scores with those keys at 0 ("scores", TinyBERT's code), the
-    MSE of the probabilities ("probs") or KL(teacher ‖ student) of the probabilities ("kl")."""
-    keys = rows.sets["N"]
-
-    def pair_loss(s_q, s_k, t_q, t_k, window):
-        if args.attention_loss == "scores":
-            s = masked_scaled_dot_scores(s_q, s_k, student.attention_heads, keys, window)
-            t = masked_scaled_dot_scores(t_q, t_k, teacher.attention_heads, keys, window)
-            return map_mse_rows(_by_query_row(s), _by_query_row(t), visible_key_counts(keys, window).reshape(-1))
-        s = scaled_dot_log_probs(s_q, s_k, student.attention_heads, keys, window)
-        t = scaled_dot_log_probs(t_q, t_k, teacher.attention_heads, keys, window)
-        if args.attention_loss == "kl":
-            return relation_kl_rows(_by_query_row(s), _by_query_row(t))
-        return map_mse_rows(_by_query_row(s).exp(), _by_query_row(t).exp(),
-                            visible_key_counts(keys, window).reshape(-1))
-
-    values = 0
-    pairs = zip(student.attention_qk, teacher.attention_qk, student.attention_windows, teacher.attention_windows,
-                strict=True)
-    for (s_q, s_k), (t_q, t_k), s_window, t_window in pairs:
-        # layer_map pairs layers of one kind (hf_distil.layer_map), so both windows are None or both local
-        window = None if s_window is None or t_window is None else max(s_window, t_window)
-        values = values + _recomputed(functools.partial(pair_loss, window=window), s_q, s_k, t_q, t_k)
-    return _every_position(values, rows)
-
-
-def _relation(student: Signals, teacher: Signals, rows: Rows, args: DistillationArguments) -> PerRow:
-    """MiniLM v2: Σ over Q-Q, K-K, V-V of the relation KL per position, with `relation_heads` heads on each side."""
-    keys = rows.sets["N"]
-
-    def relation_loss(s, t):
-        s_rel = scaled_dot_log_probs(s, s, args.relation_heads, keys)
-        t_rel = scaled_dot_log_probs(t, t, args.relation_heads, keys)
-        return relation_kl_rows(_by_query_row(s_rel), _by_query_row(t_rel))
-
-    values = 0
-    for s, t in zip(student.relation_qkv, teacher.relation_qkv, strict=True):
-        values = values + _recomputed(relation_loss, s, t)
-    return _every_position(values, rows)
-
-
-# The order is the order of the logged terms, of the loss sum and of the non-finite bookkeeping vectors.
-TERMS = (
-    Term("kd", weight="alpha_kd", rows="P", student_reads=("logits",), teacher_reads=("logits",), per_row=_kd,
-         always_evaluated=True),
-    Term("mlm", weight="alpha_mlm", rows="M", student_reads=("logits",), teacher_reads=(), per_row=_mlm,
-         always_evaluated=True, students=MLM_STUDENTS),
-    Term("hidden", weight="alpha_hidden", rows="N", student_reads=("last_hidden_state",),
-         teacher_reads=("last_hidden_state",), per_row=_hidden),
-    Term("attention", weight="alpha_attention", rows="N", student_reads=("attention_qk",),
-         teacher_reads=("attention_qk",), per_row=_attention),
-    Term("intermediate", weight="alpha_intermediate", rows="N", student_reads=("hidden_states",),
-         teacher_reads=("hidden_states",), per_row=_intermediate),
-    Term("relation", weight="alpha_relation", rows="N", student_reads=("relation_qkv",),
-         teacher_reads=("relation_qkv",), per_row=_relation),
-    # A task student's own loss: the same cross-entropy, on the gold labels (per labelled token, or per example).
-    Term("task", weight="alpha_task", rows="M", student_reads=("logits",), teacher_reads=(), per_row=_mlm,
-         always_evaluated=True, students=TASK_STUDENTS),
-)
-# Terms that compare layers paired by `layer_map` (they need hf_distil.heads to know the layers of both models).
-LAYER_TERMS = ("attention", "intermediate", "relation")
-TERM_NAMES = tuple(term.name for term in TERMS)
-BY_NAME = {term.name: term for term in TERMS}
-
-
-def weight_of(args: DistillationArguments, name: str) -> float:
-    value = getattr(args, BY_NAME[name].weight)
-    return DEFAULT_TASK_WEIGHT if value is None and name == "task" else value
-
-
-def applies_to(term: Term, student_task: str | None) -> bool:
-    """Whether `term` is part of the objective of a student of this kind (hf_distil.heads.model_task)."""
-    return term.students is None or student_task in term.students
-
-
-def active_terms(args: DistillationArguments, has_teacher: bool, evaluating: bool,
-                 student_task: str | None = MASKED_LM) -> tuple[Term, ...]:
-    """The terms a micro-batch computes: training only weighted ones; evaluation also the always-evaluated ones.
-
-    A term that needs the teacher is never computed without one, nor one that is not the student's (`applies_to`).
-    """
-    return tuple(term for term in TERMS
-                 if (weight_of(args, term.name) > 0 or (evaluating and term.always_evaluated))
-                 and (has_teacher or not term.needs_teacher) and applies_to(term, student_task))
-
-
-def layer_selections(plan: LayerPlan | None) -> tuple[LayerSelection, LayerSelection]:
-    """The layers the student and the teacher expose under `plan` (none without one)."""
-    if plan is None:
-        return LayerSelection(), LayerSelection()
-    relation = plan.relation_pair or (None, None)
-    return (
-        LayerSelection(tuple(s for s, _ in plan.hidden_pairs), tuple(s for s, _ in plan.layer_pairs), relation[0]),
-        LayerSelection(tuple(t for _, t in plan.hidden_pairs), tuple(t for _, t in plan.layer_pairs), relation[1]),
-    )
-
 
 def capture_specs(terms: tuple[Term, ...], plan: LayerPlan | None = None) -> tuple[CaptureSpec, CaptureSpec | None]:
     """What the student and the teacher must capture for `terms` at the layers of `plan`; no teacher spec when no
     term needs the teacher."""
-    student_layers, teacher_layers = layer_selections(plan)
-    student = CaptureSpec.reading((name for term in terms for name in term.student_reads), student_layers)
+    reads = [term.reads(plan) for term in terms]
+    student = CaptureSpec.reading(s for s, _ in reads)
     if not any(term.needs_teacher for term in terms):
         return student, None
-    return student, CaptureSpec.reading((name for term in terms for name in term.teacher_reads), teacher_layers)
+    return student, CaptureSpec.reading(t for term, (_, t) in zip(terms, reads) if term.needs_teacher)
 
 
 # ---- select rows -------------------------------------------------------------------------------------------------
@@ -321,32 +105,34 @@ def select_rows(inputs: dict, args: DistillationArguments, terms: tuple[Term, ..
 # ---- per-term sums → normalise → weight --------------------------------------------------------------------------
 
 def per_row_losses(terms: tuple[Term, ...], student: Signals, teacher: Signals | None, rows: Rows,
-                   args: DistillationArguments) -> dict[str, PerRow]:
-    return {term.name: term.per_row(student, teacher, rows, args) for term in terms}
+                   args: DistillationArguments, plan: LayerPlan | None = None) -> dict[str, PerRow]:
+    return {term.name: term.per_row(student, teacher, rows, args, plan) for term in terms}
 
 
 def normalise(sums: dict[str, torch.Tensor], counts: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
     """Each term's sum over its row set divided by that set's count (`counts`: (3,) in ROW_SETS order), × scale."""
     denominators = dict(zip(ROW_SETS, counts.unbind()))
-    return {name: value / denominators[BY_NAME[name].rows].clamp(min=1) * scale for name, value in sums.items()}
+    return {name: value / denominators[by_name(name).rows].clamp(min=1) * scale for name, value in sums.items()}
 
 
 def weigh(terms: dict[str, torch.Tensor], args: DistillationArguments) -> torch.Tensor:
     """Σ weight · term over the terms with a weight > 0."""
     loss = sum(weight_of(args, name) * value for name, value in terms.items() if weight_of(args, name) > 0)
     if not torch.is_tensor(loss):  # no weighted term produced a value (cannot happen with valid arguments)
-        raise RuntimeError(f"No loss term was computed; check {' / '.join(term.weight for term in TERMS)}.")
+        raise RuntimeError(f"No loss term was computed; check {' / '.join(term.weight for term in registered())}.")
     return loss
 
 
 # ---- evaluation statistics ---------------------------------------------------------------------------------------
 
-# Per-example evaluation sums: each term's sum, each row set's size, correct top-1 and teacher-agreeing top-1 on M.
-EVAL_FIELDS = TERM_NAMES + ROW_SETS + ("correct", "agree")
+def eval_fields() -> tuple[str, ...]:
+    """The per-example evaluation sums: each term's sum, each row set's size, correct top-1 and teacher-agreeing top-1
+    on M."""
+    return names() + ROW_SETS + ("correct", "agree")
 
 
 def eval_stats(per_row: dict[str, PerRow], rows: Rows, student: Signals, teacher: Signals | None) -> torch.Tensor:
-    """This batch's evaluation sums per example, packed as (batch, len(EVAL_FIELDS)) float64 for one gather.
+    """This batch's evaluation sums per example, packed as (batch, len(eval_fields())) float64 for one gather.
 
     Per example, so DDP evaluation can drop the duplicates that pad its last batch; `eval_metrics` reads them by name.
     """
@@ -364,27 +150,136 @@ def eval_stats(per_row: dict[str, PerRow], rows: Rows, student: Signals, teacher
     if teacher is not None:
         stats["agree"] = per_example(rows.positions, (top1 == teacher.logits.argmax(-1)).double() * is_masked)
     zero = torch.zeros(batch_size, dtype=torch.float64, device=device)
-    return torch.stack([stats.get(name, zero) for name in EVAL_FIELDS], dim=1)
+    return torch.stack([stats.get(name, zero) for name in eval_fields()], dim=1)
 
 
 def eval_metrics(sums: torch.Tensor, args: DistillationArguments, has_teacher: bool,
                  student_task: str | None = MASKED_LM) -> dict[str, float]:
-    """Token-weighted means over the whole evaluation set from the summed `eval_stats` ((len(EVAL_FIELDS),)).
+    """Token-weighted means over the whole evaluation set from the summed `eval_stats` ((len(eval_fields()),)).
 
     `{term}_loss` for every term evaluated, their weighted total `loss`, `accuracy` of the student on the masked
     tokens (a task student: on the labelled tokens or examples) and a masked LM's `perplexity`, and, with a teacher,
     `teacher_agreement` (its top-1 agreement with the student's there).
     """
-    s = dict(zip(EVAL_FIELDS, sums.tolist()))
+    s = dict(zip(eval_fields(), sums.tolist()))
     # The student's own terms first, then those against the teacher.
     terms = sorted(active_terms(args, has_teacher, evaluating=True, student_task=student_task),
                    key=lambda term: term.needs_teacher)
     metrics = {f"{term.name}_loss": s[term.name] / max(s[term.rows], 1) for term in terms}
     metrics["loss"] = sum(weight_of(args, term.name) * metrics[f"{term.name}_loss"] for term in terms
                           if weight_of(args, term.name) > 0)
-    if "mlm_loss" in metrics:
-        metrics["perplexity"] = float(torch.exp(torch.tensor(min(metrics["mlm_loss"], 80.0))))
+    for term in terms:
+        metrics.update(term.extra_metrics(metrics[f"{term.name}_loss"]))
     metrics["accuracy"] = s["correct"] / max(s["M"], 1)
     if has_teacher:
         metrics["teacher_agreement"] = s["agree"] / max(s["M"], 1)
     return metrics
+
+
+# ---- the objective of one run, with its normalisation state ------------------------------------------------------
+
+class Objective:
+    """The objective of one run: which terms train a student of this kind (with or without a teacher), and the state
+    that makes its normalisation exact, the row counts of the open accumulation window and the evaluation sums.
+
+    In training, each micro-batch's per-term sums are divided by the row counts of the whole window (the micro-batches
+    of one optimizer update, `open_window`), gathered over all ranks with `average_tokens_across_devices` and then
+    × num_processes, since DDP averages the ranks' gradients. The micro-batch losses so add up to the mean over one
+    batch of the window's total size: the loss is already scaled for gradient accumulation and ranks
+    (`loss_is_scaled_for_ga`), and Trainer must not divide it again. Outside a window (evaluation, a lone
+    compute_loss) a micro-batch is its own denominator.
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, args: DistillationArguments, student_task: str | None = MASKED_LM, has_teacher: bool = True,
+                 plan: LayerPlan | None = None):
+        self.args = args
+        self.student_task = student_task
+        self.has_teacher = has_teacher
+        self.plan = plan
+        self.window_counts: torch.Tensor | None = None  # (3,) in ROW_SETS order, while a window is open
+        self.window_scale = 1.0
+        self.eval_sums: torch.Tensor | None = None  # (len(eval_fields()),) float64, while an evaluation runs
+
+    def terms(self, evaluating: bool = False) -> tuple[Term, ...]:
+        return active_terms(self.args, self.has_teacher, evaluating, self.student_task)
+
+    def training_weight(self, name: str) -> float:
+        """A term's weight in training: 0 when it needs the absent teacher or is not this student's."""
+        term = by_name(name)
+        if (term.needs_teacher and not self.has_teacher) or not applies_to(term, self.student_task):
+            return 0.0
+        return weight_of(self.args, name)
+
+    # ---- the accumulation window
+
+    def open_window(self, batches: list[dict], device, gather=None, num_processes: int = 1) -> torch.Tensor:
+        """Count P, M and N over the micro-batches of one optimizer update; `gather` (over ranks) is applied when
+        the arguments average tokens across devices. Returns the window's counts."""
+        counts = torch.zeros(len(ROW_SETS), dtype=torch.long, device=device)
+        for batch in batches:
+            counts += row_counts_of(row_sets(batch, self.args.kd_positions)).to(device)
+        self.window_scale = 1.0
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            counts = gather(counts.unsqueeze(0)).sum(0)
+            self.window_scale = float(num_processes)
+        self.window_counts = counts
+        return counts
+
+    def close_window(self) -> None:
+        self.window_counts = None
+
+    def denominators(self, rows: Rows, training: bool, num_items_in_batch=None) -> tuple[torch.Tensor, float]:
+        """(row counts (3,) in ROW_SETS order, scale): the counts each term's sum is divided by.
+
+        In training within a window, the window's (see the class); otherwise this micro-batch's, with M (and P when
+        it is M) taken from `num_items_in_batch` when given.
+        """
+        if training and self.window_counts is not None:
+            return self.window_counts, self.window_scale
+        counts = rows.counts()
+        if num_items_in_batch is None:
+            return counts, 1.0
+        counts[ROW_SETS.index("M")] = num_items_in_batch
+        if self.args.kd_positions == "masked":
+            counts[ROW_SETS.index("P")] = num_items_in_batch
+        return counts, 1.0
+
+    # ---- one micro-batch
+
+    def loss(self, inputs: dict, forward, training: bool, num_items_in_batch=None, want_stats: bool = False):
+        """(loss, {term: value}, evaluation sums or None) of one micro-batch.
+
+        select rows → forward pair → per-term sums → normalise → weigh. `forward(rows, terms)` runs the models once
+        each and returns their (student, teacher or None) Signals (see `capture_specs`). Training computes the
+        weighted terms; evaluation (`want_stats`) also the always-evaluated ones, so a run without teacher terms
+        still reports its student against the teacher.
+        """
+        terms = self.terms(evaluating=want_stats)
+        rows = select_rows(inputs, self.args, terms, evaluating=want_stats)
+        student, teacher = forward(rows, terms)
+        per_row = per_row_losses(terms, student, teacher, rows, self.args, self.plan)
+        counts, scale = self.denominators(rows, training, num_items_in_batch)
+        values = normalise({name: r.values.sum() for name, r in per_row.items()}, counts, scale)
+        loss = weigh(values, self.args)
+        stats = eval_stats(per_row, rows, student, teacher) if want_stats else None
+        return loss, values, stats
+
+    # ---- evaluation
+
+    def reset_eval(self) -> None:
+        self.eval_sums = None
+
+    def add_eval(self, stats: torch.Tensor) -> None:
+        """Add a batch's per-example evaluation sums ((batch, fields), gathered over ranks by the caller)."""
+        stats = stats.sum(0)
+        self.eval_sums = stats if self.eval_sums is None else self.eval_sums + stats
+
+    def eval_metrics(self) -> dict[str, float] | None:
+        """The evaluation's token-weighted metrics (`eval_metrics`), None when nothing was evaluated; resets."""
+        if self.eval_sums is None:
+            return None
+        metrics = eval_metrics(self.eval_sums, self.args, self.has_teacher, self.student_task)
+        self.eval_sums = None
+        return metrics

@@ -15,8 +15,7 @@ import math
 import torch
 from torch import nn
 
-from .heads import unwrap
-from .layer_map import LayerPlan
+from .families import unwrap
 
 ATTRIBUTE = "distil_projections"
 
@@ -30,15 +29,15 @@ def projections_of(model: nn.Module) -> nn.ModuleDict | None:
     return getattr(unwrap(model), ATTRIBUTE, None)
 
 
-def attach_projections(student: nn.Module, plan: LayerPlan, student_width: int, teacher_width: int,
+def attach_projections(student: nn.Module, indices, student_width: int, teacher_width: int,
                        seed: int) -> nn.ModuleDict:
-    """Give the student one Linear(student_width → teacher_width) per hidden state the intermediate term compares.
+    """Give the student one Linear(student_width → teacher_width) per hidden state it compares (`indices`).
 
     Initialised like nn.Linear (uniform in ±1/√student_width) from a generator seeded with `seed`, so two runs with
     the same seed start alike. Projections already attached with the same layout are kept (a second `train()`).
     """
     model = unwrap(student)
-    wanted = [str(s) for s, _ in plan.hidden_pairs]
+    wanted = [str(i) for i in indices]
     existing = getattr(model, ATTRIBUTE, None)
     if isinstance(existing, nn.ModuleDict) and list(existing.keys()) == wanted and all(
             tuple(existing[k].weight.shape) == (teacher_width, student_width) for k in wanted):

@@ -3,7 +3,7 @@
 A loss term reads *signals* (the logits at the selected rows, the last hidden state, hidden states of mapped layers,
 the attention queries/keys of mapped layers, the queries/keys/values of one layer), not model outputs. `capture`
 calls the model as usual, so the forward hooks of DDP / DeepSpeed / FSDP still fire, and takes what a `CaptureSpec`
-asks for with forward hooks on its modules (found by hf_distil.heads): no second forward, and no
+asks for with forward hooks on its modules (found by hf_distil.families): no second forward, and no
 `output_attentions=True`, which would force eager attention in every layer. Attention distributions are computed by
 the terms from the captured queries and keys of the mapped layers only.
 
@@ -20,16 +20,18 @@ forward, in the hook that captures the hidden state, so that DDP, DeepSpeed and 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .heads import embedding_module, encoder_layers, find_mlm_head, self_attention, unwrap
+from .families import embedding_module, encoder_layers, find_mlm_head, self_attention, unwrap
 
-# The signals a term may read (Term.student_reads / Term.teacher_reads name fields of `Signals`).
-SIGNALS = ("logits", "last_hidden_state", "hidden_states", "attention_qk", "relation_qkv")
+# The signals a term may read (Term.student_reads / Term.teacher_reads name fields of `Signals`); the last three are
+# read at layers (hf_distil.terms.Reads).
+SIGNALS = ("logits", "last_hidden_state", "hidden_states", "qk", "qkv")
+LAYERED = ("hidden_states", "qk", "qkv")
 
 
 @dataclass
@@ -44,41 +46,32 @@ class OutputWithProjections(ModelOutput):
 
 
 @dataclass(frozen=True)
-class LayerSelection:
-    """The layers one side (student or teacher) exposes, from hf_distil.layer_map.LayerPlan."""
-
-    hidden_states: tuple[int, ...] = ()  # hidden-state indices: 0 the embedding output, i + 1 the output of layer i
-    attention: tuple[int, ...] = ()  # layers whose attention queries and keys are captured
-    relation: int | None = None  # the layer whose queries, keys and values are captured
-
-
-@dataclass(frozen=True)
 class CaptureSpec:
     """What to capture from one model's forward; the logits at the selected rows always come back."""
 
     last_hidden_state: bool = False
-    hidden_states: tuple[int, ...] = ()
-    attention: tuple[int, ...] = ()
-    relation: int | None = None
+    hidden_states: tuple[int, ...] = ()  # hidden-state indices: 0 the embedding output, i + 1 the output of layer i
+    qk: tuple[int, ...] = ()  # layers whose self-attention queries and keys are captured
+    qkv: tuple[int, ...] = ()  # layers whose queries, keys and values are captured
 
     @classmethod
-    def reading(cls, names: Iterable[str], layers: LayerSelection | None = None) -> CaptureSpec:
-        """The spec that captures every signal in `names` (the union of what the terms in use read), at `layers`."""
-        names = set(names)
+    def reading(cls, reads: Iterable) -> CaptureSpec:
+        """The spec that captures every signal (at every layer) that one of `reads` (hf_distil.terms.Reads, one per
+        term in use) names: the union."""
+        names, layers = set(), {name: set() for name in LAYERED}
+        for read in reads:
+            names.update(read.signals)
+            for name, indices in read.layers.items():
+                layers[name].update(indices)
         unknown = names.difference(SIGNALS)
         if unknown:
             raise ValueError(f"Unknown signal(s) {sorted(unknown)}; hf_distil.signals captures {list(SIGNALS)}.")
-        layers = layers or LayerSelection()
-        return cls(
-            last_hidden_state="last_hidden_state" in names,
-            hidden_states=layers.hidden_states if "hidden_states" in names else (),
-            attention=layers.attention if "attention_qk" in names else (),
-            relation=layers.relation if "relation_qkv" in names else None,
-        )
+        return cls(last_hidden_state="last_hidden_state" in names,
+                   **{name: tuple(sorted(layers[name])) for name in LAYERED if name in names})
 
     @property
     def needs_layers(self) -> bool:
-        return bool(self.hidden_states or self.attention or self.relation is not None)
+        return bool(self.hidden_states or self.qk or self.qkv)
 
 
 @dataclass
@@ -87,15 +80,15 @@ class Signals:
 
     logits: torch.Tensor  # (rows, classes): logits at the selected positions only (vocabulary or task labels)
     last_hidden_state: torch.Tensor | None = None  # (batch, length, hidden) when the spec asks for it
-    # One (batch, length, width) per spec.hidden_states index, in that order (the student's through its projection).
-    hidden_states: tuple[torch.Tensor, ...] = ()
-    # One (queries, keys), each (batch, length, heads · head size), per spec.attention layer, in that order.
-    attention_qk: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
-    attention_heads: int = 0  # the head count of those layers
-    # Per spec.attention layer, its window (keys within ±window of each query) or None (all keys).
-    attention_windows: tuple[int | None, ...] = ()
-    # (queries, keys, values) of spec.relation's layer, each (batch, length, width).
-    relation_qkv: tuple[torch.Tensor, ...] = ()
+    # (batch, length, width) per spec.hidden_states index (the student's through its projection)
+    hidden_states: dict[int, torch.Tensor] = field(default_factory=dict)
+    # (queries, keys), each (batch, length, heads · head size), per spec.qk layer
+    qk: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # (queries, keys, values), each (batch, length, width), per spec.qkv layer
+    qkv: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    heads: int = 0  # the attention head count of those layers
+    # Per spec.qk / spec.qkv layer, its window (keys within ±window of each query) or None (all keys).
+    windows: dict[int, int | None] = field(default_factory=dict)
 
 
 def _model_inputs(inputs: dict) -> dict:
@@ -109,10 +102,10 @@ def _output_tensor(output) -> torch.Tensor:
 def _layer_hooks(model: nn.Module, spec: CaptureSpec, captured: dict, projections, hooks: list) -> None:
     """Register (into `hooks`, which the caller removes, also when this raises part-way) forward hooks that put the
     spec's hidden states (projected where `projections` has an entry) and q/k/v outputs into `captured`, keyed
-    ("hidden", i) / ("q" | "k" | "v", layer)."""
+    ("state", i) / ("q" | "k" | "v", layer)."""
     layers = encoder_layers(model)
     if layers is None:
-        raise ValueError(f"{type(model).__name__}: hf_distil.heads does not know where its encoder layers are.")
+        raise ValueError(f"{type(model).__name__}: hf_distil.families does not know where its encoder layers are.")
 
     # The hooks only keep references: any computation on what they capture (projections, rotations) happens after
     # the layers ran, so that gradient checkpointing recomputes the same operations the forward saved tensors for.
@@ -124,7 +117,7 @@ def _layer_hooks(model: nn.Module, spec: CaptureSpec, captured: dict, projection
     projected = []
     for index in spec.hidden_states:
         module = embedding_module(model) if index == 0 else layers[index - 1]
-        hooks.append(module.register_forward_hook(keep(("hidden", index))))
+        hooks.append(module.register_forward_hook(keep(("state", index))))
         if projections is not None and str(index) in projections:
             projected.append(index)
     if projected:
@@ -135,19 +128,19 @@ def _layer_hooks(model: nn.Module, spec: CaptureSpec, captured: dict, projection
             for index in projected:
                 project = projections[str(index)]
                 # The projections are float32; a half-precision student outside autocast feeds them its own dtype.
-                captured[("hidden", index)] = project(captured[("hidden", index)].to(project.weight.dtype))
+                captured[("state", index)] = project(captured[("state", index)].to(project.weight.dtype))
             return OutputWithProjections(logits=output.logits, hidden_states=output.get("hidden_states"),
-                                         projected_hidden_states=tuple(captured[("hidden", i)] for i in projected))
+                                         projected_hidden_states=tuple(captured[("state", i)] for i in projected))
 
         hooks.append(unwrap(model).register_forward_hook(project_and_expose))
-    attention_layers = set(spec.attention) | ({spec.relation} if spec.relation is not None else set())
-    for layer in sorted(attention_layers):
+    for layer in sorted(set(spec.qk) | set(spec.qkv)):
         attention = self_attention(model, layer)
         if attention is None:
-            raise ValueError(f"{type(model).__name__}: hf_distil.heads does not know layer {layer}'s self-attention.")
+            raise ValueError(f"{type(model).__name__}: hf_distil.families does not know layer {layer}'s "
+                             "self-attention.")
         captured["heads"] = attention.num_heads
         captured[("window", layer)] = attention.window
-        _qkv_hooks(attention, layer, "qkv" if layer == spec.relation else "qk", captured, hooks)
+        _qkv_hooks(attention, layer, "qkv" if layer in spec.qkv else "qk", captured, hooks)
 
 
 def _qkv_hooks(attention, layer: int, parts: str, captured: dict, hooks: list) -> None:
@@ -204,11 +197,11 @@ def _signals(logits: torch.Tensor, spec: CaptureSpec, captured: dict) -> Signals
     return Signals(
         logits,
         captured.get("last_hidden_state"),
-        hidden_states=tuple(captured[("hidden", i)] for i in spec.hidden_states),
-        attention_qk=tuple(_qkv(captured, i, captured["heads"], "qk") for i in spec.attention),
-        attention_heads=captured.get("heads", 0),
-        attention_windows=tuple(captured[("window", i)] for i in spec.attention),
-        relation_qkv=_qkv(captured, spec.relation, captured["heads"], "qkv") if spec.relation is not None else (),
+        hidden_states={i: captured[("state", i)] for i in spec.hidden_states},
+        qk={i: _qkv(captured, i, captured["heads"], "qk") for i in spec.qk},
+        qkv={i: _qkv(captured, i, captured["heads"], "qkv") for i in spec.qkv},
+        heads=captured.get("heads", 0),
+        windows={i: captured[("window", i)] for i in (*spec.qk, *spec.qkv)},
     )
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .errors import ModelMismatchError
-from .heads import (
+from .families import (
     attention_kinds,
     config_value,
     encoder_layers,

@@ -1,4 +1,4 @@
-"""A tiny masked-LM config of each encoder family hf_distil knows (hf_distil.heads.FAMILIES), sharing tests/tiny.py's
+"""A tiny masked-LM config of each encoder family hf_distil knows (hf_distil.families.FAMILIES), sharing tests/tiny.py's
 64-token vocabulary: [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4."""
 
 import torch

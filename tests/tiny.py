@@ -3,11 +3,13 @@
 import csv
 import json
 import random
+from pathlib import Path
 
 import torch
 from datasets import Dataset
 from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 WORDS = [f"w{i}" for i in range(59)]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS  # 64 tokens
 
@@ -166,7 +168,7 @@ def noteevents_csv(path, n=80, seed=0):
     return path
 
 
-FINETUNE_FIXTURES = __import__("pathlib").Path(__file__).resolve().parent / "fixtures" / "finetune"
+FINETUNE_FIXTURES = ROOT / "tests" / "fixtures" / "finetune"
 
 
 def save_fixture_mlm(folder, hidden=32, layers=2, dropout=0.1, seed=0):

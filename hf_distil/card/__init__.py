@@ -9,21 +9,22 @@
 
 from .downstream import comparison_summary, device_note, results_table, update_model_card
 from .facts import DEFAULT_LANGUAGE, DEFAULT_LICENSE, CardFacts
-from .plot import LOSS_TERMS, plot_loss_terms
+from .plot import loss_keys, plot_loss_terms
 from .render import (
     BASE_TAGS,
     DISTILLATION_FIELDS,
-    METRIC_NAMES,
     SKIPPED_METRICS,
-    STRATEGY_NAMES,
     TEMPLATE_NAME,
     build_model_card,
+    metric_names,
 )
+from .student import STRATEGY_NAMES
 from .validate import LANGUAGE_RE, LICENSE_RE, validate_model_card, validate_saved_card
+from .write import write_card
 
 __all__ = [
     "BASE_TAGS", "DEFAULT_LANGUAGE", "DEFAULT_LICENSE", "DISTILLATION_FIELDS", "LANGUAGE_RE", "LICENSE_RE",
-    "LOSS_TERMS", "METRIC_NAMES", "SKIPPED_METRICS", "STRATEGY_NAMES", "TEMPLATE_NAME", "CardFacts",
-    "build_model_card", "comparison_summary", "device_note", "plot_loss_terms", "results_table", "update_model_card",
-    "validate_model_card", "validate_saved_card",
+    "SKIPPED_METRICS", "STRATEGY_NAMES", "TEMPLATE_NAME", "CardFacts", "build_model_card", "comparison_summary",
+    "device_note", "loss_keys", "metric_names", "plot_loss_terms", "results_table", "update_model_card",
+    "validate_model_card", "validate_saved_card", "write_card",
 ]

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import os
 
-LOSS_TERMS = ("loss", "kd_loss", "mlm_loss", "task_loss", "hidden_loss", "attention_loss", "intermediate_loss",
-              "relation_loss")
-# How the plot and the card name each logged term.
-TERM_LABELS = {"loss": "total", "kd_loss": "KD", "mlm_loss": "MLM", "task_loss": "task", "hidden_loss": "hidden",
-               "attention_loss": "attention", "intermediate_loss": "intermediate", "relation_loss": "relation"}
+from ..terms import card_ordered
+
+
+def loss_keys() -> tuple[str, ...]:
+    """The logged training losses, in the card's order: the total, then each registered term's."""
+    return ("loss", *(f"{term.name}_loss" for term in card_ordered()))
+
+
+def term_labels() -> dict[str, str]:
+    """How the plot and the card name each logged loss."""
+    return {"loss": "total", **{f"{term.name}_loss": term.label for term in card_ordered()}}
 
 
 def plot_loss_terms(log_history: list[dict], path: str) -> bool:
     """Save a PNG of the logged training loss terms (and eval loss) against the step; True when written."""
     series = {
         term: [(e["step"], float(e[term])) for e in log_history if term in e and "step" in e]
-        for term in LOSS_TERMS
+        for term in loss_keys()
     }
     if not any(series.values()):
         return False
@@ -25,7 +31,7 @@ def plot_loss_terms(log_history: list[dict], path: str) -> bool:
     fig = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(fig)  # Agg without touching pyplot's global backend
     ax = fig.add_subplot()
-    labels = {**TERM_LABELS, "loss": "total (weighted)"}
+    labels = {**term_labels(), "loss": "total (weighted)"}
     series["eval_loss"] = [(e["step"], float(e["eval_loss"])) for e in log_history if "eval_loss" in e and "step" in e]
     for term, points in series.items():
         if points:

@@ -16,58 +16,46 @@ from importlib.resources import files
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..heads import (
-    GLOBAL,
+from ..families import (
     MASKED_LM,
     SEQUENCE_CLASSIFICATION,
     TOKEN_CLASSIFICATION,
-    attention_kinds,
-    config_value,
     model_task,
-    task_of_classes,
     unwrap,
 )
 from ..parameters import ADAPTER_PARAMETER_NAMES, count_parameters
 from ..projections import ATTRIBUTE as PROJECTIONS
+from ..terms import CardContext, card_ordered, registered, weight_of
 from .facts import CardFacts
-from .plot import LOSS_TERMS, TERM_LABELS, plot_loss_terms
+from .plot import loss_keys, plot_loss_terms, term_labels
+from .student import adapter_of, architecture_text, initialisation_text
 from .validate import is_dataset_id, is_hub_id, validate_model_card
 
 logger = logging.getLogger("hf_distil.card")
 
 TEMPLATE_NAME = "distilled_model_card.md"
 BASE_TAGS = ["distillation", "knowledge-distillation", "fill-mask", "clinical", "biomedical"]
-# Per student task (hf_distil.heads.model_task): the Hub pipeline tag and task name, and what the KL term compared.
+# Per student task (hf_distil.families.model_task): the Hub pipeline tag and task name.
 PIPELINES = {
-    MASKED_LM: ("fill-mask", "Masked Language Modeling", "masked-LM output distributions"),
-    TOKEN_CLASSIFICATION: ("token-classification", "Token Classification", "label distributions per token"),
-    SEQUENCE_CLASSIFICATION: ("text-classification", "Text Classification", "label distributions per example"),
+    MASKED_LM: ("fill-mask", "Masked Language Modeling"),
+    TOKEN_CLASSIFICATION: ("token-classification", "Token Classification"),
+    SEQUENCE_CLASSIFICATION: ("text-classification", "Text Classification"),
 }
-DISTILLATION_FIELDS = ("temperature", "alpha_kd", "alpha_mlm", "alpha_task", "alpha_hidden", "hidden_loss",
-                       "kd_positions",
-                       "alpha_attention", "attention_loss", "alpha_intermediate", "intermediate_loss",
-                       "alpha_relation", "relation_teacher_layer", "relation_heads", "layer_map",
-                       "teacher_dtype", "teacher_model_name_or_path")
-STRATEGY_NAMES = {
-    "every_other": "every other layer",
-    "distilbert": "DistilBERT's choice",
-    "custom": "a custom selection",
-}
-# Display name per metric (keys without the "eval_" prefix), in table order.
-METRIC_NAMES = {
-    "loss": "Validation loss (weighted total)",
-    "kd_loss": "KD loss (KL × T²)",
-    "mlm_loss": "MLM loss",
-    "task_loss": "Task loss (cross-entropy on the gold labels)",
-    "hidden_loss": "Hidden-state alignment loss",
-    "attention_loss": "Attention-map loss",
-    "intermediate_loss": "Intermediate hidden-state loss",
-    "relation_loss": "Self-attention relation loss",
+# The arguments the card reads besides every term's own (Term.fields).
+DISTILLATION_FIELDS = ("teacher_dtype", "teacher_model_name_or_path")
+# Display name per metric other than the terms' (keys without the "eval_" prefix), in table order.
+OTHER_METRIC_NAMES = {
     "perplexity": "Perplexity (exp of MLM loss)",
     "accuracy": "Masked-token accuracy",
     "teacher_agreement": "Top-1 agreement with the teacher",
     "f1": "Entity F1", "precision": "Entity precision", "recall": "Entity recall", "macro_f1": "Macro-F1",
 }
+
+
+def metric_names() -> dict[str, str]:
+    """Display name per metric, in table order: the total, each term's loss (hf_distil.terms), the rest."""
+    return {"loss": "Validation loss (weighted total)",
+            **{f"{term.name}_loss": term.metric_name for term in card_ordered()}, **OTHER_METRIC_NAMES}
 # A task student's accuracy is over its labelled tokens or its examples, not masked tokens.
 TASK_METRIC_NAMES = {TOKEN_CLASSIFICATION: {"accuracy": "Accuracy (labelled tokens)"},
                      SEQUENCE_CLASSIFICATION: {"accuracy": "Accuracy"}}
@@ -80,17 +68,9 @@ def _local_name(name: str) -> str:
     return os.path.basename(os.path.normpath(name)) or name
 
 
-def _weight(x) -> str:
-    return str(float(x))
-
-
 def _count(x) -> str:
     """A count of epochs etc.: 3.0 -> '3', 2.4999 -> '2.5'."""
     return f"{round(float(x), 2):g}"
-
-
-def _ratio(x: float) -> str:
-    return f"{x:.0f}" if float(x).is_integer() else f"{x:.2f}".rstrip("0").rstrip(".")
 
 
 def _round_metric(value):
@@ -106,188 +86,28 @@ def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + (", and " if len(items) > 2 else " and ") + items[-1]
 
 
-def _adapter(model) -> tuple[str | None, int]:
-    """(description of the peft adapter on `model`, its trainable parameter count), or (None, 0) without one."""
-    if not (hasattr(model, "peft_config") and hasattr(model, "get_base_model")):
-        return None, 0
-    active = getattr(model, "active_adapters", None) or list(model.peft_config)
-    config = model.peft_config[active[0]]
-    kind = getattr(config.peft_type, "value", str(config.peft_type))
-    if kind == "LORA":
-        targets = config.target_modules
-        targets = ", ".join(sorted(targets)) if isinstance(targets, (set, list, tuple)) else str(targets)
-        description = f"LoRA adapter (rank {config.r}, alpha {config.lora_alpha}, on {targets})"
-    else:
-        description = f"{kind} adapter"
-    trainable, _ = model.get_nb_trainable_parameters()
-    return description, trainable
-
-
-def _ffn_size(config):
-    for name in ("intermediate_size", "hidden_dim", "ffn_dim"):
-        if isinstance(getattr(config, name, None), int):
-            return getattr(config, name)
-    return None
-
-
-def _architecture(config, n_params: int) -> str:
-    hidden, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
-    embedding = getattr(config, "embedding_size", None) or hidden
-    if embedding == hidden:
-        text = f"In this model, the size of the hidden dimension and the embedding layer are both set to {hidden}."
-    else:
-        text = f"In this model, the hidden dimension is {hidden} and the embedding size is {embedding}."
-    text += f" The vocabulary size is {vocab}. The number of transformer layers is {layers}"
-    heads = getattr(config, "num_attention_heads", None)
-    if heads:
-        text += f", each with {heads} attention heads"
-    ffn = _ffn_size(config)
-    if ffn:
-        text += f", and the expansion rate of the feed-forward layer is {_ratio(ffn / hidden)} ({ffn} units)"
-    millions = n_params / 1e6
-    size = f"{millions:.1f}" if millions >= 1 else f"{millions:.3g}"
-    return text + f". Overall this model has around {size} million parameters ({n_params:,} in total)."
-
-
-def _initialisation(config, teacher: str) -> str:
-    layers = getattr(config, "distil_teacher_layers", None)
-    strategy = getattr(config, "distil_layer_strategy", None)
-    if getattr(config, "distil_init", None) == "random":
-        shape = getattr(config, "distil_teacher_shape", None) or {}
-        differs = ", ".join(f"{name.replace('_', ' ')} {config_value(config, name)} (teacher {shape[name]})"
-                            for name in ("hidden_size", "intermediate_size", "num_attention_heads")
-                            if name in shape and shape[name] != config_value(config, name))
-        return (
-            f"The student is narrower than {teacher} ({differs}), so no teacher weights fit it: it was randomly"
-            " initialised (the teacher's architecture family and vocabulary, no copied weights) and learned from"
-            " the teacher only through the training loss, as in TinyBERT's general distillation."
-            f"{_attention_kinds_text(config)}"
-        )
-    if getattr(config, "distil_init", None) == "checkpoint":
-        start = getattr(config, "distil_start_checkpoint", None)
-        classifier = task_of_classes(getattr(config, "architectures", None)) not in (MASKED_LM, None)
-        head = (" with a new classification head for the teacher's labels;" if classifier else ",")
-        return (
-            f"The student started from the existing checkpoint `{start}` (for example a general-distilled student),"
-            f"{head} no weights were copied from {teacher}.{_attention_kinds_text(config, copied=False)}"
-        )
-    if not layers:
-        return (
-            "The student's config does not record which teacher layers initialised it (for example, it was"
-            " started from an existing checkpoint rather than built from the teacher), so this card cannot say."
-        )
-    how = f" ({STRATEGY_NAMES.get(strategy, strategy)})" if strategy else ""
-    classifier = task_of_classes(getattr(config, "architectures", None)) not in (MASKED_LM, None)
-    head = "classification head (and labels)" if classifier else "masked-LM head"
-    return (
-        f"The student was initialised from {teacher}: its {len(layers)} transformer layers were copied from"
-        f" the teacher's layers {', '.join(str(i) for i in layers)}{how}, counting from 0, and the embeddings"
-        f" and {head} were copied whole.{_attention_kinds_text(config, layers)}"
-    )
-
-
-def _attention_kinds_text(config, teacher_layers=None, copied: bool = True) -> str:
-    """For a family whose layers attend globally or within a local window (ModernBERT): which kind each student
-    layer has (and which teacher layer it came from, when copied); empty for the others."""
-    kinds = attention_kinds(config)
-    if kinds is None:
-        return ""
-    window = getattr(config, "sliding_window", None)
-    local = f"local, a window of ±{window} tokens" if window else "local"
-    layers = [f"{i} ← teacher layer {teacher_layers[i]} ({'global' if kind == GLOBAL else local})"
-              if teacher_layers else f"{i} ({'global' if kind == GLOBAL else local})" for i, kind in enumerate(kinds)]
-    if not teacher_layers:
-        return (" Its layers attend globally (over the whole sequence) or locally (within a window), following the"
-                f" teacher's pattern{'' if copied else ' as the checkpoint has it'}: layer {'; '.join(layers)}.")
-    text = (" Each layer keeps the attention kind it was trained with (global attention over the whole sequence,"
-            f" or local attention within a window): student layer {'; '.join(layers)}.")
-    if teacher_layers[0] != 0:
-        text += (" The first layer of this architecture has no attention pre-norm, so student layer 0 was copied"
-                 f" from teacher layer {teacher_layers[0]} without that norm's weights.")
-    if 0 in teacher_layers[1:]:
-        text += (f" Student layer {teacher_layers.index(0)} was copied from teacher layer 0, which has no attention"
-                 " pre-norm: that norm started from its initialisation (weights 1).")
-    return text
-
-
 def _layer_map_text(args, plan) -> str:
     pairs = ", ".join(f"{s}→{t}" for s, t in plan.layer_pairs)
     how = "uniform, TinyBERT's mapping" if args.layer_map == "uniform" else "given explicitly"
     return f"{args.layer_map!r} ({how}: student layer → teacher layer {pairs})"
 
 
-def _layer_terms(args, plan, projected: bool) -> list[tuple[str, str]]:
-    """(description, formula part) of each active layer term, with the layers it compares."""
-    if plan is None:
-        return []
-    out = []
-    if args.alpha_attention > 0:
-        kind = {"scores": "mean squared error of the scaled attention scores before the softmax (masked keys at 0,"
-                          " TinyBERT's form)",
-                "probs": "mean squared error of the attention probabilities",
-                "kl": "KL divergence between the attention distributions"}[args.attention_loss]
-        layers = ", ".join(f"{s}↔{t}" for s, t in plan.layer_pairs)
-        out.append((f"the {kind}, head by head, of student↔teacher layers {layers} (weight "
-                    f"{_weight(args.alpha_attention)})", f"{_weight(args.alpha_attention)} · attention"))
-    if args.alpha_intermediate > 0:
-        kind = "mean squared error" if args.intermediate_loss == "mse" else "cosine distance"
-        states = ", ".join(f"{s}↔{t}" for s, t in plan.hidden_pairs)
-        through = (" through learned linear projections from the student's width to the teacher's, one per hidden"
-                   " state (trained with the student, not part of this model)" if projected else "")
-        out.append((f"the {kind} of student↔teacher hidden states {states} (0 is the embedding output, i the"
-                    f" output of layer i − 1){through} (weight {_weight(args.alpha_intermediate)})",
-                    f"{_weight(args.alpha_intermediate)} · intermediate"))
-    if args.alpha_relation > 0:
-        s, t = plan.relation_pair
-        out.append((f"MiniLM v2 self-attention relation distillation: the KL divergence between the teacher's and"
-                    f" the student's query-query, key-key and value-value relations with {args.relation_heads}"
-                    f" relation heads, student layer {s} against teacher layer {t} (weight"
-                    f" {_weight(args.alpha_relation)})", f"{_weight(args.alpha_relation)} · relation"))
-    return out
-
-
-_KD_ROWS = {
-    (MASKED_LM, "masked"): "on masked positions", (MASKED_LM, "all"): "on all non-padding positions",
-    (TOKEN_CLASSIFICATION, "masked"): "on the labelled tokens (first sub-token of each word)",
-    (TOKEN_CLASSIFICATION, "all"): "on all non-padding tokens",
-    (SEQUENCE_CLASSIFICATION, "masked"): "on each labelled example",
-    (SEQUENCE_CLASSIFICATION, "all"): "on each example",
-}
-
-
 def _procedure(args, plan=None, projected: bool = False, task: str | None = MASKED_LM) -> str:
-    terms, formula = [], []
+    """The training loss in words and as a formula, each weighted term saying what it compared (hf_distil.terms)."""
     task = task if task in PIPELINES else MASKED_LM
-    if args.alpha_kd > 0:
-        terms.append(
-            f"KL divergence between the teacher's and student's {PIPELINES[task][2]} at temperature"
-            f" {_weight(args.temperature)} {_KD_ROWS[task, args.kd_positions]} (weight {_weight(args.alpha_kd)})"
-        )
-        formula.append(f"{_weight(args.alpha_kd)} · T² · KL")
-    if task == MASKED_LM and args.alpha_mlm > 0:
-        terms.append(f"the student's masked-LM loss (weight {_weight(args.alpha_mlm)})")
-        formula.append(f"{_weight(args.alpha_mlm)} · MLM")
-    task_weight = 1.0 if args.alpha_task is None else args.alpha_task
-    if task != MASKED_LM and task_weight > 0:
-        terms.append(f"the student's cross-entropy on the gold labels (weight {_weight(task_weight)})")
-        formula.append(f"{_weight(task_weight)} · CE")
-    if args.alpha_hidden > 0:
-        kind = "cosine alignment" if args.hidden_loss == "cosine" else "mean-squared-error alignment"
-        terms.append(f"a {kind} of the last hidden states (weight {_weight(args.alpha_hidden)})")
-        formula.append(f"{_weight(args.alpha_hidden)} · hidden")
-    for term, formula_name in _layer_terms(args, plan, projected):
-        terms.append(term)
-        formula.append(formula_name)
-    lead = "a weighted sum of " if len(terms) > 1 else ""
-    text = f"The training loss is {lead}{_join(terms)}: loss = {' + '.join(formula)}."
+    context = CardContext(task=task, plan=plan, projected=projected)
+    weighted = [term for term in card_ordered() if hasattr(args, term.weight) and weight_of(args, term.name) > 0]
+    described = [d for d in (term.describe(args, context) for term in weighted) if d is not None]
+    lead = "a weighted sum of " if len(described) > 1 else ""
+    text = (f"The training loss is {lead}{_join([words for words, _ in described])}: "
+            f"loss = {' + '.join(formula for _, formula in described)}.")
     if plan is not None and plan.layer_pairs:
         text += f" Layers count from 0; the layer map was {_layer_map_text(args, plan)}."
-    if task != MASKED_LM and task_weight == 0:
-        text += (" The gold labels were not part of the loss (alpha_task = 0): the student learned the task from the"
-                 " teacher's label distributions alone.")
-    if task == MASKED_LM and args.alpha_kd == 0 and args.alpha_mlm == 0:
-        text += (" No term trained the masked-LM head (alpha_kd = alpha_mlm = 0), so its fill-mask predictions are not"
-                 " meaningful: use this model as an encoder to fine-tune.")
+    text += "".join(term.note(args, context) for term in card_ordered() if hasattr(args, term.weight))
+    head_terms = [term for term in card_ordered() if term.trains_mlm_head and hasattr(args, term.weight)]
+    if task == MASKED_LM and not any(term in weighted for term in head_terms):
+        text += (f" No term trained the masked-LM head ({' = '.join(t.weight for t in head_terms)} = 0), so its"
+                 " fill-mask predictions are not meaningful: use this model as an encoder to fine-tune.")
     if args.needs_teacher:
         text += f" The teacher was frozen, kept in evaluation mode (no dropout) and run in {_teacher_dtype(args)}."
     return text
@@ -330,7 +150,8 @@ def _hyperparameters(args, total_batch: int, world_size: int) -> list[tuple[str,
 
 def _metrics_rows(metrics: dict | None, task: str = MASKED_LM) -> list[tuple[str, object]]:
     rows, rest = {}, []
-    names = {**METRIC_NAMES, **TASK_METRIC_NAMES.get(task, {})}
+    ordered = metric_names()
+    names = {**ordered, **TASK_METRIC_NAMES.get(task, {})}
     for key, value in (metrics or {}).items():
         short = key.removeprefix("eval_")
         if short in SKIPPED_METRICS or "memory" in short or "flos" in short:
@@ -342,7 +163,7 @@ def _metrics_rows(metrics: dict | None, task: str = MASKED_LM) -> list[tuple[str
             rest.append((f"Entity type {entity}: {'count' if measure == 'number' else measure}", _round_metric(value)))
         else:
             rest.append((short.replace("_", " ").capitalize(), _round_metric(value)))
-    return [rows[k] for k in METRIC_NAMES if k in rows] + rest
+    return [rows[k] for k in ordered if k in rows] + rest
 
 
 def _last_training_log(log_history: list[dict] | None) -> str | None:
@@ -350,7 +171,8 @@ def _last_training_log(log_history: list[dict] | None) -> str | None:
     if not entries:
         return None
     last = entries[-1]
-    parts = [f"{TERM_LABELS[t]} {_round_metric(last[t])}" for t in LOSS_TERMS if t in last]
+    labels = term_labels()
+    parts = [f"{labels[t]} {_round_metric(last[t])}" for t in loss_keys() if t in last]
     return f"At the last logged training step ({last['step']}) the losses were: {', '.join(parts)}."
 
 
@@ -367,7 +189,7 @@ INDEX_METRICS = {
 def _eval_results(metrics: dict | None, dataset_type: str, dataset_name: str,
                   task: str = MASKED_LM) -> list[EvalResult]:
     results = []
-    pipeline, task_name, _ = PIPELINES[task]
+    pipeline, task_name = PIPELINES[task]
     for key, metric_type, pretty in INDEX_METRICS[task]:
         value = (metrics or {}).get(key)
         if value is not None and math.isfinite(float(value)):
@@ -452,13 +274,14 @@ def build_model_card(
     compared, when any is on. `index_metrics=False` leaves the front matter's model-index to a downstream table
     (hf_distil.card.downstream) that records the same metrics with their split.
     """
-    missing = [f for f in DISTILLATION_FIELDS if not hasattr(args, f)]
+    wanted = (*DISTILLATION_FIELDS, *(f for term in registered() if hasattr(args, term.weight) for f in term.fields))
+    missing = [f for f in dict.fromkeys(wanted) if not hasattr(args, f)]
     if missing:
         raise TypeError(f"build_model_card needs DistillationArguments; args lacks {', '.join(missing)}.")
     facts = dataclasses.replace(facts or CardFacts(), **fact_fields)
     base = unwrap(model)
     task = model_task(base) if model_task(base) in PIPELINES else MASKED_LM
-    adapter, adapter_params = _adapter(model)
+    adapter, adapter_params = adapter_of(model)
     teacher_display, base_model = _teacher(teacher_name if teacher_name is not None
                                            else args.teacher_model_name_or_path)
     dataset_name, dataset_display, dataset_ids = _dataset(facts.dataset_name, facts.dataset_ids)
@@ -509,8 +332,8 @@ def build_model_card(
         title=model_name,
         description=description,
         procedure=_procedure(args, layer_plan, projected=getattr(base, PROJECTIONS, None) is not None, task=task),
-        initialisation=_initialisation(base.config, teacher_display),
-        architecture=_architecture(base.config, n_params),
+        initialisation=initialisation_text(base.config, teacher_display),
+        architecture=architecture_text(base.config, n_params),
         metric_rows=_metrics_rows(metrics, task),
         last_training_log=_last_training_log(log_history),
         plot_file=plot_file,

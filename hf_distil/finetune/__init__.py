@@ -38,6 +38,7 @@ from .readers import (
     load_splits,
     read_conll,
 )
+from .recipe import run_finetune
 from .run import (
     FINETUNE_MARKER,
     FinetuneTrainer,
@@ -45,7 +46,7 @@ from .run import (
     check_update_card,
     display_name,
     finetune_model,
-    run_finetune,
+    run_plain,
     write_comparison,
 )
 from .speed import measure_inference_speed
@@ -58,7 +59,7 @@ __all__ = [
     "check_update_card", "comparison_summary", "count_parameters", "default_dataset_name",
     "default_lora_target_modules", "display_name", "distil_task", "finetune_model", "head_module_names", "infer_task",
     "load_classification_split", "load_metric", "load_ner_split", "load_splits", "load_task_teacher",
-    "measure_inference_speed", "preprocess", "read_conll", "results_table", "run_finetune", "teacher_label_list",
-    "tokenize_and_align_labels", "tokenize_classification", "update_model_card", "validate_model_card",
-    "write_comparison",
+    "measure_inference_speed", "preprocess", "read_conll", "results_table", "run_finetune", "run_plain",
+    "teacher_label_list", "tokenize_and_align_labels", "tokenize_classification", "update_model_card",
+    "validate_model_card", "write_comparison",
 ]

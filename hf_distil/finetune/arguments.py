@@ -35,8 +35,8 @@ class FinetuneArguments:
         default=None,
         metadata={"help": "Task distillation: a teacher fine-tuned on this task (a *ForTokenClassification or "
                   "*ForSequenceClassification folder or Hub id) whose predictions the student learns on the task "
-                  "data, beside the gold labels (--alpha_kd, --temperature, --alpha_task, --alpha_hidden, ...: the "
-                  "distillation flags of hf-distil). Nothing is fine-tuned plainly unless --compare_with plain."},
+                  "data, beside the gold labels (--alpha_kd, --temperature, --alpha_task, ...: the distillation flags "
+                  "of hf-distil). Nothing is fine-tuned plainly unless --compare_with plain."},
     )
     student_num_layers: int | None = field(
         default=None,

@@ -24,7 +24,7 @@ from ..card.downstream import TASK_INFO, comparison_summary, device_note, result
 from ..card.facts import CardFacts
 from ..checkpoints import barrier, made_here_by
 from ..errors import ArgumentError, ModelMismatchError
-from ..heads import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, model_task
+from ..families import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, model_task
 from ..parameters import count_parameters
 from .arguments import PLAIN, FinetuneArguments, FinetuneResult
 from .errors import FinetuneDataError, FinetuneFileNotFoundError
@@ -36,14 +36,14 @@ from .tokenisation import preprocess
 
 logger = logging.getLogger("hf_distil.finetune")
 
-# The fine-tuning task (hf_distil.finetune.readers) of each kind of teacher (hf_distil.heads.model_task).
+# The fine-tuning task (hf_distil.finetune.readers) of each kind of teacher (hf_distil.families.model_task).
 TEACHER_TASKS = {TOKEN_CLASSIFICATION: "ner", SEQUENCE_CLASSIFICATION: "classification"}
 
 
 def load_task_teacher(path: str, training_args, dtype=None):
     """The fine-tuned teacher of --distil_from, as its task class; anything else is one line naming the fix."""
     from ..errors import TeacherNotFoundError
-    from ..trainer import load_teacher
+    from ..teacher import load_teacher
 
     kwargs = {} if dtype is None else {"dtype": dtype}
     try:
@@ -185,9 +185,10 @@ def distil_task(args: FinetuneArguments, training_args, check_output) -> list[Fi
     refuses an output folder this run must not write (hf_distil.finetune.run.check_finetune_output_dir)."""
     from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, set_seed
 
+    from ..arguments import DistillationArguments
     from ..trainer import DistillationTrainer
 
-    if not hasattr(training_args, "alpha_kd"):
+    if not isinstance(training_args, DistillationArguments):
         raise TypeError("distil_task needs DistillationArguments (hf_distil.DistillationArguments) as training_args.")
     if training_args.teacher_model_name_or_path:
         raise ArgumentError(

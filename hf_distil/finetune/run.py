@@ -29,7 +29,7 @@ from ..checkpoints import (
     require_complete_checkpoint,
 )
 from ..errors import ArgumentError
-from ..hub import NoPickleHubMixin, check_push_to_hub
+from ..hub import NoPickleHubMixin
 from ..parameters import count_parameters
 from .arguments import FinetuneArguments, FinetuneResult
 from .errors import FinetuneFileNotFoundError
@@ -282,35 +282,9 @@ def check_no_distillation_flags(args: FinetuneArguments, training_args) -> None:
         )
 
 
-def run_finetune(args: FinetuneArguments, training_args) -> list[FinetuneResult]:
-    """The whole recipe: fine-tune, optionally the comparison model too, write the table, update the card.
-
-    With push_to_hub the repository is private unless hub_private_repo says otherwise; only the first model is pushed.
-    """
-    check_push_to_hub(training_args)
-    if not args.model_name_or_path and not args.distil_from:
-        raise ArgumentError("--model_name_or_path is required (the checkpoint to fine-tune), or --distil_from "
-                            "TEACHER to distil a fine-tuned teacher into a smaller student.")
-    for flag, path in (("model_name_or_path", args.model_name_or_path), ("compare_with", args.compare_with),
-                       ("distil_from", args.distil_from)):
-        if path and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-            if os.path.isfile(os.path.join(path, "adapter_config.json")):
-                raise FinetuneFileNotFoundError(
-                    f"--{flag} {path} holds a LoRA adapter, not a whole model: pass the merged model "
-                    "(run_finetune.py --use_lora --merge_lora writes it to OUTPUT_DIR/merged)."
-                )
-            raise FinetuneFileNotFoundError(
-                f"--{flag} {path} has no config.json: pass the folder that save_pretrained wrote."
-            )
-    if training_args.push_to_hub and training_args.hub_private_repo is None:
-        training_args.hub_private_repo = True
-    check_update_card(args)
-    if not args.distil_from:
-        check_no_distillation_flags(args, training_args)
-    if args.distil_from:
-        from .distil import distil_task
-
-        return distil_task(args, training_args, check_finetune_output_dir)
+def run_plain(args: FinetuneArguments, training_args) -> list[FinetuneResult]:
+    """Plain fine-tuning (no teacher): the model, and the --compare_with model beside it; the comparison table and
+    the --update_card patch. The arguments were checked by hf_distil.finetune.recipe.run_finetune."""
     check_finetune_output_dir(args, training_args)
     raw, task, label_list = load_splits(args)
     dataset_name = args.dataset_name or default_dataset_name(args.train_file)

@@ -1,0 +1,100 @@
+"""What a run resumes from: `resume_from_checkpoint` (a folder, or auto) checked to be complete, the output folder's
+policy (never the teacher's or the student's folder, another model, or a non-empty folder unasked), and a finished
+run that is loaded rather than trained one step further."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .checkpoints import (
+    ARGS_MARKER,
+    check_output_dir,
+    latest_complete_checkpoint,
+    list_checkpoints,
+    made_here_by,
+    remove_checkpoints,
+    require_complete_checkpoint,
+)
+from .errors import RecipeError
+
+logger = logging.getLogger("hf_distil")
+
+
+# Files a run writes at the top of output_dir: --overwrite_output_dir replaces them only in a folder a run wrote.
+RUN_OUTPUT_FILES = ("README.md", "config.json", "generation_config.json", "model.safetensors",
+                    "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+                    "special_tokens_map.json", "vocab.txt", "all_results.json", "train_results.json",
+                    "eval_results.json", "trainer_state.json", "training_args.json", ARGS_MARKER)
+
+
+def resolve_resume(training_args, run_args, model_args=None) -> str | None:
+    """What to resume from (a checkpoint complete enough for an exact resume), and a refusal to clobber output_dir:
+    never the teacher's or student's folder or another model, and a non-empty one only when asked to."""
+    resume = training_args.resume_from_checkpoint
+    out = training_args.output_dir
+    resume_state = not training_args.save_only_model  # save_only_model checkpoints hold no optimizer by design
+    sources = {"--teacher_model_name_or_path": training_args.teacher_model_name_or_path,
+               "--student_model_name_or_path": model_args.student_model_name_or_path if model_args else None}
+    check_output_dir(out, sources, marker=ARGS_MARKER)
+    auto = resume is True or resume in ("auto", "latest", "True", "true")
+    if auto:
+        found = latest_complete_checkpoint(out, resume_state)
+        if found is None and list_checkpoints(out):  # never start over on top of them, even with overwrite
+            raise RecipeError(
+                f"resume_from_checkpoint=auto: no checkpoint in {out!r} is complete enough to resume exactly (the "
+                "warnings above name what each lacks): to start over, drop --resume_from_checkpoint and pass "
+                "--overwrite_output_dir true (it deletes them), or choose another output_dir."
+            )
+        if found is None:
+            logger.info("resume_from_checkpoint=auto: no complete checkpoint in %s, starting fresh.", out)
+        else:
+            logger.info("resume_from_checkpoint=auto: resuming from %s", found)
+        resume = found
+    elif resume and not os.path.isdir(resume):
+        raise RecipeError(f"resume_from_checkpoint={resume!r} is not a folder: pass a checkpoint-N folder or 'auto'.")
+    elif resume:
+        require_complete_checkpoint(resume, resume_state)
+    if resume is None and os.path.isdir(out) and any(Path(out).iterdir()):
+        if not run_args.overwrite_output_dir:
+            raise RecipeError(
+                f"output_dir {out!r} is not empty: pass --resume_from_checkpoint auto to continue it, "
+                "--overwrite_output_dir true to write over it, or choose another output_dir."
+            )
+        theirs = [] if made_here_by(out, ARGS_MARKER) else [n for n in RUN_OUTPUT_FILES if (Path(out) / n).exists()]
+        if theirs:
+            raise RecipeError(
+                f"output_dir {out!r} holds {', '.join(theirs)} that no earlier hf-distil run wrote there (no "
+                f"{ARGS_MARKER} naming this output_dir); --overwrite_output_dir would replace them: choose a new or "
+                "empty output_dir, or move those files away first."
+            )
+        remove_checkpoints(out, training_args.process_index, "overwrite_output_dir")
+    return resume
+
+
+def finished_run_state(checkpoint, args):
+    """(checkpoint path, its TrainerState, the last step) when resuming from `checkpoint` (True: the last in
+    output_dir) would start at or past the run's last step: max_steps, or the same epoch-based run (same epochs and
+    batch size); None when there is something left to train or nothing to resume."""
+    from transformers import TrainerState
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if checkpoint is True:
+        checkpoint = get_last_checkpoint(args.output_dir)
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        return None
+    state_file = os.path.join(checkpoint, "trainer_state.json")
+    if not os.path.isfile(state_file):
+        return None
+    state = TrainerState.load_from_json(state_file)
+    if args.max_steps > 0:
+        last = args.max_steps
+    elif state.num_train_epochs == args.num_train_epochs and \
+            state.train_batch_size == args.per_device_train_batch_size * max(1, args.n_gpu):
+        last = state.max_steps  # the same epoch-based run; more epochs or another batch size: train on
+    else:
+        return None
+    if not last or state.global_step < last:
+        return None
+    return checkpoint, state, last

@@ -1,0 +1,373 @@
+"""benchmarks/bench_quality.py: the scoring is exact, and --smoke runs the whole pipeline on the shipped teacher."""
+
+import json
+import math
+import os
+import random
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import ROOT
+from transformers import AutoTokenizer
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_quality  # noqa: E402
+
+TEACHER = bench_quality.DEFAULT_TEACHER
+WORDS = ("patient denies chest pain fever cough blood pressure insulin diabetes kidney heart rate daily tablet "
+         "history mother father smoking alcohol allergies penicillin normal exam abdomen soft tender").split()
+HEADERS = ("GENHX", "MEDICATIONS", "ALLERGY", "FAM/SOCHX")
+
+
+def sentence(rng, n):
+    return " ".join(rng.choice(WORDS) for _ in range(n)) + "."
+
+
+def write_fake_data(folder: Path) -> Path:
+    """Files shaped like ../shared/data (random words, 4 section headers), so the test needs no shared folder."""
+    rng = random.Random(0)
+    folder.mkdir()
+    (folder / "medquad_answers.txt").write_text("\n".join(sentence(rng, 30) for _ in range(320)) + "\n")
+    splits = {"TrainingSet": 6, "ValidationSet": 2, "Final_200_TestSet_1": 2, "Final_200_TestSet_2": 2}
+    with open(folder / "mts_sections.jsonl", "w") as f:
+        for split, per_label in splits.items():
+            for header in HEADERS * per_label:
+                f.write(json.dumps({"split": split, "section_header": header, "text": sentence(rng, 12)}) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(TEACHER)
+
+
+def test_masked_batches_are_fixed_and_never_mask_special_or_padding_tokens(tokenizer):
+    texts = ["the patient denies chest pain.", "fever", "blood pressure was normal at the visit today.", "",
+             "pain \u2603 \u2603 \u2603"]  # an empty text, and one with [UNK]s
+    first, again = bench_quality.masked_batches(tokenizer, texts), bench_quality.masked_batches(tokenizer, texts)
+    for a, b in zip(first, again):
+        for key in a:
+            assert torch.equal(a[key], b[key])
+    batch = first[0]
+    masked = batch["labels"] != -100
+    assert masked.any(dim=1).tolist() == [True, True, True, False, True]  # each text has one, but the empty one
+    assert (batch["input_ids"][masked] == tokenizer.mask_token_id).all()
+    plain = tokenizer(texts, padding=True, return_tensors="pt")
+    assert (plain["input_ids"] == tokenizer.unk_token_id).any()
+    special = torch.isin(plain["input_ids"], torch.tensor(tokenizer.all_special_ids))
+    assert not (masked & special).any()
+    assert torch.equal(batch["labels"][masked], plain["input_ids"][masked])
+
+
+class ConstantLM(torch.nn.Module):
+    """A masked LM with the same logits everywhere: its perplexity and accuracy are known in closed form."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits)
+
+    def forward(self, input_ids, **_):
+        return type("Out", (), {"logits": self.logits.expand(*input_ids.shape, -1)})()
+
+
+def test_scores_equal_their_formulas(tokenizer):
+    batches = bench_quality.masked_batches(tokenizer, ["the patient denies chest pain and fever."] * 3)
+    vocab = len(tokenizer)
+    uniform = bench_quality.score_masked_lm(ConstantLM(torch.zeros(vocab)), batches)
+    assert uniform["perplexity"] == pytest.approx(vocab, rel=1e-4)
+    labels = torch.cat([b["labels"][b["labels"] != -100] for b in batches])
+    favourite = int(labels[0])
+    logits = torch.zeros(vocab)
+    logits[favourite] = 5.0
+    teacher_top1 = torch.full_like(labels, favourite)
+    scored = bench_quality.score_masked_lm(ConstantLM(logits), batches, teacher_top1)
+    log_p_hit = 5.0 - math.log(math.exp(5.0) + vocab - 1)
+    log_p_miss = -math.log(math.exp(5.0) + vocab - 1)
+    hits = (labels == favourite).float()
+    expected = math.exp(-(hits * log_p_hit + (1 - hits) * log_p_miss).mean().item())
+    assert scored["perplexity"] == pytest.approx(expected, rel=1e-4)
+    assert scored["masked_accuracy"] == pytest.approx(hits.mean().item())
+    assert scored["teacher_agreement"] == 1.0
+    log_p = torch.log_softmax(logits.double(), dim=0)
+    unigram = bench_quality.score_unigram(log_p, batches)
+    assert unigram["masked_accuracy"] == pytest.approx(scored["masked_accuracy"])
+    assert unigram["perplexity"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_training_rows_are_cut_in_turn_so_every_label_is_trained(tmp_path):
+    rows = [{"text": f"t{i}", "label": "A" if i < 10 else "B", "split": "s"} for i in range(12)]
+    mts = {"train": rows, "validation": [{"text": "v", "label": "B", "split": "s"}],
+           "test": [{"text": "x", "label": "C", "split": "s"}, {"text": "y", "label": "A", "split": "s"}]}
+    paths = bench_quality.write_mts_files(mts, tmp_path, train_rows=4, eval_rows=5)
+    train = [json.loads(line)["label"] for line in paths["train"].read_text().splitlines()]
+    assert train == ["A", "B", "A", "B"]
+    test = [json.loads(line)["label"] for line in paths["test"].read_text().splitlines()]
+    assert test == ["A"]  # a label no training row has would stop the fine-tuning
+
+
+def test_wrong_folders_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench_quality.main(["--out", str(tmp_path / "o"), "--data", str(tmp_path)])
+    assert "has no medquad_answers.txt" in capsys.readouterr().err
+    data = write_fake_data(tmp_path / "data")
+    with pytest.raises(SystemExit):
+        bench_quality.main(["--out", str(tmp_path / "o"), "--data", str(data), "--teacher", str(tmp_path)])
+    assert "holds no model" in capsys.readouterr().err
+    (data / "mts_sections.jsonl").write_text(json.dumps({"split": "TrainingSet", "section_header": "CC",
+                                                         "text": "chest pain"}) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        bench_quality.main(["--out", str(tmp_path / "o"), "--data", str(data)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "has no rows of split ValidationSet" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One --smoke run of every part on fake data (shared by the tests below: it is the slowest thing here)."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    data = write_fake_data(tmp / "data")
+    out = tmp / "out"
+    return bench_quality.main(["--smoke", "--data", str(data), "--out", str(out)]), out
+
+
+def test_smoke_distils_every_student_with_each_seed_then_scores_and_fine_tunes_each_run(smoke):
+    report, out = smoke
+    sizes = bench_quality.SIZES["smoke"]
+    names = ["teacher"] + [s.name for s in bench_quality.STUDENTS]
+    assert sorted(report["models"]) == sorted(names)
+    assert report["distillation_runs_per_student"] == sizes.seeds
+    saved = json.loads((out / "quality.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(report["summary"]))
+    rows = report["summary"]["rows"]
+    for name in names:
+        runs = report["models"][name]["runs"]
+        assert [r["seed"] for r in runs] == list(range(sizes.seeds))
+        assert all(0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 and r["perplexity"] > 1 for r in runs)
+        mean = sum(r["macro_f1"] for r in runs) / len(runs)
+        assert rows[name]["macro_f1"] == pytest.approx(mean)
+        assert rows[name]["perplexity"] == pytest.approx(sum(r["perplexity"] for r in runs) / len(runs))
+        if rows["teacher"]["macro_f1"]:
+            assert rows[name]["macro_f1_retention"] == pytest.approx(mean / rows["teacher"]["macro_f1"])
+        assert (name == "teacher") == ("teacher_agreement" not in rows[name])
+        if name != "teacher":
+            assert rows[name]["tokens_per_second"] > 0 and rows[name]["speedup"] > 0
+    assert rows["distilled"]["parameters"] < rows["teacher"]["parameters"]
+    # Each seed is its own distillation (different data order and masks), fine-tuned with that seed.
+    distilled = report["models"]["distilled"]["runs"]
+    assert distilled[0]["perplexity"] != distilled[1]["perplexity"]
+    for seed in range(sizes.seeds):
+        args = json.loads((out / "students" / "distilled" / f"seed{seed}" / "distillation_args.json").read_text())
+        assert args["seed"] == args["data_seed"] == seed
+    # Same budget for every trained student: their arguments differ only in the objective, the init and the paths.
+    budgets = []
+    objective_keys = {key for student in bench_quality.STUDENTS for key in student.objective}
+    for student in bench_quality.STUDENTS:
+        if not student.trained:
+            continue
+        folder = out / "students" / student.slug / "seed0"
+        args = json.loads((folder / "distillation_args.json").read_text())
+        assert args["max_steps"] == sizes.distil_steps
+        for term in ("alpha_kd", "alpha_mlm", "alpha_hidden", "alpha_attention", "alpha_intermediate",
+                     "alpha_relation"):
+            assert args[term] == student.objective.get(term, 0.0), (student.name, term)
+        config = json.loads((folder / "config.json").read_text())
+        for name, value in (student.widths or {}).items():  # the narrower students are narrower
+            assert config[name] == value and config["distil_init"] == "random"
+        budgets.append({k: v for k, v in args.items() if k not in objective_keys
+                        and not k.startswith(("alpha_", "output_dir", "logging_dir", "student_model_name_or_path"))})
+    assert len(budgets) == 9 and all(b == budgets[0] for b in budgets)
+    assert json.loads((out / "students" / "TinyBERT-style" / "seed0" / "distillation_args.json").read_text())[
+        "attention_loss"] == "scores"
+    narrow = rows["TinyBERT-style"]["parameters"]
+    assert narrow == rows["MiniLM-style"]["parameters"] == rows["narrow mlm-only"]["parameters"]
+    assert narrow < rows["distilled"]["parameters"]
+    # Every model is fine-tuned with float32 weights, the float16 teacher included.
+    for folder in (out / "finetune").glob("*/seed*"):
+        assert json.loads((folder / "config.json").read_text())["dtype"] == "float32", folder
+    # The MLM-only baseline is still compared with the teacher (agreement and KL reported without a KD term).
+    mlm_only = report["models"]["mlm-only"]["runs"][0]["distillation"]["recipe_metrics"]
+    assert "eval_teacher_agreement" in mlm_only and "eval_kd_loss" in mlm_only
+    table = (out / "quality.md").read_text()
+    assert all(f"| {name} |" in table for name in names) and "unigram" in table
+    assert (out / "quality.png").stat().st_size > 0
+
+
+def test_smoke_pairs_each_method_with_its_control_seed_by_seed(smoke):
+    report, out = smoke
+    comparisons = report["summary"]["comparisons"]
+    expected = {f"{m} − {c}" for pairs in bench_quality.COMPARISONS.values() for m, c in pairs}
+    assert set(comparisons) == expected
+    assert {"distilled − mlm-only", "without KD − distilled", "without cosine − distilled", "without MLM − distilled",
+            "mlm-only − distilled", "random-init distilled − distilled", "TinyBERT-style − narrow mlm-only",
+            "MiniLM-style − narrow mlm-only"} == expected
+    runs = report["models"]
+    for metric, higher in (("macro_f1", True), ("perplexity", False)):
+        gap = comparisons["distilled − mlm-only"][metric]
+        diffs = [d[metric] - m[metric] for d, m in zip(runs["distilled"]["runs"], runs["mlm-only"]["runs"])]
+        assert gap["paired_differences"] == pytest.approx(diffs) and gap["mean"] == pytest.approx(sum(diffs) / 2)
+        se = statistics.stdev(diffs) / math.sqrt(2)
+        assert gap["standard_error"] == pytest.approx(se)
+        gain = gap["mean"] if higher else -gap["mean"]
+        assert gap["better_by_2se"] == (gain > 2 * se) and gap["higher_is_better"] == higher
+    assert "distilled − mlm-only, perplexity" in (out / "quality.md").read_text()
+
+
+def test_smoke_budget_curve_runs_each_budget_and_reuses_the_main_runs(smoke):
+    report, out = smoke
+    sizes = bench_quality.SIZES["smoke"]
+    curve = report["budget_curve"]
+    assert curve["steps"] == list(sizes.curve_steps)
+    for name in bench_quality.CURVE_STUDENTS:
+        points = curve["students"][name]
+        assert [p["steps"] for p in points] == list(sizes.curve_steps)
+        for point in points:
+            if point["steps"] == sizes.distil_steps:  # the main part's seed-0 run, not trained again
+                assert point["minutes"] is None
+                assert point["perplexity"] == report["models"][name]["runs"][0]["perplexity"]
+            else:
+                slug = name.replace(" ", "-")
+                args = json.loads((out / "curve" / slug / f"steps{point['steps']}" / "distillation_args.json")
+                                  .read_text())
+                assert args["max_steps"] == point["steps"] and args["seed"] == 0
+    assert (out / "budget_curve.png").stat().st_size > 0 and "## Budget curve" in (out / "quality.md").read_text()
+
+
+def test_smoke_task_part_distils_each_seeds_fine_tuned_teacher_beside_the_plain_control(smoke):
+    full, out = smoke
+    report = full["task_distillation"]
+    sizes = bench_quality.SIZES["smoke"]
+    assert [run["seed"] for run in report["runs"]] == list(range(sizes.seeds))
+    rows = report["summary"]["rows"]
+    assert list(rows) == list(bench_quality.TASK_ROLES)
+    for role in bench_quality.TASK_ROLES:
+        values = [run[role]["macro_f1"] for run in report["runs"]]
+        assert all(0 <= v <= 1 for v in values) and rows[role]["macro_f1"] == pytest.approx(sum(values) / len(values))
+    for init in bench_quality.TASK_INITS:
+        distilled, plain = f"task-distilled, {init}", f"plain, {init}"
+        assert rows[distilled]["parameters"] == rows[plain]["parameters"] < rows["fine-tuned teacher"]["parameters"]
+        diffs = [run[distilled]["macro_f1"] - run[plain]["macro_f1"] for run in report["runs"]]
+        assert report["summary"]["gaps"][init]["macro_f1"]["paired_differences"] == pytest.approx(diffs)
+        for seed in range(sizes.seeds):
+            student = out / "task" / f"seed{seed}" / init.replace(" ", "-")
+            config = json.loads((student / "config.json").read_text())
+            assert config["num_hidden_layers"] == sizes.student_layers
+            assert config["distil_init"] == ("checkpoint" if init == "pretrained layers" else "teacher_layers")
+            # Same budget for the distilled student and its control, and the shipped config's objective.
+            args = json.loads((student / "distillation_args.json").read_text())
+            control = json.loads((student / "compare_with" / "training_args.json").read_text())
+            for key in ("num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed", "warmup_steps"):
+                assert args[key] == control[key], key
+            assert args["alpha_kd"] == report["objective"]["alpha_kd"] and args["seed"] == seed
+            assert (student / "comparison.md").is_file() and "README.md" in os.listdir(student)
+    assert json.loads((out / "task_distillation.json").read_text())["summary"] == \
+        json.loads(json.dumps(report["summary"]))
+    assert "pretrained layers: task-distilled − plain, macro-f1" in (out / "task_distillation.md").read_text()
+    assert "## Task distillation" in (out / "quality.md").read_text()
+
+
+def test_a_part_run_alone_merges_with_the_parts_already_in_the_folder(smoke, tmp_path):
+    """Parts run apart (each within a machine's limit) still make one report; a part run again replaces its own."""
+    import quality_report
+
+    report, out = smoke
+    copy = tmp_path / "out"
+    (copy / "parts").mkdir(parents=True)
+    for name in ("teacher", "curve"):
+        (copy / "parts" / f"{name}.json").write_text((out / "parts" / f"{name}.json").read_text())
+    merged = quality_report.merge(copy)
+    assert list(merged["models"]) == ["teacher"] and "budget_curve" in merged and "task_distillation" not in merged
+    (copy / "parts" / "task.json").write_text((out / "parts" / "task.json").read_text())
+    assert quality_report.merge(copy)["task_distillation"]["runs"] == report["task_distillation"]["runs"]
+
+
+DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (DATA / "medquad_answers.txt").exists(), reason=f"real text not found in {DATA}")
+def test_the_shipped_teacher_card_states_the_scores_of_the_shipped_weights(tmp_path, tokenizer):
+    """Rescore the float16 asset on the held-out text: the card's table and scores.json are this model's numbers."""
+    import make_quality_teacher
+    from transformers import AutoModelForMaskedLM
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import make_real_text_corpus
+
+    make_real_text_corpus.main(["--out", str(tmp_path)])
+    model = AutoModelForMaskedLM.from_pretrained(TEACHER, dtype=torch.float32)
+    assert {p.dtype for p in AutoModelForMaskedLM.from_pretrained(TEACHER).parameters()} == {torch.float16}
+    batches = bench_quality.masked_batches(tokenizer, make_quality_teacher.read_texts(tmp_path / "valid.jsonl"))
+    scores = bench_quality.score_masked_lm(model, batches)
+    shipped = json.loads((TEACHER / "scores.json").read_text())
+    assert scores["perplexity"] == pytest.approx(shipped["model"]["perplexity"], rel=1e-3)
+    assert scores["masked_accuracy"] == pytest.approx(shipped["model"]["masked_accuracy"], abs=1e-4)
+    card = (TEACHER / "README.md").read_text()
+    assert f"| this model | {scores['masked_accuracy']:.3f} | {scores['perplexity']:.1f} |" in card
+    assert "license: cc-by-4.0" in card and "MedQuAD" in card and "MTS-Dialog" in card
+    # Clearly better than the unigram model of the training text, or the benchmark's table means nothing.
+    assert scores["perplexity"] < shipped["unigram"]["perplexity"] / 3
+
+
+def test_the_teacher_commands_run_end_to_end_at_toy_size(tmp_path):
+    """pretrain_medical_teacher.py then make_quality_teacher.py, as the shipped card says, on a toy corpus."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import make_quality_teacher
+    import pretrain_medical_teacher
+
+    rng = random.Random(1)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    clinical = [sentence(rng, 12) for _ in range(10)]
+    texts = {"train.jsonl": [sentence(rng, 40) for _ in range(200)],
+             "valid.jsonl": [sentence(rng, 40) for _ in range(20)] + clinical, "valid_clinical.jsonl": clinical}
+    for name, rows in texts.items():
+        (corpus / name).write_text("".join(json.dumps({"text": text}) + "\n" for text in rows))
+    trained, shipped = tmp_path / "trained", tmp_path / "asset"
+    pretrain_medical_teacher.main(["--corpus", str(corpus), "--output_dir", str(trained), "--max_steps", "6",
+                                   "--hidden_size", "32", "--intermediate_size", "64", "--vocab_size", "200",
+                                   "--per_device_train_batch_size", "8", "--save_steps", "3", "--eval_steps", "3"])
+    run = json.loads((trained / "run.json").read_text())
+    assert run["train_steps"] == 6 and (trained / "checkpoints" / "checkpoint-6").is_dir()
+    # The held-out clinical curve at the start and every eval_steps; the result is its best weights.
+    curve = [run["held_out_start"]] + [e["held_out"] for e in run["log_history"] if "held_out" in e]
+    assert [e["step"] for e in curve] == [0, 3, 6]
+    best = min(curve, key=lambda e: e["clinical_perplexity"])
+    assert run["best"] == best
+    make_quality_teacher.main(["--corpus", str(corpus), "--trained", str(trained), "--out", str(shipped)])
+    scores = json.loads((shipped / "scores.json").read_text())
+    card = (shipped / "README.md").read_text()
+    assert f"| this model | {scores['model']['masked_accuracy']:.3f} | {scores['model']['perplexity']:.1f} |" in card
+    assert "--max_steps 6 --learning_rate 0.0005" in card and "6 layer" not in card
+    assert f"| {best['step']:,} (kept) | {best['clinical_perplexity']:.1f} |" in card
+    assert json.loads((shipped / "config.json").read_text())["dtype"] == "float16"
+    assert scores["clinical"]["masked_tokens"] > 0 and scores["medquad"]["masked_tokens"] > 0
+    # Continued from that asset (its weights, vocabulary and record), the card says it has two legs.
+    again = tmp_path / "again"
+    pretrain_medical_teacher.main(["--corpus", str(corpus), "--output_dir", str(again), "--max_steps", "3",
+                                   "--init_from", str(shipped), "--per_device_train_batch_size", "8",
+                                   "--save_steps", "3", "--eval_steps", "3"])
+    assert json.loads((again / "run.json").read_text())["held_out_start"]["clinical_perplexity"] == pytest.approx(
+        best["clinical_perplexity"], rel=1e-2)  # the kept weights, stored in float16
+    make_quality_teacher.main(["--corpus", str(corpus), "--trained", str(again), "--out", str(tmp_path / "asset2")])
+    card = (tmp_path / "asset2" / "README.md").read_text()
+    assert "In two legs" in card and "--init_from FOLDER_OF_THE_EARLIER_TEACHER" in card
+    assert f"| the earlier teacher this one continues | {scores['model']['masked_accuracy']:.3f}" in card
+
+
+def test_term_gradients_smoke_reports_each_attention_form_beside_kd(tmp_path):
+    import term_gradients
+
+    data = write_fake_data(tmp_path / "data")
+    report = term_gradients.main(["--smoke", "--data", str(data), "--json", str(tmp_path / "g.json")])
+    forms = report["forms"]
+    assert list(forms) == ["scores", "probs", "kl"]
+    for terms in forms.values():
+        assert set(terms) == {"kd", "attention", "intermediate"} and terms["kd"] == forms["scores"]["kd"]
+        assert all(t["grad_norm"] > 0 and t["weight"] == 1.0 for t in terms.values())
+    # the probabilities' MSE is tiny beside the scores' (the reason TinyBERT's code fits the scores)
+    assert forms["probs"]["attention"]["grad_norm"] < forms["scores"]["attention"]["grad_norm"] / 100
+    assert json.loads((tmp_path / "g.json").read_text())["forms"] == json.loads(json.dumps(forms))
+    assert "| scores | attention |" in (tmp_path / "g.md").read_text()
