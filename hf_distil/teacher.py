@@ -34,7 +34,7 @@ def load_teacher(name_or_path: str, args, **kwargs) -> PreTrainedModel:
     auto = _TASK_AUTO_CLASSES.get(task, AutoModelForMaskedLM)
     kwargs.setdefault("dtype", args.teacher_torch_dtype)
     try:
-        return auto.from_pretrained(name_or_path, **kwargs)
+        model, info = auto.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
     except OSError as err:
         where = "a local folder" if os.path.isdir(name_or_path) else "a local path or a Hub id reachable from here"
         kind = "a masked LM" if auto is AutoModelForMaskedLM else "a fine-tuned classifier"
@@ -61,6 +61,26 @@ def load_teacher(name_or_path: str, args, **kwargs) -> PreTrainedModel:
             f"Teacher {name_or_path!r}: its config.json and its weights disagree in shape (see the load report "
             "above): restore the config.json that belongs to these weights."
         ) from err
+    check_complete(model, info["missing_keys"], name_or_path)
+    return model
+
+
+def check_complete(model: PreTrainedModel, missing_keys, name: str) -> None:
+    """A teacher whose checkpoint lacks weights of the class it loads as (a bare encoder or an ELECTRA discriminator
+    loaded as a masked LM: no masked-LM head) would be distilled from randomly initialised parts: refused, naming
+    them. Weights tied to others (the decoder to the word embeddings) are not missing."""
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    missing = [key for key in missing_keys if key not in tied]
+    if not missing:
+        return
+    saved = getattr(model.config, "architectures", None) or ["a class its config.json does not name"]
+    shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    raise TeacherLoadError(
+        f"Teacher {name!r} (saved as {'/'.join(saved)}) has no weights for part of the {type(model).__name__} it "
+        f"loads as ({shown}): those would start at random and the student would learn from them. Pass a checkpoint "
+        "with its prediction head: a *ForMaskedLM (a bare encoder or an ELECTRA discriminator has none), or, for task "
+        "distillation, the fine-tuned *ForTokenClassification / *ForSequenceClassification folder."
+    )
 
 
 _TASK_AUTO_CLASSES = {TOKEN_CLASSIFICATION: AutoModelForTokenClassification,
