@@ -77,7 +77,10 @@ class RunArguments:
         default=True,
         metadata={"help": "Evaluate the freshly initialised student first, to show what distillation gained."},
     )
-    card_license: str = field(default=DEFAULT_LICENSE, metadata={"help": "License in the model card's front matter."})
+    card_license: str | None = field(
+        default=None,
+        metadata={"help": f"License in the model card's front matter. Unset: {DEFAULT_LICENSE}, or 'other' when the "
+                  "corpus comes with a data-use note (MIMIC-III: share the model only as its agreement permits)."})
     card_language: str = field(default="en", metadata={"help": "Language code(s), comma-separated, for the card."})
 
 
@@ -198,7 +201,7 @@ def _check_training_length(training_args: DistillationArguments) -> None:
 
 def _check_card_arguments(run_args: RunArguments) -> None:
     """The card's licence and languages, checked now rather than when the card is written after training."""
-    if not LICENSE_RE.match(str(run_args.card_license)):
+    if run_args.card_license is not None and not LICENSE_RE.match(str(run_args.card_license)):
         raise RecipeError(
             f"card_license={run_args.card_license!r} is not a Hub licence id: use one such as apache-2.0, mit, other."
         )

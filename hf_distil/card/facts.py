@@ -19,13 +19,14 @@ class CardFacts:
     Only names go in, never text of the corpus: `dataset_name` is shown in the card (a local path is cut to its last
     component), `dataset_ids` are Hub dataset ids for the front matter, `data_use_note` becomes the "Data use" section,
     `training_examples` says what one training example was (e.g. "whole notes packed into blocks of up to 8,192
-    tokens"), after the data loader capped the length at what the model accepts.
+    tokens"), after the data loader capped the length at what the model accepts. `license` unset: the licence follows
+    the data (`card_license`).
     """
 
     dataset_name: str | None = None
     dataset_ids: list[str] | None = None
     data_use_note: str | None = None
-    license: str = DEFAULT_LICENSE
+    license: str | None = None
     language: list[str] | str = DEFAULT_LANGUAGE
     extra_tags: list[str] | None = None
     training_examples: str | None = None
@@ -41,7 +42,16 @@ class CardFacts:
             self,
             dataset_name=self.dataset_name or (dataset_ids[0] if dataset_ids else None),
             dataset_ids=dataset_ids or self.dataset_ids,
-            license=license or self.license or DEFAULT_LICENSE,
+            license=license or self.license,
             language=language or self.language or DEFAULT_LANGUAGE,
             extra_tags=extra_tags or None,
         )
+
+    @property
+    def card_license(self) -> str:
+        """The licence the card states: the one given, else "other" for a corpus with a data-use note (MIMIC-III: a
+        model trained on it may only be shared as its agreement permits, so no open licence is implied), else
+        apache-2.0."""
+        if self.license:
+            return self.license
+        return "other" if self.data_use_note else DEFAULT_LICENSE

@@ -316,7 +316,7 @@ def build_model_card(
         base_model=base_model,
         tags=tags,
         language=facts.language,
-        license=facts.license,
+        license=facts.card_license,
         datasets=dataset_ids or None,
         model_name=model_name if eval_results else None,
         eval_results=eval_results or None,

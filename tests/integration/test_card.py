@@ -271,6 +271,9 @@ def test_trainer_writes_the_card_facts_it_was_given_and_create_model_card_argume
     assert overridden.data.tags[-1] == "extra" and "mimic-iii" not in overridden.data.tags
     assert overridden.data.datasets == ["bigbio/mednli"] and "MIMIC-III NOTEEVENTS dataset" in overridden.text
     assert facts.license == "mit"  # the trainer's facts are not changed by one call's arguments
+    # no licence given: it follows the data; a corpus with a data-use note gets no open licence
+    restricted = card(CardFacts(dataset_name="MIMIC-III NOTEEVENTS", data_use_note="Credentialed access only."))
+    assert restricted.data.license == "other"
 
 
 def test_one_parameter_counter_for_the_card_and_fine_tuning():

@@ -197,6 +197,25 @@ def test_no_validation_split_trains_without_evaluation_and_writes_the_full_folde
     assert "No validation data, but --load_best_model_at_end needs evaluation: pass --validation_file" in err
 
 
+def test_a_card_trained_on_noteevents_gets_no_open_licence_unless_one_is_given(workspace, capsys):
+    """MIMIC-III's agreement decides how a model trained on it may be shared: the card says license: other (its
+    data-use section says why) unless --card_license sets one; other corpora keep apache-2.0."""
+    from huggingface_hub import ModelCard
+    from tiny import noteevents_csv
+
+    notes = noteevents_csv(workspace / "NOTEEVENTS.csv", n=60)
+    base = [str(workspace / "config.yaml"), "--train_file", str(notes), "--max_steps", "1", "--save_strategy", "no",
+            "--eval_strategy", "no", "--evaluate_before_training", "false"]
+    assert main(base + ["--output_dir", str(workspace / "mimic")]) == 0
+    card = ModelCard.load(workspace / "mimic" / "README.md")
+    assert card.data.license == "other" and "PhysioNet Credentialed Health Data Use Agreement" in card.text
+    assert main(base + ["--output_dir", str(workspace / "mit"), "--card_license", "mit"]) == 0
+    assert ModelCard.load(workspace / "mit" / "README.md").data.license == "mit"
+    assert main([str(workspace / "config.yaml"), "--max_steps", "1", "--save_strategy", "no", "--eval_strategy", "no",
+                 "--evaluate_before_training", "false", "--output_dir", str(workspace / "open")]) == 0
+    assert ModelCard.load(workspace / "open" / "README.md").data.license == "apache-2.0"
+
+
 def test_card_recognises_noteevents_as_saved_anywhere_it_is_used(tmp_path):
     """BOM + upper-case .CSV in a nested folder, or NOTEEVENTS given only as validation_file: the data-use note."""
     from hf_distil.data import DataArguments
