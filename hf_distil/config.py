@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import yaml
 from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
 from .arguments import DistillationArguments
 from .card import DEFAULT_LICENSE, LANGUAGE_RE, LICENSE_RE
@@ -91,6 +92,30 @@ def _field_names() -> set[str]:
     return {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise RecipeError(f"{self.name}:{key_node.start_mark.line + 1}: {key!r} is set twice (also on line "
+                                  f"{seen[key] + 1}); keep one.")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _json_pairs(path):
+    def unique(pairs):
+        keys = [key for key, _ in pairs]
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        if twice:
+            raise RecipeError(f"{path}: {', '.join(map(repr, twice))} set twice; keep one.")
+        return dict(pairs)
+    return unique
+
+
 def _read_config(path: str, known: set[str] | None = None, prog: str = "hf-distil") -> dict:
     """The config's mapping; a syntax error names the file and line, an unknown key the closest known one."""
     if not os.path.isfile(path):
@@ -113,7 +138,15 @@ def _read_config(path: str, known: set[str] | None = None, prog: str = "hf-disti
             f"iconv -f latin1 -t utf-8 {path} > {path}.utf8 (-f cp1252 for Windows files)."
         ) from None
     try:
-        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        if path.endswith(".json"):
+            values = json.loads(text, object_pairs_hook=_json_pairs(path))
+        else:
+            loader = _UniqueKeyLoader(text)
+            loader.name = path
+            try:
+                values = loader.get_single_data()
+            finally:
+                loader.dispose()
     except json.JSONDecodeError as err:
         raise RecipeError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg}); fix the config.") from err
     except yaml.YAMLError as err:
@@ -150,6 +183,11 @@ def parse_config_and_flags(classes, argv: list[str], prog: str = "hf-distil", re
     if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
         config_path, argv = argv[0], argv[1:]
         config = _read_config(config_path, known, prog)
+    late = [a for i, a in enumerate(argv) if a.endswith(CONFIG_SUFFIXES) and not a.startswith("-")
+            and i > 0 and not argv[i - 1].startswith("-")]  # not the value of a flag: a config file after them
+    if late:
+        raise RecipeError(f"{late[0]} comes after the flags: the config file goes first, e.g. `{prog} {late[0]} "
+                          "--flag value` (flags then override it).")
     flags = {option for action in parser._actions for option in action.option_strings}
     unknown = [a for a in argv if a.startswith("--") and a.split("=", 1)[0] not in flags]
     if unknown:
@@ -163,6 +201,14 @@ def parse_config_and_flags(classes, argv: list[str], prog: str = "hf-distil", re
         if action.dest in config:
             action.required = False  # given by the config
             value = config[action.dest]
+            if isinstance(value, bool) and action.type is not string_to_bool and action.type is not bool:
+                # YAML 1.1 reads an unquoted no / yes / off / on as a boolean
+                if not value and action.choices and "no" in action.choices:
+                    config[action.dest] = value = "no"  # `eval_strategy: no` means "no"
+                else:
+                    raise RecipeError(f"{action.dest}: {str(value).lower()} in the config is not a "
+                                      f"{action.dest} value: YAML reads an unquoted yes / no / on / off as a boolean; "
+                                      f"quote the value, e.g. {action.dest}: \"...\".")
             if isinstance(value, str) and action.type in (int, float):  # YAML reads 1e-3 as a string
                 try:
                     config[action.dest] = action.type(value)
@@ -213,3 +259,21 @@ def _check_card_arguments(run_args: RunArguments) -> None:
 def codes(value) -> list[str]:
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     return [str(c).strip() for c in items if str(c).strip()]
+
+
+def usage_or_version(argv: list[str], prog: str, example: str) -> int | None:
+    """What a command says before parsing: its usage for no arguments at all (exit 2), its version for --version
+    (exit 0); None when there is something to parse."""
+    if not argv:
+        print(f"usage: {prog} CONFIG.yaml [--flag value ...]   (or flags alone; `{prog} --help` lists every flag)\n"
+              f"  e.g. {prog} {example}", file=sys.stderr)
+        return 2
+    if argv == ["--version"]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"{prog} {version('hf-distil')}")
+        except PackageNotFoundError:  # run from a source tree that was not installed
+            print(f"{prog} (hf-distil, not installed)")
+        return 0
+    return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from .arguments import DistillationArguments
-from .config import USER_ERRORS, parse_config_and_flags
+from .config import USER_ERRORS, parse_config_and_flags, usage_or_version
 from .finetune import FinetuneArguments, FinetuneResult, run_finetune
 
 PROG = "hf-distil-finetune"
@@ -23,6 +23,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[FinetuneArguments, Distil
 
 def main(argv: list[str] | None = None) -> list[FinetuneResult]:
     """Parse, fine-tune, print one line per model; a user error exits with status 2 after one line on stderr."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    said = usage_or_version(argv, PROG, "--model_name_or_path MODEL --train_file train.conll --validation_file "
+                                        "dev.conll --output_dir out/ner")
+    if said is not None:
+        raise SystemExit(said)
     try:
         finetune_args, training_args = parse_args(argv)
         results = run_finetune(finetune_args, training_args)

@@ -18,7 +18,7 @@ from .arguments import DistillationArguments
 from .build import build_models
 from .card import CardFacts
 from .checkpoints import DiskFullError, expected_save_bytes, probe_output_dir
-from .config import USER_ERRORS, ModelArguments, RunArguments, codes, parse_arguments
+from .config import USER_ERRORS, ModelArguments, RunArguments, codes, parse_arguments, usage_or_version
 from .data import (
     DataArguments,
     effective_max_seq_length,
@@ -121,7 +121,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
     metrics = dict(train_result.metrics)
     if eval_ds is not None:
         metrics.update(trainer.evaluate())
-    metrics.update(before)
+    metrics.update({k: v for k, v in before.items() if k != "epoch"})  # the run's epoch, not the one before it
     trainer.log_metrics("all", metrics)
     trainer.save_metrics("all", metrics)
     trainer.save_state()
@@ -178,6 +178,10 @@ def summary(metrics: dict, output_dir: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    said = usage_or_version(argv, "hf-distil", "recipes/configs/quickstart.yaml")
+    if said is not None:
+        return said
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         run(*parse_arguments(argv))

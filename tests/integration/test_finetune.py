@@ -556,3 +556,14 @@ def test_resume_never_writes_over_a_finished_run_or_another_folder(tiny_models, 
     # written over: the earlier run's checkpoints go, so a later auto cannot take one of them
     main([*common, "--output_dir", str(tmp_path / "a"), "--overwrite_output_dir", "true", "--save_strategy", "no"])
     assert not list((tmp_path / "a").glob("checkpoint-*"))
+
+
+def test_the_finetune_command_prints_its_usage_without_arguments_and_its_version(capsys):
+    from hf_distil.finetune_cli import main as finetune_main
+
+    with pytest.raises(SystemExit) as stopped:
+        finetune_main([])
+    assert stopped.value.code == 2 and capsys.readouterr().err.startswith("usage: hf-distil-finetune CONFIG.yaml")
+    with pytest.raises(SystemExit) as stopped:
+        finetune_main(["--version"])
+    assert stopped.value.code == 0 and capsys.readouterr().out.startswith("hf-distil-finetune ")

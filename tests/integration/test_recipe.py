@@ -490,3 +490,38 @@ def test_a_narrower_random_student_may_be_deeper_than_the_teacher(tmp_path):
                                  evaluate_before_training=False)
     assert main([str(config)]) == 0
     assert AutoModelForMaskedLM.from_pretrained(tmp_path / "out").config.num_hidden_layers == 6
+
+
+def test_yaml_gotchas_are_said_before_anything_loads(workspace, capsys, monkeypatch):
+    """A key set twice, an unquoted yes/no where a word belongs, a config after the flags: one line each (PyYAML
+    keeps the last key silently and reads `no` as false). `eval_strategy: no` means "no", as written."""
+    monkeypatch.setattr(build, "load_teacher", lambda *a, **k: pytest.fail("the teacher must not be loaded"))
+    base = (workspace / "config.yaml").read_text()
+    (workspace / "twice.yaml").write_text(base + "learning_rate: 0.001\nlearning_rate: 0.002\n")
+    err = _error_of(capsys, [str(workspace / "twice.yaml")])
+    assert "'learning_rate' is set twice (also on line" in err and "keep one" in err
+    (workspace / "twice.json").write_text('{"output_dir": "o", "seed": 1, "seed": 2}')
+    assert "'seed' set twice" in _error_of(capsys, [str(workspace / "twice.json")])
+    (workspace / "yes.yaml").write_text(base + "hidden_loss: yes\n")
+    err = _error_of(capsys, [str(workspace / "yes.yaml")])
+    assert "hidden_loss: true in the config" in err and "quote the value" in err
+    (workspace / "no.yaml").write_text(base.replace("eval_strategy: steps", "eval_strategy: no"))
+    _, _, training_args, _ = parse_arguments([str(workspace / "no.yaml")])
+    assert str(training_args.eval_strategy.value) == "no"
+    err = _error_of(capsys, ["--max_steps", "3", str(workspace / "config.yaml")])
+    assert "config.yaml comes after the flags: the config file goes first" in err
+
+
+def test_no_arguments_print_the_usage_and_version_the_version(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: hf-distil CONFIG.yaml [--flag value ...]") and "quickstart.yaml" in err
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("hf-distil ")
+
+
+def test_all_results_record_the_epochs_trained_not_the_evaluation_before(workspace):
+    assert main([str(workspace / "config.yaml"), "--max_steps", "4", "--save_strategy", "no"]) == 0
+    results = json.loads((workspace / "out" / "all_results.json").read_text())
+    trained = json.loads((workspace / "out" / "trainer_state.json").read_text())["epoch"]
+    assert "init_loss" in results and results["epoch"] == trained > 0
