@@ -203,7 +203,9 @@ def distil_task(args: FinetuneArguments, training_args, check_output) -> list[Fi
     barrier()
     raw, task, data_labels = load_splits(args)
     files = {"train": args.train_file, "validation": args.validation_file}
-    teacher = load_task_teacher(args.distil_from, training_args)
+    # float32, so that the student (and the plain control) copy its float32 weights; the trainer then casts the
+    # teacher alone to teacher_dtype (bf16 under --bf16), as the masked-LM recipe does
+    teacher = load_task_teacher(args.distil_from, training_args, dtype=torch.float32)
     check_task(teacher, task, args.distil_from, args.train_file)
     label_list = teacher_label_list(teacher, task, data_labels, files)
     tokenizer = load_tokenizer(args.distil_from)

@@ -553,3 +553,23 @@ def test_tinybert_two_stages_from_the_command_line(teachers, tmp_path):
     assert config["distil_teacher_layers"] is None  # the layers came from stage 1, not from this teacher
     card = (tmp_path / "ner-student" / "README.md").read_text()
     assert "started from the existing checkpoint `general`" in card and distilled.parameters < teacher.parameters
+
+
+def test_under_bf16_the_student_and_its_control_copy_the_teachers_float32_weights(teachers, tmp_path):
+    """--bf16 casts the teacher alone (teacher_dtype auto = bf16); the student and the plain control start from its
+    float32 layers, not from a bf16-rounded copy. Learning rate 0: the saved weights are the start."""
+    out = tmp_path / "student"
+    _cli(["--distil_from", teachers / "cls", "--train_file", CLS_TRAIN, "--validation_file", CLS_VAL,
+          "--output_dir", out, "--max_steps", 1, "--learning_rate", 0.0, "--weight_decay", 0.0, "--bf16", "true",
+          "--compare_with", "plain", *COMMON])
+    teacher = AutoModelForSequenceClassification.from_pretrained(teachers / "cls", dtype=torch.float32)
+    copied = json.loads((out / "config.json").read_text())["distil_teacher_layers"]
+    for folder in (out, out / "compare_with"):
+        student = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+        assert next(student.parameters()).dtype == torch.float32
+        for s_layer, t_layer in enumerate(copied):
+            s = student.bert.encoder.layer[s_layer].attention.self.query.weight
+            t = teacher.bert.encoder.layer[t_layer].attention.self.query.weight
+            assert torch.equal(s, t), (folder, s_layer)  # bf16-rounded copies differ in the low bits
+        assert not torch.equal(teacher.bert.encoder.layer[0].output.dense.weight.bfloat16().float(),
+                               teacher.bert.encoder.layer[0].output.dense.weight)  # rounding would show
