@@ -125,6 +125,12 @@ def weigh(terms: dict[str, torch.Tensor], args: DistillationArguments) -> torch.
 
 # ---- evaluation statistics ---------------------------------------------------------------------------------------
 
+def sums_dtype(device) -> torch.dtype:
+    """The dtype of the streamed sums (evaluation, the non-finite watch): float64 where the device has it; Apple's
+    MPS has none, so float32 there."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 def eval_fields() -> tuple[str, ...]:
     """The per-example evaluation sums: each term's sum, each row set's size, correct top-1 and teacher-agreeing top-1
     on M."""
@@ -132,24 +138,26 @@ def eval_fields() -> tuple[str, ...]:
 
 
 def eval_stats(per_row: dict[str, PerRow], rows: Rows, student: Signals, teacher: Signals | None) -> torch.Tensor:
-    """This batch's evaluation sums per example, packed as (batch, len(eval_fields())) float64 for one gather.
+    """This batch's evaluation sums per example, packed as (batch, len(eval_fields())) in `sums_dtype` (float64 but
+    on MPS) for one gather.
 
     Per example, so DDP evaluation can drop the duplicates that pad its last batch; `eval_metrics` reads them by name.
     """
     batch_size, length = rows.sets["M"].shape
     device = rows.sets["M"].device
+    dtype = sums_dtype(device)
 
     def per_example(flat: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(batch_size, dtype=torch.float64, device=device).index_add_(0, flat // length, values)
+        return torch.zeros(batch_size, dtype=dtype, device=device).index_add_(0, flat // length, values)
 
-    stats = {name: per_example(r.flat, r.values.detach().double()) for name, r in per_row.items()}
-    stats.update({name: mask.sum(1).double() for name, mask in rows.sets.items()})
-    is_masked = (rows.labels != -100).double()
+    stats = {name: per_example(r.flat, r.values.detach().to(dtype)) for name, r in per_row.items()}
+    stats.update({name: mask.sum(1).to(dtype) for name, mask in rows.sets.items()})
+    is_masked = (rows.labels != -100).to(dtype)
     top1 = student.logits.argmax(-1)
-    stats["correct"] = per_example(rows.positions, (top1 == rows.labels).double() * is_masked)
+    stats["correct"] = per_example(rows.positions, (top1 == rows.labels).to(dtype) * is_masked)
     if teacher is not None:
-        stats["agree"] = per_example(rows.positions, (top1 == teacher.logits.argmax(-1)).double() * is_masked)
-    zero = torch.zeros(batch_size, dtype=torch.float64, device=device)
+        stats["agree"] = per_example(rows.positions, (top1 == teacher.logits.argmax(-1)).to(dtype) * is_masked)
+    zero = torch.zeros(batch_size, dtype=dtype, device=device)
     return torch.stack([stats.get(name, zero) for name in eval_fields()], dim=1)
 
 
@@ -200,7 +208,7 @@ class Objective:
         self.plan = plan
         self.window_counts: torch.Tensor | None = None  # (3,) in ROW_SETS order, while a window is open
         self.window_scale = 1.0
-        self.eval_sums: torch.Tensor | None = None  # (len(eval_fields()),) float64, while an evaluation runs
+        self.eval_sums: torch.Tensor | None = None  # (len(eval_fields()),) sums, while an evaluation runs
 
     def terms(self, evaluating: bool = False) -> tuple[Term, ...]:
         return active_terms(self.args, self.has_teacher, evaluating, self.student_task)

@@ -13,6 +13,7 @@ import logging
 import torch
 from transformers import TrainerCallback
 
+from .objective import sums_dtype
 from .terms import names
 
 logger = logging.getLogger("hf_distil")
@@ -40,9 +41,10 @@ class TermWatch:
 
     def _reset_window(self, device):
         n = len(names())
-        self._window_sums = torch.zeros(n, dtype=torch.float64, device=device)
+        dtype = sums_dtype(device)
+        self._window_sums = torch.zeros(n, dtype=dtype, device=device)
         self._window_bad = torch.zeros(n, dtype=torch.bool, device=device)
-        self._window_values = torch.zeros(n, dtype=torch.float64, device=device)
+        self._window_values = torch.zeros(n, dtype=dtype, device=device)
 
     def watch(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """Add this micro-batch's terms to the open window; returns a device bool: all terms finite."""
@@ -53,8 +55,8 @@ class TermWatch:
             self._bad_terms = torch.zeros_like(self._window_bad)
             self._bad_values = torch.zeros_like(self._window_values)
             self._bad_step = torch.full((), -1, dtype=torch.long, device=device)
-        zero = torch.zeros((), dtype=torch.float64, device=device)
-        values = torch.stack([terms[n].detach().double() if n in terms else zero for n in names()])
+        zero = torch.zeros((), dtype=self._window_sums.dtype, device=device)
+        values = torch.stack([terms[n].detach().to(zero.dtype) if n in terms else zero for n in names()])
         finite = torch.isfinite(values)
         newly = ~finite & ~self._window_bad
         self._window_values = torch.where(newly, values, self._window_values)
@@ -121,7 +123,8 @@ class TermWatch:
         """nan_policy=stop: raise on every rank once any rank applied an update with a non-finite term."""
         if self._bad_terms is None:
             return
-        flags = torch.cat([self._bad_terms.double(), self._bad_values, self._bad_step.double().reshape(1)])
+        dtype = self._bad_values.dtype
+        flags = torch.cat([self._bad_terms.to(dtype), self._bad_values, self._bad_step.to(dtype).reshape(1)])
         rows = accelerator.gather(flags.unsqueeze(0)) if world_size > 1 else flags.unsqueeze(0)
         n = len(names())
         for row in rows.tolist():
@@ -142,9 +145,10 @@ class TermWatch:
         mismatches.
         """
         index = [i for i, n in enumerate(names()) if weights[n] > 0]
-        sums = self._term_sums if self._term_sums is not None else torch.zeros(len(names()), dtype=torch.float64)
-        values = torch.cat([sums.to(device)[index],
-                            torch.tensor([float(self._term_steps)], dtype=torch.float64, device=device)])
+        dtype = sums_dtype(device)
+        sums = self._term_sums if self._term_sums is not None else torch.zeros(len(names()), dtype=dtype)
+        values = torch.cat([sums.to(device=device, dtype=dtype)[index],
+                            torch.tensor([float(self._term_steps)], dtype=dtype, device=device)])
         if world_size > 1:
             gathered = accelerator.gather(values.unsqueeze(0))
             values = torch.cat([gathered[:, :-1].mean(0), gathered[:, -1:].max(0).values])

@@ -110,6 +110,15 @@ class AttentionMaps(Term):
                 )
         s_cfg, t_cfg = unwrap(student).config, unwrap(teacher).config
         check_attention_kinds(plan.layer_pairs, s_cfg, t_cfg)
+        if args.attention_loss == "kl":
+            narrower = [f"{s}:{t}" for s, t in plan.layer_pairs
+                        if (self_attention(student, s).window or 0) < (self_attention(teacher, t).window or 0)]
+            if narrower:
+                raise ModelMismatchError(
+                    f"attention_loss='kl' with layer pairs {', '.join(narrower)} whose student window is narrower "
+                    "than the teacher's: the KL is infinite where the teacher attends beyond the student's window; "
+                    "use attention_loss='scores' or 'probs'."
+                )
         if s_cfg.num_attention_heads != t_cfg.num_attention_heads:
             raise ModelMismatchError(
                 f"alpha_attention > 0 compares attention maps head by head, but the student's layers have "
@@ -125,25 +134,26 @@ class AttentionMaps(Term):
     def per_row(self, student, teacher, rows, args, plan) -> PerRow:
         keys = rows.sets["N"]
 
-        def pair_loss(s_q, s_k, t_q, t_k, window):
+        def pair_loss(s_q, s_k, t_q, t_k, s_window, t_window):
+            # each model's own attention (its own window, in a local layer); the squared differences are averaged
+            # over the keys either of them sees
+            union = None if s_window is None or t_window is None else max(s_window, t_window)
+            counts = visible_key_counts(keys, union).reshape(-1)
             if args.attention_loss == "scores":
-                s = masked_scaled_dot_scores(s_q, s_k, student.heads, keys, window)
-                t = masked_scaled_dot_scores(t_q, t_k, teacher.heads, keys, window)
-                return map_mse_rows(by_query_row(s), by_query_row(t), visible_key_counts(keys, window).reshape(-1))
-            s = scaled_dot_log_probs(s_q, s_k, student.heads, keys, window)
-            t = scaled_dot_log_probs(t_q, t_k, teacher.heads, keys, window)
+                s = masked_scaled_dot_scores(s_q, s_k, student.heads, keys, s_window)
+                t = masked_scaled_dot_scores(t_q, t_k, teacher.heads, keys, t_window)
+                return map_mse_rows(by_query_row(s), by_query_row(t), counts)
+            s = scaled_dot_log_probs(s_q, s_k, student.heads, keys, s_window)
+            t = scaled_dot_log_probs(t_q, t_k, teacher.heads, keys, t_window)
             if args.attention_loss == "kl":
                 return relation_kl_rows(by_query_row(s), by_query_row(t))
-            return map_mse_rows(by_query_row(s).exp(), by_query_row(t).exp(),
-                                visible_key_counts(keys, window).reshape(-1))
+            return map_mse_rows(by_query_row(s).exp(), by_query_row(t).exp(), counts)
 
         values = 0
         for s_layer, t_layer in plan.layer_pairs:
             (s_q, s_k), (t_q, t_k) = student.qk[s_layer], teacher.qk[t_layer]
-            s_window, t_window = student.windows[s_layer], teacher.windows[t_layer]
-            # check() pairs layers of one kind, so both windows are None or both local
-            window = None if s_window is None or t_window is None else max(s_window, t_window)
-            values = values + recomputed(functools.partial(pair_loss, window=window), s_q, s_k, t_q, t_k)
+            pair = functools.partial(pair_loss, s_window=student.windows[s_layer], t_window=teacher.windows[t_layer])
+            values = values + recomputed(pair, s_q, s_k, t_q, t_k)
         return every_position(values, rows)
 
     def describe(self, args, context):

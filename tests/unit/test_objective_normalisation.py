@@ -92,3 +92,10 @@ def test_evaluation_sums_are_streamed_and_reset():
     assert twice == once  # token-weighted means: the same batch twice changes nothing
     torch.testing.assert_close(torch.tensor(once["kd_loss"], dtype=torch.float64), values["kd"].double(), rtol=1e-6,
                                atol=0)
+
+
+def test_streamed_sums_are_float64_except_on_a_device_without_it():
+    from hf_distil.objective import sums_dtype
+
+    assert sums_dtype("cpu") == torch.float64 and sums_dtype(torch.device("cuda", 0)) == torch.float64
+    assert sums_dtype(torch.device("mps")) == torch.float32  # Apple's MPS has no float64

@@ -88,3 +88,28 @@ def test_the_probability_forms(kind):
         else:  # KL(teacher ‖ student) over the keys, mean over heads and queries
             expected += (pt * (pt.log() - ps.log())).sum(-1).mean()
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["scores", "probs"])
+def test_local_layers_of_different_windows_each_keep_their_own(kind):
+    """A student with a narrower sliding window than its teacher: each map is its own model's (banded by its own
+    window), and the squared differences are averaged over the keys either model sees; before, both used the
+    larger window, so the student's map was not its real attention."""
+    torch.manual_seed(3)
+    s_q, s_k, t_q, t_k = (torch.randn(2, 6, 8) for _ in range(4))
+    student = Signals(torch.zeros(1, 4), qk={0: (s_q, s_k)}, heads=2, windows={0: 1})
+    teacher = Signals(torch.zeros(1, 4), qk={0: (t_q, t_k)}, heads=2, windows={0: 2})
+    mask = torch.ones(2, 6, dtype=torch.long)
+    ours = term_value("attention", student, teacher, rows_of(torch.full((2, 6), -100), mask),
+                      arguments(attention_loss=kind), LayerPlan(((0, 0),)))
+    band = lambda w: (torch.arange(6)[:, None] - torch.arange(6)[None, :]).abs() <= w  # noqa: E731
+
+    def own_map(q, k, window):
+        scores = q.view(2, 6, 2, 4).transpose(1, 2) @ k.view(2, 6, 2, 4).permute(0, 2, 3, 1) / 2.0
+        if kind == "scores":
+            return scores.masked_fill(~band(window), 0.0)
+        return torch.softmax(scores.masked_fill(~band(window), float("-inf")), -1)
+
+    squared = (own_map(s_q, s_k, 1) - own_map(t_q, t_k, 2)).square().sum(-1)  # (batch, heads, queries)
+    expected = (squared / band(2).sum(-1)).mean(1).mean()
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-7)
