@@ -197,13 +197,15 @@ def parse_config_and_flags(classes, argv: list[str], prog: str = "hf-distil", re
     for name in required if not {"-h", "--help"} & set(argv) else ():  # --help needs no config
         if name not in config and not any(a.split("=", 1)[0] == f"--{name}" for a in argv):
             raise RecipeError(f"No {name}: set {name} in the config or pass --{name}.")
+    # fields that take a boolean (a True default also has a --no_ flag, of another action type)
+    booleans = {a.dest for a in parser._actions if a.type in (string_to_bool, bool) or isinstance(a.const, bool)}
     for action in parser._actions:
         if action.dest in config:
             action.required = False  # given by the config
             value = config[action.dest]
-            if isinstance(value, bool) and action.type is not string_to_bool and action.type is not bool:
-                # YAML 1.1 reads an unquoted no / yes / off / on as a boolean
-                if not value and action.choices and "no" in action.choices:
+            if isinstance(value, bool) and action.dest not in booleans and action.choices:
+                # YAML 1.1 reads an unquoted no / yes / off / on as a boolean; a field of named choices takes none
+                if not value and "no" in action.choices:
                     config[action.dest] = value = "no"  # `eval_strategy: no` means "no"
                 else:
                     raise RecipeError(f"{action.dest}: {str(value).lower()} in the config is not a "

@@ -106,7 +106,7 @@ class AttentionMaps(Term):
                 raise ModelMismatchError(
                     f"The {side} ({family.name}, model_type {getattr(unwrap(model).config, 'model_type', None)!r}) "
                     f"{family.not_plain}, so the attention term cannot compare its attention maps: set "
-                    "alpha_attention to 0 and use the relation term (MiniLM v2) or the intermediate term."
+                    "alpha_attention to 0 and use alpha_relation (MiniLM v2) or alpha_intermediate."
                 )
         s_cfg, t_cfg = unwrap(student).config, unwrap(teacher).config
         check_attention_kinds(plan.layer_pairs, s_cfg, t_cfg)
@@ -123,7 +123,7 @@ class AttentionMaps(Term):
             raise ModelMismatchError(
                 f"alpha_attention > 0 compares attention maps head by head, but the student's layers have "
                 f"{s_cfg.num_attention_heads} attention head(s) and the teacher's {t_cfg.num_attention_heads}: build "
-                f"the student with num_attention_heads={t_cfg.num_attention_heads}, or use the relation term "
+                f"the student with num_attention_heads={t_cfg.num_attention_heads}, or use alpha_relation "
                 "(MiniLM v2), which frees the head count."
             )
 

@@ -36,7 +36,7 @@ class HiddenAlignment(Term):
         if s_width != t_width:
             raise ModelMismatchError(
                 f"alpha_hidden > 0 aligns last hidden states, but the teacher's hidden size is {t_width} and the "
-                f"student's {s_width}: set alpha_hidden=0 (the intermediate term projects between widths) or use a "
+                f"student's {s_width}: set alpha_hidden=0 (alpha_intermediate projects between widths) or use a "
                 "student of the same width."
             )
 

@@ -502,9 +502,9 @@ def test_yaml_gotchas_are_said_before_anything_loads(workspace, capsys, monkeypa
     assert "'learning_rate' is set twice (also on line" in err and "keep one" in err
     (workspace / "twice.json").write_text('{"output_dir": "o", "seed": 1, "seed": 2}')
     assert "'seed' set twice" in _error_of(capsys, [str(workspace / "twice.json")])
-    (workspace / "yes.yaml").write_text(base + "hidden_loss: yes\n")
+    (workspace / "yes.yaml").write_text(base + "lr_scheduler_type: on\n")
     err = _error_of(capsys, [str(workspace / "yes.yaml")])
-    assert "hidden_loss: true in the config" in err and "quote the value" in err
+    assert "lr_scheduler_type: true in the config" in err and "quote the value" in err
     (workspace / "no.yaml").write_text(base.replace("eval_strategy: steps", "eval_strategy: no"))
     _, _, training_args, _ = parse_arguments([str(workspace / "no.yaml")])
     assert str(training_args.eval_strategy.value) == "no"
