@@ -204,14 +204,7 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
 
     # ---- loss ----------------------------------------------------------------------------------------------------
 
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """Also count P, M and N over the whole accumulation window (and across ranks) for the loss denominators."""
-        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        self.objective.open_window(batch_samples, device, self.accelerator.gather, self.accelerator.num_processes)
-        return batch_samples, num_items_in_batch
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Σ alpha_term · term over the weighted terms (hf_distil.terms); each term also kept for logging."""
+    def _require_labels(self, inputs) -> None:
         if "labels" not in inputs:
             collator = ("DataCollatorForLanguageModeling(tokenizer, mlm=True)" if self.student_task in (MASKED_LM, None)
                         else "DataCollatorForTokenClassification(tokenizer)"
@@ -220,6 +213,18 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
                 f"DistillationTrainer needs labels in each batch (the student is {KIND[self.student_task]}): use "
                 f"{collator} as data_collator, on a dataset with a labels column."
             )
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Also count P, M and N over the whole accumulation window (and across ranks) for the loss denominators."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        for batch in batch_samples:
+            self._require_labels(batch)
+        self.objective.open_window(batch_samples, device, self.accelerator.gather, self.accelerator.num_processes)
+        return batch_samples, num_items_in_batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Σ alpha_term · term over the weighted terms (hf_distil.terms); each term also kept for logging."""
+        self._require_labels(inputs)
         training = model.training
         loss, terms, _ = self._distillation_loss(model, inputs, training, num_items_in_batch)
         if training and torch.is_grad_enabled():

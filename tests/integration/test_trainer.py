@@ -455,3 +455,17 @@ def test_resume_warns_only_about_weights_that_are_really_missing(tmp_path, monke
     trainer._issue_warnings_after_load(_IncompatibleKeys(tied + ["bert.pooler.dense.weight"], []))
     assert seen[0].missing_keys == ["bert.pooler.dense.weight"] and seen[0].unexpected_keys == []
     assert student.cls.predictions.decoder.weight is student.bert.embeddings.word_embeddings.weight  # tied again
+
+
+def test_training_without_labels_in_the_batches_names_the_collator_to_use(tmp_path):
+    """An API user with a collator that makes no labels: one message naming the MLM collator, not KeyError."""
+    from datasets import Dataset
+    from tiny import args_for, tiny_teacher
+
+    teacher = tiny_teacher()
+    data = Dataset.from_dict({"input_ids": [[2, 5, 6, 7, 3]] * 8, "attention_mask": [[1] * 5] * 8})
+    trainer = DistillationTrainer(model=create_student(teacher, 2), teacher_model=teacher,
+                                  args=args_for(tmp_path, max_steps=1), train_dataset=data,
+                                  data_collator=default_data_collator)
+    with pytest.raises(ValueError, match=r"needs labels in each batch .*DataCollatorForLanguageModeling"):
+        trainer.train()
