@@ -98,3 +98,48 @@ def finished_run_state(checkpoint, args):
     if not last or state.global_step < last:
         return None
     return checkpoint, state, last
+
+
+# What defines a run's trajectory besides the objective's own fields (each term's Term.fields): resuming with other
+# values would continue an optimizer and a schedule made for another run, while the card states the new values.
+RUN_FIELDS = ("learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "weight_decay", "optim",
+              "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "per_device_train_batch_size",
+              "gradient_accumulation_steps", "max_steps", "seed", "data_seed", "teacher_dtype", "bf16", "fp16")
+
+
+def changed_settings(checkpoint, args) -> list[str]:
+    """`name old → new` for each setting of the run that differs from the one `checkpoint` was trained with (read from
+    its saved arguments; none for a checkpoint without them)."""
+    import json
+
+    from .terms import registered
+
+    saved_file = os.path.join(checkpoint, ARGS_MARKER)
+    if not os.path.isfile(saved_file):
+        return []
+    with open(saved_file, encoding="utf-8") as f:
+        saved = json.load(f)
+    now = json.loads(args.to_json_string())
+    fields = list(RUN_FIELDS) + [f for term in registered() for f in term.fields]
+    if now.get("max_steps", -1) <= 0:
+        fields.append("num_train_epochs")
+    return [f"{name} {saved[name]!r} → {now[name]!r}" for name in dict.fromkeys(fields)
+            if name in saved and name in now and saved[name] != now[name]]
+
+
+def check_same_run(checkpoint, args) -> None:
+    """Resuming continues the run a checkpoint belongs to: other settings (a longer max_steps included, which would
+    re-warm a finished schedule) are refused in one line that says how to start over."""
+    if checkpoint is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        checkpoint = get_last_checkpoint(args.output_dir)
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        return
+    changes = changed_settings(checkpoint, args)
+    if changes:
+        raise RecipeError(
+            f"Resuming {checkpoint} with other settings than it was trained with ({', '.join(changes)}): its optimizer "
+            "and schedule belong to that run, and the card would describe a run that did not happen. Resume with the "
+            "settings it was trained with, or start over (--overwrite_output_dir true, or another output_dir)."
+        )

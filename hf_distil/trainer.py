@@ -26,7 +26,7 @@ from .layer_map import layer_terms, plan_layers_wanted
 from .objective import Objective, capture_specs
 from .preflight import KIND, check_compatibility, check_objective_of, check_student_precision
 from .projections import projections_of, strip_projections_from_folder, without_projections
-from .resume import finished_run_state
+from .resume import check_same_run, finished_run_state
 from .signals import capture
 from .teacher import load_teacher
 from .terms import names, registered, weight_of
@@ -149,6 +149,8 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
     # ---- training ----------------------------------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint:
+            check_same_run(resume_from_checkpoint, self.args)
         finished = self._resume_of_a_finished_run(resume_from_checkpoint)
         if finished is not None:
             return finished

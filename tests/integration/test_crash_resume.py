@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -91,11 +92,14 @@ def test_resuming_from_the_last_step_trains_nothing_more(tmp_path):
     assert all(torch.equal(state[k], v) for k, v in saved.items())
 
 
-def test_resuming_a_finished_epoch_run_with_more_epochs_trains_on(tmp_path):
+def test_resuming_a_finished_epoch_run_loads_it_and_more_epochs_are_refused(tmp_path):
+    """Extending a finished run would re-warm its schedule from the checkpoint's optimizer while the card states the
+    new length as if it had run throughout (issue 23): refused in one line; the same run resumes (nothing left)."""
     from tiny import premasked_dataset, tiny_teacher
     from transformers import default_data_collator
 
     from hf_distil import DistillationArguments, DistillationTrainer, create_student
+    from hf_distil.errors import DistillationConfigError
 
     def trainer(epochs):
         teacher = tiny_teacher(dropout=0.0)
@@ -109,4 +113,5 @@ def test_resuming_a_finished_epoch_run_with_more_epochs_trains_on(tmp_path):
     same = trainer(1)
     assert same.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2")).global_step == 2
     more = trainer(2)
-    assert more.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2")).global_step == 4
+    with pytest.raises(DistillationConfigError, match=r"num_train_epochs 1 → 2.*start over"):
+        more.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))

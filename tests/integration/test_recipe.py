@@ -525,3 +525,24 @@ def test_all_results_record_the_epochs_trained_not_the_evaluation_before(workspa
     results = json.loads((workspace / "out" / "all_results.json").read_text())
     trained = json.loads((workspace / "out" / "trainer_state.json").read_text())["epoch"]
     assert "init_loss" in results and results["epoch"] == trained > 0
+
+
+def test_resuming_with_other_settings_is_refused_in_one_line(workspace, capsys, monkeypatch):
+    """A resume continues the run its checkpoint belongs to: another learning rate, temperature or a longer
+    max_steps (which would re-warm a finished schedule) would run under the old optimizer and schedule while the
+    card states the new values; refused before loading anything, saying how to start over."""
+    cfg = str(workspace / "config.yaml")
+    assert main([cfg, "--max_steps", "3", "--save_steps", "3", "--eval_strategy", "no"]) == 0
+    with monkeypatch.context() as m:
+        m.setattr(build, "load_teacher", lambda *a, **k: pytest.fail("the teacher must not be loaded"))
+        err = _error_of(capsys, [cfg, "--max_steps", "3", "--save_steps", "3", "--eval_strategy", "no",
+                                 "--resume_from_checkpoint", "auto", "--learning_rate", "0.002", "--temperature",
+                                 "1.0"])
+    assert "with other settings than it was trained with (learning_rate 0.001 → 0.002, temperature 2.0 → 1.0)" in err
+    assert "--overwrite_output_dir true" in err
+    err = _error_of(capsys, [cfg, "--max_steps", "6", "--save_steps", "3", "--eval_strategy", "no",
+                             "--resume_from_checkpoint", "auto"])
+    assert "max_steps 3 → 6" in err
+    # the same settings resume (here: a finished run, loaded and not trained on)
+    assert main([cfg, "--max_steps", "3", "--save_steps", "3", "--eval_strategy", "no",
+                 "--resume_from_checkpoint", "auto"]) == 0
