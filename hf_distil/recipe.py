@@ -30,7 +30,7 @@ from .data import (
 from .errors import RecipeError
 from .hub import check_push_to_hub
 from .preflight import check_compatibility
-from .resume import check_same_run, resolve_resume
+from .resume import check_same_run, check_same_student, resolve_resume
 from .terms import card_ordered
 from .trainer import DistillationTrainer
 from .watch import NonFiniteLossError
@@ -87,6 +87,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
     if resume:
         check_same_run(resume, training_args)  # before anything loads (the trainer checks again, for API users)
     teacher, student, tokenizer = build_models(model_args, training_args)
+    if resume:
+        check_same_student(resume, student)
     check_compatibility(student, teacher, training_args, tokenizer)  # before hours of tokenising a corpus
     if training_args.should_save:  # an unwritable or too small output_dir fails now, not at the first save
         probe_output_dir(training_args.output_dir, expected_save_bytes(

@@ -143,3 +143,30 @@ def check_same_run(checkpoint, args) -> None:
             "and schedule belong to that run, and the card would describe a run that did not happen. Resume with the "
             "settings it was trained with, or start over (--overwrite_output_dir true, or another output_dir)."
         )
+
+
+SHAPE_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                "vocab_size")
+
+
+def check_same_student(checkpoint, model) -> None:
+    """The checkpoint's student has this model's shape (config.json), else one line: loading its weights and
+    optimizer into another shape fails deep in torch."""
+    import json
+
+    from .families import unwrap
+
+    path = os.path.join(checkpoint, "config.json") if isinstance(checkpoint, (str, os.PathLike)) else None
+    if path is None or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    config = unwrap(model).config
+    changes = [f"{name} {saved[name]!r} → {getattr(config, name)!r}" for name in SHAPE_FIELDS
+               if name in saved and getattr(config, name, saved[name]) != saved[name]]
+    if changes:
+        raise RecipeError(
+            f"Resuming {checkpoint}, whose student has another shape than this one ({', '.join(changes)}): its "
+            "weights and optimizer cannot continue this model. Give the student flags it was trained with "
+            "(--student_num_layers, …), or start over (--overwrite_output_dir true, or another output_dir)."
+        )

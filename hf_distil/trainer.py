@@ -14,7 +14,7 @@ import logging
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import TrainOutput
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
 from .arguments import DistillationArguments
 from .card import CardFacts, write_card
@@ -26,7 +26,7 @@ from .layer_map import layer_terms, plan_layers_wanted
 from .objective import Objective, capture_specs
 from .preflight import KIND, check_compatibility, check_objective_of, check_student_precision
 from .projections import projections_of, strip_projections_from_folder, without_projections
-from .resume import check_same_run, finished_run_state
+from .resume import check_same_run, check_same_student, finished_run_state
 from .signals import capture
 from .teacher import load_teacher
 from .terms import names, registered, weight_of
@@ -151,6 +151,10 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if resume_from_checkpoint:
             check_same_run(resume_from_checkpoint, self.args)
+            checkpoint = (get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True
+                          else resume_from_checkpoint)
+            if self.model is not None and checkpoint:
+                check_same_student(checkpoint, self.model)
         finished = self._resume_of_a_finished_run(resume_from_checkpoint)
         if finished is not None:
             return finished

@@ -546,3 +546,11 @@ def test_resuming_with_other_settings_is_refused_in_one_line(workspace, capsys, 
     # the same settings resume (here: a finished run, loaded and not trained on)
     assert main([cfg, "--max_steps", "3", "--save_steps", "3", "--eval_strategy", "no",
                  "--resume_from_checkpoint", "auto"]) == 0
+
+
+def test_resuming_with_another_student_shape_is_one_line(workspace, capsys):
+    cfg = str(workspace / "config.yaml")
+    assert main([cfg, "--max_steps", "3", "--save_steps", "3", "--eval_strategy", "no"]) == 0
+    err = _error_of(capsys, [cfg, "--max_steps", "3", "--save_steps", "3", "--eval_strategy", "no",
+                             "--resume_from_checkpoint", "auto", "--student_num_layers", "1"])
+    assert "whose student has another shape than this one (num_hidden_layers 2 → 1)" in err and "start over" in err
