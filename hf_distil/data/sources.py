@@ -141,6 +141,9 @@ def _text_only(ds: datasets.Dataset, column: str, source: str, cache_dir=None, f
     feature = ds.features[column]
     if not isinstance(feature, datasets.Value):
         raise DataError(f"{source}: column {column!r} holds {feature}, not text; pass --text_column <name>")
+    if feature.dtype.startswith(("int", "uint", "float", "bool", "double", "decimal")):
+        raise DataError(f"{source}: column {column!r} holds numbers ({feature.dtype}), not text (an id column?); "
+                        "pass --text_column <name> of the column with the text")
     if feature.dtype not in ("string", "large_string"):
         ds = ds.cast_column(column, datasets.Value("string"))
     if column != "text":

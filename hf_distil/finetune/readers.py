@@ -48,6 +48,9 @@ def infer_task(path: str | os.PathLike, tokens_column: str = "tokens") -> str:
     return "classification"
 
 
+BIO_TAG = re.compile(r"^(O|[BIESLU](-\S+)?)$")
+
+
 def read_conll(path: str | os.PathLike) -> Dataset:
     """CoNLL-style file (token first, tag last on each line; blank line between sentences) -> tokens/tags."""
     path = _check_file(path, "CoNLL file")
@@ -75,6 +78,11 @@ def read_conll(path: str | os.PathLike) -> Dataset:
                 raise FinetuneDataError(
                     f"{path}:{lineno}: expected 'TOKEN ... TAG' (whitespace-separated), got {line.strip()!r}; "
                     "put the BIO tag in the last column."
+                )
+            if not BIO_TAG.match(parts[-1]):
+                raise FinetuneDataError(
+                    f"{path}:{lineno}: the last column {parts[-1]!r} is not a BIO tag ('O', 'B-TYPE', 'I-TYPE'); put "
+                    "the tag in the last column (drop a score or other column after it)."
                 )
             tokens.append(parts[0])
             tags.append(parts[-1])
@@ -150,6 +158,17 @@ def load_classification_split(
     if text_pair_column:
         rename[text_pair_column] = "text_pair"
     ds = ds.select_columns(list(rename)).rename_columns({k: v for k, v in rename.items() if k != v})
+    for column, flag in (("text", "text_column"), ("text_pair", "text_pair_column")):
+        if column in ds.column_names:
+            bad = next(((i, v) for i, v in enumerate(ds[column]) if not isinstance(v, str)), None)
+            if bad is not None:
+                raise FinetuneDataError(
+                    f"{path} row {bad[0]}: the text column {wanted[flag]!r} holds {bad[1]!r}, not text; name the "
+                    f"column of the texts with --{flag}, or fill the empty cell."
+                )
+    empty = next((i for i, v in enumerate(ds["label"]) if v is None or (isinstance(v, str) and not v.strip())), None)
+    if empty is not None:
+        raise FinetuneDataError(f"{path} row {empty}: the label is empty; give every example a label (or drop it).")
     return ds.map(lambda b: {"label": [str(v) for v in b["label"]]}, batched=True)
 
 

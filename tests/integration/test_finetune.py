@@ -567,3 +567,24 @@ def test_the_finetune_command_prints_its_usage_without_arguments_and_its_version
     with pytest.raises(SystemExit) as stopped:
         finetune_main(["--version"])
     assert stopped.value.code == 0 and capsys.readouterr().out.startswith("hf-distil-finetune ")
+
+
+def test_label_files_that_would_train_a_wrong_model_are_one_line(tmp_path, capsys):
+    """An empty label cell (was: a class 'None'), a CoNLL score column after the tag (was: a one-label model with F1
+    1.0) and a text column of numbers (was: cast silently) are refused before training."""
+    from hf_distil.finetune.errors import FinetuneDataError
+    from hf_distil.finetune.readers import load_classification_split, read_conll
+
+    (tmp_path / "empty.csv").write_text("text,label\nchest pain,CC\nno allergies,\n")
+    with pytest.raises(FinetuneDataError, match=r"empty.csv row 1: the label is empty"):
+        load_classification_split(tmp_path / "empty.csv")
+    (tmp_path / "ids.csv").write_text("text,label,note\n12,CC,chest pain\n13,ALLERGY,none\n")
+    with pytest.raises(FinetuneDataError, match=r"the text column 'text' holds 12, not text; name the column"):
+        load_classification_split(tmp_path / "ids.csv")
+    assert load_classification_split(tmp_path / "ids.csv", text_column="note")["text"] == ["chest pain", "none"]
+    (tmp_path / "scores.conll").write_text("chest B-PROBLEM 0.98\npain I-PROBLEM 0.97\n\nno O 0.99\n")
+    with pytest.raises(FinetuneDataError, match=r"scores.conll:1: the last column '0.98' is not a BIO tag"):
+        read_conll(tmp_path / "scores.conll")
+    (tmp_path / "ok.conll").write_text("chest NN B-PROBLEM\npain NN I-PROBLEM\n\nno DT O\n")
+    assert read_conll(tmp_path / "ok.conll")["tags"] == [["B-PROBLEM", "I-PROBLEM"], ["O"]]
+

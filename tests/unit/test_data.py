@@ -143,10 +143,11 @@ def test_csv_json_jsonl_parquet_and_folder_give_the_same_text(tmp_path):
         assert len(raw["validation"]) == 0
 
 
-def test_numeric_text_column_is_cast_to_string(tmp_path):
+def test_a_text_column_of_numbers_is_refused_not_cast(tmp_path):
+    """A column of numbers is an id column pointed at by mistake (issue 23): it used to be cast to strings silently."""
     (tmp_path / "c.csv").write_text("text,label\n12,1\n7,0\n")
-    raw = load_raw_corpus(args(train_file=str(tmp_path / "c.csv")), cache_dir=str(tmp_path))
-    assert texts(raw["train"]) == ["12", "7"]
+    with pytest.raises(DataError, match=r"column 'text' holds numbers \(int64\), not text"):
+        load_raw_corpus(args(train_file=str(tmp_path / "c.csv")), cache_dir=str(tmp_path))
 
 
 def test_validation_file_and_save_to_disk_sources(tmp_path):
