@@ -263,6 +263,7 @@ def build_model_card(
     model_name: str | None = None,
     layer_plan=None,
     index_metrics: bool = True,
+    metrics_lead: str | None = None,
     **fact_fields,
 ) -> ModelCard:
     """Build the student's card (front matter + body) from the model, the arguments and the run's results.
@@ -335,6 +336,7 @@ def build_model_card(
         initialisation=initialisation_text(base.config, teacher_display),
         architecture=architecture_text(base.config, n_params),
         metric_rows=_metrics_rows(metrics, task),
+        metrics_lead=metrics_lead or "Evaluation metrics at the end of training, on the evaluation split:",
         last_training_log=_last_training_log(log_history),
         plot_file=plot_file,
         hyperparameters=_hyperparameters(args, total_train_batch_size, world_size),

@@ -26,6 +26,11 @@ def write_card(output_dir: str, model, args, state, *, teacher_name: str | None,
     """README.md and loss_terms.png of the run whose Trainer state is `state`; `downstream`: the keyword arguments of
     update_model_card but the folder, for the "Downstream evaluation" table."""
     step = weights_step(state, args)
+    lead = None
+    if args.load_best_model_at_end and state.best_model_checkpoint and state.global_step > 0:
+        lead = (f"Evaluation metrics of the checkpoint kept at the end of training (step {step} of "
+                f"{state.global_step}), chosen as the best {args.metric_for_best_model or 'loss'} on this evaluation "
+                "split, so they flatter it; held-out numbers, where measured, are in the downstream table:")
     metrics = {}
     for entry in state.log_history:  # evaluations of the weights being saved only
         if entry.get("step") == step:
@@ -45,6 +50,7 @@ def write_card(output_dir: str, model, args, state, *, teacher_name: str | None,
         model_name=model_name,
         layer_plan=layer_plan,
         index_metrics=downstream is None,
+        metrics_lead=lead,
     )
     card.save(os.path.join(output_dir, "README.md"))
     if downstream is not None:  # the downstream table a recipe measured
