@@ -532,7 +532,8 @@ def students_part(bench: Bench, part: str) -> dict:
     teacher = teacher_part(bench)
     sizes, out = bench.sizes, bench.args.out
     models = {}
-    for student in (s for s in STUDENTS if s.part == part):
+    chosen = bench.args.students
+    for student in (s for s in STUDENTS if s.part == part and (not chosen or s.name in chosen)):
         runs = []
         for seed in range(sizes.seeds if student.trained else 1):
             folder = out / "students" / student.slug / f"seed{seed}"
@@ -559,9 +560,10 @@ def students_part(bench: Bench, part: str) -> dict:
         model["tokens_per_second"] = speeds[name]
         model["speedup"] = speeds[name] / speeds["teacher"]
     rows = quality_report.summarise_models({**models, "teacher": teacher["model"]})
+    pairs = [pair for pair in COMPARISONS[part] if all(name in models for name in pair)]
     report = {"models": models, "teacher_tokens_per_second": speeds["teacher"],
-              "comparisons": quality_report.compare(models, rows, COMPARISONS[part]),
-              "comparisons_run": [list(pair) for pair in COMPARISONS[part]]}
+              "comparisons": quality_report.compare(models, rows, pairs),
+              "comparisons_run": [list(pair) for pair in pairs]}
     bench.write_part(part, report)
     return report
 
@@ -627,7 +629,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--part", choices=("all", *PARTS), default="all",
                         help="Which rows to run (see the module docstring); every part's results in OUT/parts/ are "
                         "merged into OUT/quality.json after each.")
+    parser.add_argument("--students", type=lambda text: [n.strip() for n in text.split(",") if n.strip()],
+                        help="Only these rows of the main or narrow part, comma-separated (e.g. 'distilled,mlm-only'); "
+                        "the part's results then hold those rows and the comparisons between them.")
     args = parser.parse_args(argv)
+    unknown = [name for name in args.students or () if name not in BY_NAME]
+    if unknown:
+        parser.error(f"--students {', '.join(unknown)}: no such row; the rows are {', '.join(BY_NAME)}.")
     for name in ("medquad_answers.txt", "mts_sections.jsonl"):
         if not (args.data / name).is_file():
             parser.error(f"--data {args.data} has no {name}: pass the folder that holds the shared real text.")

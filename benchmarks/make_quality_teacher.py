@@ -53,6 +53,13 @@ def curve_table(curve: list[dict], rows: int = 12) -> str:
     return "\n".join(lines)
 
 
+def curve_lead(curve: list[dict]) -> str:
+    if not curve:
+        return ""
+    return ("During pretraining (the clinical perplexity averages several fixed maskings of the ValidationSet, so it "
+            "differs a little from the single masking above):\n\n")
+
+
 def origin_text(run: dict, init: dict | None) -> str:
     """How the weights started: from scratch, or continued from an earlier run (its own record)."""
     if not run.get("init_from"):
@@ -96,6 +103,11 @@ def card(scores: dict, run: dict, init: dict | None = None) -> str:
     stop = (f" The held-out clinical perplexity (MTS-Dialog's ValidationSet, {a.get('clinical_mask_seeds', 1)} fixed "
             f"maskings) was measured every {a['eval_steps']} steps; the weights kept are those of its best, step "
             f"{best['step']:,} of {run['train_steps']:,}." if best else "")
+    late = [e for e in curve if e["step"] >= run["train_steps"] - 1000]
+    if best and len(late) > 1:
+        stop += (f" Over the last {late[-1]['step'] - late[0]['step']:,} steps it moved from "
+                 f"{late[0]['clinical_perplexity']:.1f} to {late[-1]['clinical_perplexity']:.1f}, with the learning "
+                 "rate decaying to 0.")
     by_source = "".join(f"| {label} | {scores[key]['masked_accuracy']:.3f} | {scores[key]['perplexity']:.1f} |\n"
                         for key, label in (("clinical", "  clinical: MTS-Dialog ValidationSet"),
                                            ("medquad", "  MedQuAD: the last 300 answers")) if key in scores)
@@ -134,7 +146,7 @@ MedQuAD answers and MTS-Dialog's ValidationSet, each cut to 128 tokens; MTS-Dial
 {by_source}{previous_row}| unigram model of the training text (always guesses "{scores['unigram_top_token']}") \
 | {u['masked_accuracy']:.3f} | {u['perplexity']:.1f} |
 
-{curve_table(curve)}
+{curve_lead(curve)}{curve_table(curve)}
 
 Fill-mask, top 3:
 

@@ -284,6 +284,29 @@ def test_a_part_run_alone_merges_with_the_parts_already_in_the_folder(smoke, tmp
     assert quality_report.merge(copy)["task_distillation"]["runs"] == report["task_distillation"]["runs"]
 
 
+
+def test_students_runs_only_the_rows_named_and_the_comparisons_between_them(smoke, tmp_path, capsys):
+    """A machine with an afternoon runs the rows that answer its question; an unknown row is one line."""
+    import shutil
+
+    _, out = smoke
+    with pytest.raises(SystemExit):
+        bench_quality.main(["--smoke", "--out", str(tmp_path), "--students", "distilled,mlm only"])
+    assert "--students mlm only: no such row" in capsys.readouterr().err
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    for folder in ("students", "finetune"):  # a copied model's record names the folder it was made in: not ours
+        for row in ("TinyBERT-style", "MiniLM-style", "narrow-mlm-only"):
+            shutil.rmtree(copy / folder / row, ignore_errors=True)
+    data = write_fake_data(tmp_path / "data")
+    report = bench_quality.main(["--smoke", "--data", str(data), "--out", str(copy), "--part", "narrow",
+                                 "--students", "TinyBERT-style, narrow mlm-only"])
+    narrow = json.loads((copy / "parts" / "narrow.json").read_text())
+    assert list(narrow["models"]) == ["TinyBERT-style", "narrow mlm-only"]
+    assert narrow["comparisons_run"] == [["TinyBERT-style", "narrow mlm-only"]]
+    assert "MiniLM-style" not in report["models"] and "distilled" in report["models"]  # main's rows still merged
+
+
 DATA = ROOT.parent / "shared" / "data"
 
 
