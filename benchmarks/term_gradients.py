@@ -45,6 +45,7 @@ def clinical_blocks(tokenizer, data: Path, count: int, batch_size: int, seed: in
 def term_gradients(student, teacher, batches: list[dict], attention_loss: str, output_dir: str) -> dict:
     """{term: {value, grad_norm}} averaged over `batches`, for the TinyBERT objective with this attention form."""
     from hf_distil import DistillationArguments, DistillationTrainer
+    from hf_distil.terms import weight_of
 
     args = DistillationArguments(output_dir=output_dir, report_to="none", use_cpu=True, alpha_mlm=0.0,
                                  alpha_hidden=0.0, **{**TINYBERT_OBJECTIVE, "attention_loss": attention_loss})
@@ -61,7 +62,7 @@ def term_gradients(student, teacher, batches: list[dict], attention_loss: str, o
             entry = found.setdefault(name, {"value": [], "grad_norm": []})
             entry["value"].append(float(value.detach()))
             entry["grad_norm"].append(float(norm))
-    weights = {name: trainer._term_weight(name) for name in found}
+    weights = {name: weight_of(args, name) for name in found}
     return {name: {"value": statistics.fmean(e["value"]), "grad_norm": statistics.fmean(e["grad_norm"]),
                    "weight": weights[name]} for name, e in found.items()}
 

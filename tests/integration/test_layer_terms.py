@@ -512,7 +512,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_reentrant_is_refuse
 
 def test_model_init_and_peft_students_are_refused_with_the_layer_terms(tmp_path):
     teacher = tiny_teacher(layers=4)
-    with pytest.raises(ArgumentError, match="model_init with alpha_attention"):
+    with pytest.raises(ArgumentError, match="model_init with alpha_relation > 0 is not supported"):
         DistillationTrainer(model_init=lambda: narrow_student(teacher), teacher_model=teacher,
                             args=args_for(tmp_path, alpha_hidden=0.0, alpha_relation=1.0, relation_heads=2))
     peft = pytest.importorskip("peft")
