@@ -5,7 +5,9 @@ turns, one optimizer step each (ours, seed, floor, seed, floor, ours, ...), so a
 machine hits them alike. Figures are medians over all timed steps of all rounds.
 
 Contenders:
-  ours        DistillationTrainer with the seed's settings (T=2, alpha 5/2/1, cosine, KL at the masked positions)
+  ours        DistillationTrainer with the seed's settings (T=2, alpha 5/2/1, cosine, KL at the masked positions), its
+              batches prepared as the recipe's collator prepares them (each example's masked positions, no all-ones
+              attention_mask: hf_distil.collator.add_row_positions), so the step syncs nothing with the host
   seed        the seed's approach (benchmarks/seed_style.py: teacher inside the trained module, full logits for
               both models, masked_select on expanded masks, all hidden states) trained by the stock Trainer
   floor       the stock Trainer training the student alone on masked LM, plus a teacher inference forward on
@@ -13,7 +15,7 @@ Contenders:
 Levers, each `ours` with one change (not run unless named in --contenders):
   ours_dense         full-vocabulary heads (DistillationTrainer's dense reference path): what sparse heads save
   ours_bf16_teacher  teacher weights in bfloat16 (the KL stays float32)
-  ours_compiled      torch.compile of the student's and/or teacher's encoder (--compile)
+  ours_compiled      `torch_compile: true` (the student and the teacher compiled whole, --compile_backend)
   ours_attention     + the attention-map term (MSE, every student layer against its uniform-map teacher layer)
   ours_intermediate  + the intermediate hidden-state term (MSE, the embedding output and every mapped layer)
   ours_relation      + the MiniLM v2 relation term (student's last layer against the teacher's, --heads relation
@@ -57,7 +59,12 @@ CONTENDERS = ("ours", "seed", "floor", "ours_dense", "ours_bf16_teacher", "ours_
 TERM_LEVERS = {"ours_attention": dict(alpha_attention=1.0), "ours_intermediate": dict(alpha_intermediate=1.0),
                "ours_relation": dict(alpha_relation=1.0)}
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
-COMPILE = ("student", "teacher", "both")
+# The step's floating-point work is counted by `step_flops` (documented there); MFU is that over the peak.
+# Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs the device tool lends; --peak_tflops for any other.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+# MIMIC-III NOTEEVENTS as the seed distilled it: about 1 B WordPiece tokens (issue 24's estimate: 6 h for 3 epochs at
+# 1,070 sequences of 128 a second); the seed's three epochs of it.
+SEED_EPOCH_TOKENS, SEED_EPOCHS = 1.0e9, 3
 # The seed's objective: temperature and the weights of KL, student masked-LM loss and cosine alignment.
 SEED_SETTINGS = dict(temperature=2.0, alpha_kd=5.0, alpha_mlm=2.0, alpha_hidden=1.0, hidden_loss="cosine",
                      kd_positions="masked")
@@ -101,8 +108,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--teacher_dtype", default="auto", choices=TEACHER_DTYPES,
                    help="teacher weights dtype of ours, its levers and floor (seed: the teacher stays as built); "
                         "auto = bfloat16 with --bf16, else float32")
-    g.add_argument("--compile", default="both", choices=COMPILE,
-                   help="which encoders ours_compiled compiles with torch.compile (no other contender compiles)")
+    g.add_argument("--compile_backend", default="inductor",
+                   help="torch_compile_backend of ours_compiled (no other contender compiles)")
+    g.add_argument("--peak_tflops", type=float, default=None,
+                   help="the device's peak FLOP/s (TFLOP/s) for MFU; default: the dense bf16 peak of a known GPU "
+                   f"({', '.join(PEAK_BF16_TFLOPS)}) under --bf16, else no MFU")
     g.add_argument("--profile", action="store_true",
                    help="profile the first timed step of each run with torch.profiler and print the top operators")
     g.add_argument("--skip_check", action="store_true", help="skip the ours = seed-style loss assertion")
@@ -215,11 +225,44 @@ def teacher_dtype(a):
     return getattr(torch, a.teacher_dtype)
 
 
-def compile_encoders(which: str, student, teacher):
-    """torch.compile the encoder (embeddings + layers) in place; the MLM head and its row-selecting hook stay eager."""
-    for role, model in (("student", student), ("teacher", teacher)):
-        if which in (role, "both"):
-            getattr(model, model.base_model_prefix).compile()
+def ours_collator(features):
+    """The batch as the recipe's ReproducibleMLMCollator(positions_bucket=8) hands it to the step."""
+    from transformers import default_data_collator
+
+    from hf_distil.collator import add_row_positions
+
+    return add_row_positions(default_data_collator(features), 8)
+
+
+def step_flops(a) -> float:
+    """Floating-point operations of one `ours` step, counted by formula (multiply-add = 2):
+
+    per encoder layer and token, 2 · (4 d² + 2 d I) for the projections and the feed-forward (3 d I for a GLU, as
+    ModernBERT's) plus 4 · L · d for attention (QKᵀ and AV over L keys); per masked row, 2 · (d² + d V) for the
+    masked-LM head's transform and decoder (the heads run on those rows only). The teacher runs forward (×1), the
+    student forward and backward (×3). Embeddings, norms, softmax and the loss terms are left out (< 2 %)."""
+    d, i, length, v = a.hidden, a.intermediate, a.seq, a.vocab
+    ffn = 3 * d * i if a.family == "modernbert" else 2 * d * i
+    per_layer_token = 2 * (4 * d * d + ffn) + 4 * length * d
+    head_per_row = 2 * (d * d + d * v)
+    tokens = a.batch * length
+    rows = tokens * a.mask_prob
+
+    def forward(layers):
+        return layers * per_layer_token * tokens + head_per_row * rows
+
+    return forward(a.teacher_layers) + 3 * forward(a.student_layers)
+
+
+def peak_tflops(a, device: str) -> float | None:
+    if a.peak_tflops:
+        return a.peak_tflops
+    if device != "cuda" or not a.bf16:
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name()
+    return next((peak for gpu, peak in PEAK_BF16_TFLOPS.items() if gpu in name), None)
 
 
 def build_trainer(name: str, a, teacher, student, examples, device: str, output_dir: str):
@@ -233,13 +276,13 @@ def build_trainer(name: str, a, teacher, student, examples, device: str, output_
     if name.startswith("ours"):
         dtype = "bfloat16" if name == "ours_bf16_teacher" else a.teacher_dtype
         term = {**TERM_LEVERS.get(name, {}), **({"relation_heads": a.heads} if name == "ours_relation" else {})}
+        compiled = dict(torch_compile=True, torch_compile_backend=a.compile_backend) if name == "ours_compiled" else {}
         args = training_args(a, DistillationArguments, device, output_dir, teacher_dtype=dtype, **SEED_SETTINGS,
-                             **term)
-        if name == "ours_compiled":
-            compile_encoders(a.compile, student, teacher)
+                             **term, **compiled)
         trainer_cls = DistillationTrainer if name != "ours_dense" else type(
             "DenseDistillationTrainer", (DistillationTrainer,), {"sparse_heads": False})
-        return trainer_cls(model=student, args=args, teacher_model=teacher, **common)
+        return trainer_cls(model=student, args=args, teacher_model=teacher,
+                           **{**common, "data_collator": ours_collator})
     if name == "seed":
         from seed_style import SeedStyleDistiller
 
@@ -374,7 +417,7 @@ def run_worker(a) -> dict:
 def check_same_loss(a) -> dict:
     """ours' loss and terms vs the seed-style loss on the first batch, same weights, dropout off.
 
-    Asserts float32 equality.
+    Asserts float32 equality, and that ours gives the same loss on the batch as `ours_collator` prepares it.
     """
     import torch
 
@@ -403,9 +446,13 @@ def _check_same_loss(a) -> dict:
         s = SEED_SETTINGS
         wrapper = SeedStyleDistiller(trainer.model, trainer.teacher, s["temperature"], s["alpha_kd"], s["alpha_mlm"],
                                      s["alpha_hidden"]).eval()
+        prepared = {k: v.to(device) for k, v in ours_collator(make_examples(a, a.batch)).items()}
         with torch.no_grad():
             ours, ours_terms = trainer.compute_loss(trainer.model, batch, return_outputs=True)
             seed = wrapper(**batch)
+            from_positions = trainer.compute_loss(trainer.model, prepared)
+        torch.testing.assert_close(from_positions, ours, rtol=1e-6, atol=1e-6,
+                                   msg=lambda m: f"ours on prepared batches differs from ours on plain ones: {m}")
         report = {"ours_loss": ours.item(), "seed_loss": seed["loss"].item(),
                   "terms": {k: [ours_terms[k].item(), seed[k].item()] for k in ours_terms}}
         torch.testing.assert_close(ours, seed["loss"], rtol=1e-5, atol=1e-5,
@@ -484,8 +531,9 @@ def run_round(a, argv: list[str]) -> dict[str, dict]:
                     w.proc.kill()
 
 
-def summarize(a, runs: dict[str, list[dict]]) -> dict:
+def summarize(a, runs: dict[str, list[dict]], device: str = "cpu") -> dict:
     tokens = a.batch * a.seq
+    flops, peak = step_flops(a), peak_tflops(a, device)
     summary = {}
     for name, results in runs.items():
         times = [t for r in results for t in r["step_times_s"]]
@@ -499,6 +547,10 @@ def summarize(a, runs: dict[str, list[dict]]) -> dict:
             "round_medians_s": [statistics.median(r["step_times_s"]) for r in results],
             "median_step_cpu_s": statistics.median(t for r in results for t in r["step_cpu_s"]),
             "tokens_per_s": tokens / median,
+            "sequences_per_s": a.batch / median,
+            "tflops_per_s": flops / median / 1e12,  # ours' work (step_flops) over this contender's time
+            "mfu": flops / median / 1e12 / peak if peak else None,
+            "seed_hours": SEED_EPOCHS * SEED_EPOCH_TOKENS / (tokens / median) / 3600,
             "peak_rss_mib": statistics.median(rss),
             "peak_rss_mib_rounds": rss,
             "setup_rss_mib": statistics.median(r["setup_rss_mib"] for r in results),
@@ -531,12 +583,17 @@ def print_report(a, check, summary, rat, device):
     mem = "GPU max allocated" if device == "cuda" else "peak RSS"
     w = max(11, *(len(n) for n in summary))
     print(f"\n{'contender':<{w}} {'median s/step':>13} {'min-max':>13} {'CPU s/step':>10} {'tokens/s':>9} "
-          f"{mem + ' MiB':>16}  round medians")
+          f"{'seq/s':>7} {'TFLOP/s':>8} {'MFU':>6} {mem + ' MiB':>16}  round medians")
     for name, s in summary.items():
         m = s["cuda_peak_mib"] if device == "cuda" else s["peak_rss_mib"]
         rounds = " ".join(f"{x:.2f}" for x in s["round_medians_s"])
+        mfu = f"{100 * s['mfu']:5.1f}%" if s.get("mfu") is not None else "     -"
         print(f"{name:<{w}} {s['median_step_s']:>13.3f} {s['min_step_s']:>6.2f}-{s['max_step_s']:<6.2f} "
-              f"{s['median_step_cpu_s']:>10.2f} {s['tokens_per_s']:>9.0f} {m:>16.0f}  {rounds}")
+              f"{s['median_step_cpu_s']:>10.2f} {s['tokens_per_s']:>9.0f} {s['sequences_per_s']:>7.1f} "
+              f"{s['tflops_per_s']:>8.3f} {mfu} {m:>16.0f}  {rounds}")
+    print(f"(TFLOP/s and MFU: the {step_flops(a) / 1e9:.1f} GFLOP of one step by bench_step.step_flops, over each "
+          "contender's median time; the seed's three epochs at ours' rate: "
+          f"{summary['ours']['seed_hours']:.1f} h)" if "ours" in summary else "")
     print()
     for key, r in rat.items():
         print(f"{key:<{w + 6}} time {r['time']:.3f}× (paired steps {r['time_paired']:.3f}×)   "
@@ -606,7 +663,7 @@ def bench(a, argv: list[str], device: str) -> dict:
                 print(f"--- profile of one {name} step (vocabulary-sized ops: "
                       f"{100 * prof['vocab_sized_ops_share']:.1f} % of self time{gpu})\n{prof['table']}"
                       + (f"\n{prof['cpu_table']}" if "cpu_table" in prof else ""), flush=True)
-    summary = summarize(a, runs)
+    summary = summarize(a, runs, device)
     rat = ratios(summary, runs)
     print_report(a, check, summary, rat, device)
     return {

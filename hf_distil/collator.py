@@ -26,6 +26,7 @@ _GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment: an odd constant, so posi
 _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 _BITS = 24  # uniform draws are 24-bit integers compared with integer thresholds: exact on every platform
 _PADDED_KEYS = ("input_ids", "token_type_ids", "attention_mask", "special_tokens_mask")
+ROW_POSITIONS = "masked_positions"  # the batch key of each example's masked positions (positions_bucket > 0)
 
 
 def _signed(x: int) -> int:
@@ -57,6 +58,30 @@ def _mix(z: torch.Tensor) -> torch.Tensor:
     return z
 
 
+def add_row_positions(batch, bucket: int = 8):
+    """Prepare a masked-LM batch (with `labels`) on the CPU side so that DistillationTrainer's step syncs nothing;
+    `batch` is changed in place and returned. Any collator's output can go through it (in the loader's workers).
+
+    - ROW_POSITIONS, (batch, K) long: each example's masked positions in order, padded with -1, K the most any
+      example has rounded up to `bucket` (few distinct shapes). Per example, so that splitting a batch over
+      processes along its first dimension keeps each row's own positions. The step reads its masked rows from it
+      instead of running `nonzero` on the device.
+    - an attention_mask of all ones (packed blocks) is dropped: the models would otherwise read it back to the host
+      to find out that it masks nothing.
+    """
+    masked = batch["labels"] != -100
+    counts = masked.sum(1)
+    width = max(1, -(-int(counts.max()) // bucket)) * bucket
+    order = torch.argsort((~masked).to(torch.int8), dim=1, stable=True)[:, :width]  # masked columns first, in order
+    if order.shape[1] < width:
+        order = torch.cat([order, order.new_zeros(order.shape[0], width - order.shape[1])], 1)
+    kept = torch.arange(width).unsqueeze(0) < counts.unsqueeze(1)
+    batch[ROW_POSITIONS] = torch.where(kept, order, -1)
+    if "attention_mask" in batch and bool(batch["attention_mask"].all()):
+        del batch["attention_mask"]
+    return batch
+
+
 @dataclass
 class ReproducibleMLMCollator(DataCollatorForLanguageModeling):
     """`DataCollatorForLanguageModeling` (mlm=True) whose masks are a hash of (seed, epoch, token ids, position).
@@ -71,6 +96,9 @@ class ReproducibleMLMCollator(DataCollatorForLanguageModeling):
 
     seed: int | None = 42
     epoch: int = 0
+    # > 0: also emit ROW_POSITIONS for DistillationTrainer's sync-free step (see `add_row_positions`), each example's
+    # masked positions padded to a multiple of this many
+    positions_bucket: int = 0
 
     def __post_init__(self):
         super().__post_init__()
@@ -99,6 +127,8 @@ class ReproducibleMLMCollator(DataCollatorForLanguageModeling):
             column = torch.arange(ids.shape[1])
             real = column >= ids.shape[1] - lengths if self.tokenizer.padding_side == "left" else column < lengths
         batch["input_ids"], batch["labels"] = self._mask(ids, real, stored)
+        if self.positions_bucket:
+            add_row_positions(batch, self.positions_bucket)
         return batch
 
     def _pad(self, features) -> BatchEncoding | None:

@@ -79,9 +79,11 @@ _BERT_LIKE = Family("BERT-like", layers="encoder.layer", embeddings=("embeddings
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside DDP / DeepSpeed / FSDP-1 wrappers and peft's PeftModel."""
+    """The transformers model inside DDP / DeepSpeed / FSDP-1 wrappers, torch.compile's and peft's PeftModel."""
     while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
             model = model.module
         elif hasattr(model, "get_base_model") and callable(model.get_base_model):
             inner = model.get_base_model()

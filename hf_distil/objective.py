@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .collator import ROW_POSITIONS
 from .errors import ArgumentError
 from .families import MASKED_LM
 from .signals import CaptureSpec, Signals
@@ -87,19 +88,31 @@ def select_rows(inputs: dict, args: DistillationArguments, terms: tuple[Term, ..
     """The row sets and the rows whose logits the heads compute: the union of the rows the logit-reading terms sum
     over (P ⊇ M, so P when any reads P). Evaluation always scores the student on P.
 
-    The one host sync of a training step is here: `nonzero` sizes the selected rows.
+    Without a host sync in training where the batch allows it: the masked rows from the collator's ROW_POSITIONS
+    (ReproducibleMLMCollator with positions_bucket), every row of a batch without padding; otherwise `nonzero`
+    sizes the selected rows (one sync).
     """
     sets = row_sets(inputs, args.kd_positions)
     read = {term.rows for term in terms if "logits" in term.student_reads}
+    grid = label_grid(inputs)
     if evaluating or "P" in read:
-        selected = sets["P"]
+        chosen = "P"
     elif "M" in read:
-        selected = sets["M"]
+        chosen = "M"
     else:
-        selected = torch.zeros_like(sets["M"])
-    positions = selected.reshape(-1).nonzero().squeeze(1)
-    labels = label_grid(inputs).reshape(-1).index_select(0, positions)
-    return Rows(sets, positions, labels)
+        return Rows(sets, grid.new_zeros(0), grid.new_zeros(0))
+    if not evaluating and (chosen == "M" or args.kd_positions == "masked") and ROW_POSITIONS in inputs:
+        local = inputs[ROW_POSITIONS]
+        starts = torch.arange(local.shape[0], device=local.device).unsqueeze(1) * grid.shape[1]
+        positions = (starts + local.clamp(min=0)).reshape(-1)
+        valid = (local >= 0).reshape(-1)
+        labels = grid.reshape(-1).index_select(0, positions).masked_fill(~valid, -100)
+        return Rows(sets, positions, labels, valid)
+    if chosen == "P" and args.kd_positions == "all" and inputs["labels"].dim() == 2 and "attention_mask" not in inputs:
+        positions = torch.arange(grid.numel(), device=grid.device)  # no padding: every position is a row
+    else:
+        positions = sets[chosen].reshape(-1).nonzero().squeeze(1)
+    return Rows(sets, positions, grid.reshape(-1).index_select(0, positions))
 
 
 # ---- per-term sums → normalise → weight --------------------------------------------------------------------------

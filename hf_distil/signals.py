@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from .collator import ROW_POSITIONS
 from .families import embedding_module, encoder_layers, find_mlm_head, self_attention, unwrap
 
 # The signals a term may read (Term.student_reads / Term.teacher_reads name fields of `Signals`); the last three are
@@ -91,8 +92,12 @@ class Signals:
     windows: dict[int, int | None] = field(default_factory=dict)
 
 
+# batch keys the models are not called with: the targets, the stored special-token flags, the collator's row positions
+NOT_MODEL_INPUTS = ("labels", "special_tokens_mask", ROW_POSITIONS)
+
+
 def _model_inputs(inputs: dict) -> dict:
-    return {k: v for k, v in inputs.items() if k not in ("labels", "special_tokens_mask")}
+    return {k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}
 
 
 def _output_tensor(output) -> torch.Tensor:

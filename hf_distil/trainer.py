@@ -13,7 +13,7 @@ import logging
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
 from .arguments import DistillationArguments
@@ -27,7 +27,7 @@ from .objective import Objective, capture_specs
 from .preflight import KIND, check_compatibility, check_objective_of, check_student_precision
 from .projections import projections_of, strip_projections_from_folder, without_projections
 from .resume import check_same_run, check_same_student, finished_run_state
-from .signals import capture
+from .signals import NOT_MODEL_INPUTS, capture
 from .teacher import load_teacher
 from .terms import names, registered, weight_of
 from .watch import NonFiniteLossError, TermWatch, UpdateWindowCallback
@@ -131,7 +131,11 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         teacher.requires_grad_(False)
         teacher.eval()
         teacher.to(dtype=self.args.teacher_torch_dtype)
-        return prepare_teacher(teacher, self.accelerator, self.args.device)
+        teacher = prepare_teacher(teacher, self.accelerator, self.args.device)
+        if self.args.torch_compile and isinstance(teacher, PreTrainedModel):  # not inside an engine's wrapper
+            teacher = torch.compile(teacher, backend=self.args.torch_compile_backend or "inductor",
+                                    mode=self.args.torch_compile_mode)
+        return teacher
 
     def _run_teacher(self, inputs, positions, spec):
         """The teacher's signals for `spec` (see hf_distil.signals), without gradients and with dropout off."""
@@ -284,7 +288,7 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         if prediction_loss_only:
             return loss.detach(), None, None
         with torch.no_grad(), self.compute_loss_context_manager():
-            logits = model(**{k: v for k, v in inputs.items() if k not in ("labels", "special_tokens_mask")}).logits
+            logits = model(**{k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}).logits
         return loss.detach(), logits, inputs["labels"]
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,

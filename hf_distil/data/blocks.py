@@ -260,9 +260,11 @@ _tokenize_lines.__module__ = "hf_distil.data"  # datasets hashes it by this name
 
 def make_collator(tokenizer, data_args: DataArguments, seed: int = 42) -> DataCollatorForLanguageModeling:
     """Masked-LM collator: masking at `mlm_probability`, padding to a multiple of 8, masks seeded per example
-    (ReproducibleMLMCollator) so resumed and multi-process runs mask exactly like a single uninterrupted one."""
+    (ReproducibleMLMCollator) so resumed and multi-process runs mask exactly like a single uninterrupted one; with
+    each example's masked positions (padded to a multiple of 8), so DistillationTrainer's step needs no host sync."""
     from ..collator import ReproducibleMLMCollator
 
     return ReproducibleMLMCollator(
-        tokenizer=tokenizer, mlm=True, mlm_probability=data_args.mlm_probability, pad_to_multiple_of=8, seed=seed
+        tokenizer=tokenizer, mlm=True, mlm_probability=data_args.mlm_probability, pad_to_multiple_of=8, seed=seed,
+        positions_bucket=8,
     )

@@ -28,8 +28,16 @@ class Rows:
     """The "select rows" step: a micro-batch's row sets and the rows whose logits the heads compute."""
 
     sets: dict[str, torch.Tensor]  # "P" / "M" / "N" -> (batch, length) bool
-    positions: torch.Tensor  # (rows,) long: flat indices into batch × length, increasing
+    positions: torch.Tensor  # (rows,) long: flat indices into batch × length, increasing within each example
     labels: torch.Tensor  # (rows,) long: the labels at `positions` (-100 where not masked)
+    # (rows,) bool, or None when every row is one: False at the rows that only pad the collator's ROW_POSITIONS to
+    # a static size (they point at a real position, so the heads compute them; terms weigh them 0, see `real`)
+    valid: torch.Tensor | None = None
+
+    def real(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-row `values` with the padding rows zeroed (a term over the selected rows whose value at a row with
+        label -100 is not already 0, e.g. the KL)."""
+        return values if self.valid is None else values * self.valid
 
     def counts(self) -> torch.Tensor:
         """(3,) long: the sizes of P, M, N in this micro-batch."""

@@ -57,7 +57,7 @@ class KnowledgeDistillation(Term):
             )
 
     def per_row(self, student, teacher, rows, args, plan) -> PerRow:
-        return PerRow(kd_loss_rows(student.logits, teacher.logits, args.temperature), rows.positions)
+        return PerRow(rows.real(kd_loss_rows(student.logits, teacher.logits, args.temperature)), rows.positions)
 
     def describe(self, args, context):
         return (f"KL divergence between the teacher's and student's {COMPARED[context.task]} at temperature"

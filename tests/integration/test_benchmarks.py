@@ -69,6 +69,30 @@ def test_bench_step_runs_end_to_end_and_writes_the_figures(tmp_path, capsys):
     assert "ours vs seed:" in printed and "ours vs floor:" in printed
 
 
+def test_step_flops_is_the_documented_formula_and_mfu_needs_a_known_peak(tmp_path, capsys):
+    """0.46 GFLOP per token at the seed's sizes (issue 24's count); MFU only against a peak that is known."""
+    a = bench_step.parse_args(["--batch", "48"])
+    per_token = bench_step.step_flops(a) / (48 * 128)
+    d, i, v = 768, 3072, 28996
+    layer = 2 * (4 * d * d + 2 * d * i) + 4 * 128 * d
+    head = 0.15 * 2 * (d * d + d * v)
+    assert per_token == pytest.approx(12 * layer + head + 3 * (6 * layer + head))
+    assert 0.45e9 < per_token < 0.47e9
+    assert bench_step.peak_tflops(a, "cpu") is None
+    assert bench_step.peak_tflops(bench_step.parse_args(["--peak_tflops", "2.5"]), "cpu") == 2.5
+    out = tmp_path / "bench.json"
+    sizes = ["--teacher_layers", "2", "--hidden", "32", "--vocab", "100", "--batch", "4", "--seq", "16",
+             "--threads", "1", "--peak_tflops", "0.001"]
+    bench_step.main([*sizes, "--steps", "1", "--warmup", "1", "--rounds", "1", "--skip_check", "--json", str(out),
+                     "--contenders", "ours,ours_compiled", "--compile_backend", "aot_eager"])
+    report = json.loads(out.read_text())
+    for name in ("ours", "ours_compiled"):
+        c = report["contenders"][name]
+        assert c["sequences_per_s"] == pytest.approx(4 / c["median_step_s"])
+        assert c["mfu"] == pytest.approx(c["tflops_per_s"] / 0.001)
+    assert "seed's three epochs at ours' rate" in capsys.readouterr().out
+
+
 def test_bench_step_measures_each_layer_term_against_ours(tmp_path, capsys):
     out = tmp_path / "bench.json"
     sizes = ["--teacher_layers", "4", "--hidden", "32", "--heads", "2", "--vocab", "100", "--batch", "4", "--seq",
