@@ -229,6 +229,8 @@ def _same_output_dir(recorded: str, folder: Path) -> bool:
     recorded_path = Path(os.path.normpath(os.path.expanduser(recorded)))
     if recorded_path.is_absolute():
         return Path(os.path.realpath(recorded_path)) == folder
+    if Path(os.path.realpath(recorded_path)) == folder:  # from here, through any symlink the run was given
+        return True
     parts = recorded_path.parts
     return parts != () and folder.parts[-len(parts):] == parts
 

@@ -330,3 +330,19 @@ def test_a_save_error_that_is_not_the_disk_is_never_called_a_full_disk(tmp_path)
     writer = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
     assert isinstance(checkpoints.disk_full_error(writer, str(tmp_path), 2, huge), DiskFullError)
     assert checkpoints.disk_full_error(writer, str(tmp_path), 2, 1) is None  # room left: not the disk
+
+
+def test_an_output_dir_given_through_a_symlink_is_still_the_runs_own(tmp_path, monkeypatch):
+    """Killed during its final save, a run whose output_dir was a relative symlink can resume or be overwritten."""
+    import json
+
+    from hf_distil.checkpoints import made_here_by
+
+    real = tmp_path / "disk" / "run1"
+    (real / "checkpoint-2").mkdir(parents=True)
+    (tmp_path / "out").symlink_to(real)
+    (real / "checkpoint-2" / "distillation_args.json").write_text(json.dumps({"output_dir": "out"}))
+    monkeypatch.chdir(tmp_path)
+    assert made_here_by("out", "distillation_args.json")
+    (real / "checkpoint-2" / "distillation_args.json").write_text(json.dumps({"output_dir": "elsewhere"}))
+    assert not made_here_by("out", "distillation_args.json")
