@@ -12,7 +12,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, set_seed
 from .arguments import DistillationArguments
 from .config import ModelArguments
 from .errors import RecipeError
-from .families import MASKED_LM, encoder_layers, model_task
+from .families import MASKED_LM, config_value, encoder_layers, model_task
 from .student import create_student
 from .teacher import load_teacher
 
@@ -132,4 +132,21 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
                                  hidden_size=model_args.student_hidden_size,
                                  intermediate_size=model_args.student_intermediate_size,
                                  num_attention_heads=model_args.student_num_attention_heads)
+        check_smaller(student, teacher)
     return teacher, student, tokenizer
+
+
+def check_smaller(student, teacher) -> None:
+    """A student built here wider or larger than its teacher (a "smaller student" config such as minilm_clinical.yaml's
+    384 wide on a 128-wide teacher) is refused before compute: the card would call it narrower and faster."""
+    widths = {name: (config_value(student.config, name), config_value(teacher.config, name))
+              for name in ("hidden_size", "intermediate_size")}
+    wider = [f"{name} {mine} > {theirs}" for name, (mine, theirs) in widths.items()
+             if mine is not None and theirs is not None and mine > theirs]
+    sizes = [sum(p.numel() for p in model.parameters()) for model in (student, teacher)]
+    if wider or sizes[0] > sizes[1]:  # the teacher's own size (born-again distillation) is allowed
+        raise RecipeError(
+            f"The student would be larger than the teacher ({', '.join(wider) + '; ' if wider else ''}"
+            f"{sizes[0] / 1e6:.1f} M parameters against {sizes[1] / 1e6:.1f} M): pass --student_hidden_size / "
+            "--student_intermediate_size at most the teacher's and fewer --student_num_layers, or a larger teacher."
+        )

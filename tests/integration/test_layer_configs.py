@@ -76,3 +76,17 @@ def test_a_wrong_layer_map_fails_in_one_line_before_the_corpus_is_read(teacher_a
                 "0:2,1:5,2:8,3:12")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1] == ("hf-distil: error: layer_map 3:12: the teacher has layers 0..11 (12 layers).")
+
+
+def test_a_smaller_student_config_on_a_smaller_teacher_is_refused_before_training(tmp_path, capsys):
+    """minilm_clinical.yaml's 6 × 384 student on a 4 × 32 teacher would be wider and larger than it, and the card
+    would call it narrower and faster: one line that says what to pass, before any training."""
+    from tiny import noteevents_csv, write_workspace
+
+    write_workspace(tmp_path)
+    corpus = noteevents_csv(tmp_path / "NOTEEVENTS.csv", n=20)
+    assert _run("minilm_clinical.yaml", tmp_path / "teacher", corpus, tmp_path / "out", "--student_num_layers",
+                "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("hf-distil: error: The student would be larger than the teacher (hidden_size 384 > 32")
+    assert "--student_hidden_size" in err and not (tmp_path / "out" / "checkpoint-1").exists()
