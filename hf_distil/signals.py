@@ -90,6 +90,8 @@ class Signals:
     heads: int = 0  # the attention head count of those layers
     # Per spec.qk / spec.qkv layer, its window (keys within ±window of each query) or None (all keys).
     windows: dict[int, int | None] = field(default_factory=dict)
+    # the model's own logits output (every position), when the heads ran dense (capture(..., sparse=False))
+    all_logits: torch.Tensor | None = None
 
 
 # batch keys the models are not called with: the targets, the stored special-token flags, the collator's row positions
@@ -235,7 +237,9 @@ def capture(model: nn.Module, inputs: dict, positions: torch.Tensor, spec: Captu
                 logits = out.logits.reshape(-1, out.logits.shape[-1]).index_select(0, positions)
             if spec.last_hidden_state:
                 captured["last_hidden_state"] = out.hidden_states[-1]
-            return _signals(logits, spec, captured)
+            signals = _signals(logits, spec, captured)
+            signals.all_logits = out.logits
+            return signals
 
         def gather_rows(module, args, kwargs):
             hidden = args[0]

@@ -27,7 +27,7 @@ from .objective import Objective, capture_specs
 from .preflight import KIND, check_compatibility, check_objective_of, check_student_precision
 from .projections import projections_of, strip_projections_from_folder, without_projections
 from .resume import check_same_run, check_same_student, finished_run_state
-from .signals import NOT_MODEL_INPUTS, capture
+from .signals import capture
 from .teacher import load_teacher
 from .terms import names, registered, weight_of
 from .watch import NonFiniteLossError, TermWatch, UpdateWindowCallback
@@ -248,10 +248,12 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         return self.objective.loss(inputs, lambda rows, terms: self._forward_pair(model, inputs, rows, terms),
                                    training, num_items_in_batch, want_stats)
 
-    def _forward_pair(self, model, inputs, rows, terms):
-        """One forward of the student and, when a term needs it, one of the teacher: their signals for `terms`."""
+    def _forward_pair(self, model, inputs, rows, terms, dense: bool = False):
+        """One forward of the student and, when a term needs it, one of the teacher: their signals for `terms`.
+        `dense`: the student's heads run on every position, its full logits kept (Signals.all_logits)."""
         student_spec, teacher_spec = capture_specs(terms, self.layer_plan)
-        student = capture(model, inputs, rows.positions, student_spec, self.sparse_heads, projections_of(model))
+        student = capture(model, inputs, rows.positions, student_spec, self.sparse_heads and not dense,
+                          projections_of(model))
         if teacher_spec is None:
             return student, None
         return student, self._run_teacher(inputs, rows.positions, teacher_spec)
@@ -280,16 +282,21 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
         if "labels" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         inputs = self._prepare_inputs(inputs)
+        kept = {}
+
+        def forward(rows, terms):  # one student forward: dense heads when the full logits are returned too
+            student, teacher = self._forward_pair(model, inputs, rows, terms, dense=not prediction_loss_only)
+            kept["logits"] = student.all_logits
+            return student, teacher
+
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss, _, stats = self._distillation_loss(model, inputs, training=False, want_stats=True)
+            loss, _, stats = self.objective.loss(inputs, forward, training=False, want_stats=True)
         if self.args.world_size > 1:
             stats = self.accelerator.gather_for_metrics(stats)
         self.objective.add_eval(stats)
         if prediction_loss_only:
             return loss.detach(), None, None
-        with torch.no_grad(), self.compute_loss_context_manager():
-            logits = model(**{k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}).logits
-        return loss.detach(), logits, inputs["labels"]
+        return loss.detach(), kept["logits"], inputs["labels"]
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):

@@ -194,6 +194,31 @@ def test_evaluation_reports_the_task_metrics_and_teacher_agreement(tmp_path, tok
     assert "eval_perplexity" not in metrics and "eval_mlm_loss" not in metrics
 
 
+@pytest.mark.parametrize("kind", [BertForSequenceClassification, BertForTokenClassification])
+def test_evaluation_with_compute_metrics_runs_the_student_once_per_batch(tmp_path, tokenizer, kind):
+    """The distillation metrics and the logits compute_metrics reads come from one student forward (was two)."""
+    teacher, student = task_pair(kind)
+    data = task_dataset(tokenizer, kind, n=10)
+    seen = []
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args_for(tmp_path, per_device_eval_batch_size=4),
+        eval_dataset=data, data_collator=collator_for(kind, tokenizer),
+        compute_metrics=lambda p: seen.append(p.predictions) or {"rows": float(len(p.predictions))})
+    calls = []
+    student.register_forward_pre_hook(lambda module, args: calls.append(1))
+    metrics = trainer.evaluate()
+    assert len(calls) == 3 and metrics["eval_rows"] == 10  # 10 examples in batches of 4, one forward each
+    batch = collator_for(kind, tokenizer)([data[i] for i in range(10)])
+    with torch.no_grad():
+        logits = student.eval()(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    predictions = torch.as_tensor(seen[0])
+    if kind is BertForTokenClassification:  # padded to each batch's length, then to the longest across batches
+        predictions = predictions[:, :logits.shape[1]]
+        logits = logits.masked_fill(batch["attention_mask"].unsqueeze(-1) == 0, 0)
+        predictions = predictions.masked_fill(batch["attention_mask"].unsqueeze(-1) == 0, 0)
+    torch.testing.assert_close(predictions, logits, rtol=1e-5, atol=1e-5)
+
+
 def test_tinybert_task_stage_layer_terms_on_a_narrower_task_student(tmp_path, tokenizer):
     """Attention maps and projected hidden states apply to task students too (TinyBERT's task distillation)."""
     teacher, _ = task_pair(BertForTokenClassification)
