@@ -50,12 +50,21 @@ def align_cpu_deepspeed_state(state) -> bool:
     return True
 
 
-def deepspeed_inference_config(train_config: dict, hidden_size: int | None) -> dict:
+def deepspeed_inference_config(train_config: dict, hidden_size: int | None, dtype=None) -> dict:
     """The student's DeepSpeed config turned into one for a frozen model: no optimizer, no scheduler;
-    ZeRO-3 stays (the teacher is sharded), any other stage becomes 0 (the teacher is replicated)."""
+    ZeRO-3 stays (the teacher is sharded), any other stage becomes 0 (the teacher is replicated). Its bf16 / fp16
+    blocks follow `dtype` (the teacher's teacher_dtype), not the student's: the engine casts the model to the 16-bit
+    type its config enables, so `--bf16 --teacher_dtype float32` would otherwise run a bfloat16 teacher."""
+    import torch
+
     config = copy.deepcopy(train_config)
     config.pop("optimizer", None)
     config.pop("scheduler", None)
+    if dtype is not None:
+        for block, half in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            config[block] = {**(config.get(block) or {}), "enabled": dtype == half}
+            if dtype != half:
+                config[block] = {"enabled": False}
     zero = config.setdefault("zero_optimization", {})
     if zero.get("stage", 0) == 3:
         if hidden_size:
@@ -76,7 +85,8 @@ def _prepare_deepspeed(teacher: nn.Module, accelerator) -> nn.Module:
     import deepspeed
 
     train_config = accelerator.state.deepspeed_plugin.deepspeed_config
-    config = deepspeed_inference_config(train_config, getattr(teacher.config, "hidden_size", None))
+    config = deepspeed_inference_config(train_config, getattr(teacher.config, "hidden_size", None),
+                                        next(teacher.parameters()).dtype)
     engine, *_ = deepspeed.initialize(model=teacher, config=config)
     engine.eval()
     return engine

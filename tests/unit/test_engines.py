@@ -152,3 +152,52 @@ def test_teacher_keeps_configured_classes_it_has():
     accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = ["BertLayer"]
     own = engines.teacher_fsdp_plugin(accelerator.state.fsdp_plugin, tiny_teacher())
     assert own.transformer_cls_names_to_wrap == ["BertLayer"] and own is not accelerator.state.fsdp_plugin
+
+
+def test_the_teacher_engine_config_takes_the_teachers_dtype_not_the_students():
+    """`--bf16 --teacher_dtype float32` under DeepSpeed: the engine casts its model to the 16-bit type its config
+    enables, so the teacher's config enables the teacher's own type (issue 23)."""
+    import torch
+
+    train = {"bf16": {"enabled": True}, "fp16": {"enabled": False}, "zero_optimization": {"stage": 2}}
+    for dtype, bf16, fp16 in ((torch.float32, False, False), (torch.bfloat16, True, False),
+                              (torch.float16, False, True)):
+        config = engines.deepspeed_inference_config(train, hidden_size=32, dtype=dtype)
+        assert (config["bf16"]["enabled"], config["fp16"]["enabled"]) == (bf16, fp16), dtype
+    assert train["bf16"] == {"enabled": True}
+
+
+ENGINE_DTYPE = r'''
+import os, sys, json, torch
+os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1",
+                  LOCAL_RANK="0")
+import deepspeed
+sys.path.insert(0, sys.argv[2])
+from tiny import tiny_teacher
+from hf_distil import engines
+deepspeed.init_distributed(dist_backend="gloo")
+found = {}
+for dtype in ("float32", "bfloat16"):
+    teacher = tiny_teacher().to(getattr(torch, dtype)).requires_grad_(False)
+    train = {"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}
+    config = engines.deepspeed_inference_config(train, 32, next(teacher.parameters()).dtype)
+    engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    found[dtype] = str(next(engine.module.parameters()).dtype)
+print(json.dumps(found))
+'''
+
+
+def test_a_deepspeed_engine_on_cpu_keeps_a_float32_teacher_float32(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    from tiny import ROOT, free_port
+
+    script = tmp_path / "engine_dtype.py"
+    script.write_text(ENGINE_DTYPE)
+    done = subprocess.run([sys.executable, str(script), free_port(), str(ROOT / "tests")], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"float32": "torch.float32",
+                                                                 "bfloat16": "torch.bfloat16"}
