@@ -131,6 +131,7 @@ class DistillationArguments(TrainingArguments):
                     "ZeRO-3; drop use_cpu, or set DS_ACCELERATOR=cpu to run DeepSpeed on CPU."
                 )
             self.use_cpu = False  # DeepSpeed's CPU accelerator already places everything on CPU
+            self._deepspeed_cpu = True
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -167,6 +168,17 @@ class DistillationArguments(TrainingArguments):
         if self.teacher_dtype == "auto":
             return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else torch.float32
         return getattr(torch, self.teacher_dtype)
+
+    def _validate_args(self):
+        """TrainingArguments' checks; on DeepSpeed's CPU accelerator its bf16 check sees the CPU run it is (without
+        use_cpu, it would refuse bf16 for want of a GPU)."""
+        on_cpu = getattr(self, "_deepspeed_cpu", False)
+        self.use_cpu = self.use_cpu or on_cpu
+        try:
+            super()._validate_args()
+        finally:
+            if on_cpu:
+                self.use_cpu = False
 
     @cached_property
     def _setup_devices(self):

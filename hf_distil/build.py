@@ -143,7 +143,8 @@ def check_smaller(student, teacher) -> None:
               for name in ("hidden_size", "intermediate_size")}
     wider = [f"{name} {mine} > {theirs}" for name, (mine, theirs) in widths.items()
              if mine is not None and theirs is not None and mine > theirs]
-    sizes = [sum(p.numel() for p in model.parameters()) for model in (student, teacher)]
+    sizes = [sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: the full size
+             for model in (student, teacher)]
     if wider or sizes[0] > sizes[1]:  # the teacher's own size (born-again distillation) is allowed
         raise RecipeError(
             f"The student would be larger than the teacher ({', '.join(wider) + '; ' if wider else ''}"

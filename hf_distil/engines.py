@@ -163,3 +163,30 @@ def prepare_teacher(teacher: nn.Module, accelerator, device) -> nn.Module:
     if engine == "fsdp2":
         return _prepare_fsdp2(teacher, accelerator)
     return teacher.to(device)
+
+
+def deepspeed_16bit(engine) -> bool:
+    """Whether `engine` (Trainer's model_wrapped) is a DeepSpeed engine whose module weights are 16-bit."""
+    enabled = [getattr(engine, name, None) for name in ("bfloat16_enabled", "fp16_enabled")]
+    return any(callable(check) and check() for check in enabled)
+
+
+def deepspeed_fp32_state_dict(engine) -> dict:
+    """The student's float32 weights under a 16-bit DeepSpeed engine: its module holds bf16/fp16 copies, the float32
+    master weights live in the optimizer (partitioned under ZeRO). Collective: every rank must call it."""
+    import deepspeed
+    import torch
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    state = {}
+    for name, param in engine.module.named_parameters():
+        full = safe_get_full_fp32_param(param)
+        if full is None:  # not trained (no master copy): its own values, gathered under ZeRO-3
+            with deepspeed.zero.GatheredParameters([param]):
+                full = param.detach().float().clone()
+        state[name] = full.detach().cpu()
+    persistent = set(engine.module.state_dict())  # non-persistent buffers (position ids) are not saved
+    for name, buffer in engine.module.named_buffers():
+        if name in persistent:
+            state[name] = (buffer.float() if torch.is_floating_point(buffer) else buffer).detach().cpu()
+    return state

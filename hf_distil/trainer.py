@@ -19,6 +19,7 @@ from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from .arguments import DistillationArguments
 from .card import CardFacts, write_card
 from .checkpoints import ARGS_MARKER, disk_full_error, expected_save_bytes, latest_complete_checkpoint
+from .engines import deepspeed_16bit, deepspeed_fp32_state_dict
 from .errors import ArgumentError
 from .families import MASKED_LM, TOKEN_CLASSIFICATION, model_task, unwrap
 from .hub import NoPickleHubMixin, check_push_to_hub
@@ -342,6 +343,16 @@ class DistillationTrainer(NoPickleHubMixin, Trainer):
             raise full from err
         finally:
             self._saving_checkpoint = False
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Under a 16-bit DeepSpeed engine the folder gets the float32 master weights (its module holds bf16/fp16
+        copies): the float32 promise holds under every engine."""
+        if not (self.is_deepspeed_enabled and deepspeed_16bit(self.model_wrapped)):
+            return super().save_model(output_dir, _internal_call)
+        state_dict = deepspeed_fp32_state_dict(self.model_wrapped)  # on every rank: the gathers are collective
+        self._save(output_dir or self.args.output_dir, state_dict=state_dict)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Checkpoints keep the learned projections (resume needs them); every other save holds the student alone."""

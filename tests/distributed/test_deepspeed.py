@@ -223,3 +223,28 @@ def test_zero3_task_distillation_matches_one_process_and_reports_full_sizes(zero
     assert [r["parameters"] for r in saved] == [size, saved[1]["parameters"], size] and saved[1]["parameters"] > size
     assert all(r["tokens_per_second"] is None for r in saved)  # not timed on sharded weights
     assert "not measured (ZeRO-3)" in (work / "zero3" / "comparison.md").read_text()
+
+
+@pytest.mark.parametrize("stage", ["ds_zero2.json", "ds_zero3.json"])
+def test_bf16_under_deepspeed_saves_the_float32_master_weights(tmp_path, stage):
+    """`--bf16` under DeepSpeed: the engine's module holds bfloat16 copies of the student, the float32 masters live
+    in the optimizer; the Hub folder gets the masters (issue 23), with a float32 teacher (`--teacher_dtype`)."""
+    write_workspace(tmp_path, n_texts=48, seed=2, min_len=8, dropout=0.0)
+    config = {
+        "teacher_model_name_or_path": str(tmp_path / "teacher"), "student_num_layers": 2, "line_by_line": True,
+        "train_file": str(tmp_path / "corpus.jsonl"), "validation_split_percentage": 10, "max_seq_length": 48,
+        "max_steps": 1, "learning_rate": 1e-4, "eval_strategy": "no", "save_strategy": "no", "report_to": "none",
+        "use_cpu": True, "disable_tqdm": True, "dataloader_num_workers": 0, "seed": 11, "bf16": True,
+        "teacher_dtype": "float32", "evaluate_before_training": False, "per_device_train_batch_size": 4,
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+          os.path.join(ROOT, "recipes", "run_distil.py"), str(tmp_path / "config.yaml"), "--output_dir",
+          str(tmp_path / "out"), "--deepspeed", os.path.join(ROOT, "recipes", "configs", stage)],
+         cwd=tmp_path, DS_ACCELERATOR="cpu")
+    weights = load_file(tmp_path / "out" / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    # float32 masters (copied from the float32 teacher, one small step taken) are not all bfloat16-representable;
+    # weights saved from the engine's bfloat16 module would be
+    matrix = weights["bert.encoder.layer.0.attention.self.query.weight"]
+    assert not torch.equal(matrix, matrix.bfloat16().float())
