@@ -57,8 +57,11 @@ FAMILIES = {
     "deberta-v2": Family("DeBERTa-v2/v3", layers="encoder.layer", embeddings=("embeddings",),
                          head=("cls", "lm_predictions"), attention="attention.self",
                          qkv=("query_proj", "key_proj", "value_proj"),
-                         plain_attention=lambda config: not getattr(config, "relative_attention", False),
-                         not_plain="adds relative-position terms to its attention scores"),
+                         # pos_att_type also divides the scores by √(d · (1 + its entries)), relative or not
+                         plain_attention=lambda config: not (getattr(config, "relative_attention", False)
+                                                             or getattr(config, "pos_att_type", None)),
+                         not_plain="adds relative-position terms to its attention scores (or scales them by its "
+                                   "pos_att_type)"),
     # With embedding_size < hidden_size, ELECTRA projects the embeddings up before layer 0.
     "electra": Family("ELECTRA", layers="encoder.layer", embeddings=("embeddings_project", "embeddings"),
                       head=("generator_predictions",), attention="attention.self", qkv=("query", "key", "value")),
@@ -187,6 +190,19 @@ def embedding_module(model: nn.Module) -> nn.Module | None:
     base = _base(model)
     modules = [_attribute_path(base, path) for path in (family.embeddings if family else ())]
     return next((m for m in modules if isinstance(m, nn.Module)), None)
+
+
+def hidden_state_module(model: nn.Module, index: int) -> nn.Module | None:
+    """The module whose output is hidden state `index` (0: what enters layer 0; i: what layer i - 1 passes on):
+    DeBERTa-v2 with conv_kernel_size > 0 passes layer 0's output through its encoder's ConvLayer first."""
+    if index == 0:
+        return embedding_module(model)
+    if index == 1:
+        conv = getattr(getattr(_base(model), "encoder", None), "conv", None)
+        if isinstance(conv, nn.Module) and family_of(model) is FAMILIES["deberta-v2"]:
+            return conv
+    layers = encoder_layers(model)
+    return layers[index - 1] if layers is not None else None
 
 
 LOCAL = "local"

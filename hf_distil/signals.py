@@ -27,7 +27,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .collator import ROW_POSITIONS
-from .families import embedding_module, encoder_layers, find_mlm_head, self_attention, unwrap
+from .families import encoder_layers, find_mlm_head, hidden_state_module, self_attention, unwrap
 
 # The signals a term may read (Term.student_reads / Term.teacher_reads name fields of `Signals`); the last three are
 # read at layers (hf_distil.terms.Reads).
@@ -123,7 +123,7 @@ def _layer_hooks(model: nn.Module, spec: CaptureSpec, captured: dict, projection
 
     projected = []
     for index in spec.hidden_states:
-        module = embedding_module(model) if index == 0 else layers[index - 1]
+        module = hidden_state_module(model, index)
         hooks.append(module.register_forward_hook(keep(("state", index))))
         if projections is not None and str(index) in projections:
             projected.append(index)

@@ -358,3 +358,32 @@ def test_a_layer_both_compared_and_related_is_rotated_once():
     for a, b in zip(alone.qk[1], both.qk[1]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(both.qkv[1][0], both.qk[1][0], rtol=0, atol=0)
+
+
+def test_deberta_hidden_state_one_is_after_its_conv_layer():
+    """DeBERTa-v2 with conv_kernel_size > 0 passes layer 0's output through its encoder's ConvLayer: hidden state 1
+    (what the hidden-state terms compare) is the conv's output, as the model's own hidden_states say."""
+    config = family_config("deberta-v2-absolute")
+    config.conv_kernel_size = 3
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(config).eval()
+    batch = batch_of(4, seed=2)
+    positions = (batch["labels"].reshape(-1) != -100).nonzero().squeeze(1)
+    with torch.no_grad():
+        signals = capture(model, batch, positions, CaptureSpec(hidden_states=(0, 1, 2)))
+        own = model(**_inputs(batch), output_hidden_states=True).hidden_states
+    for index in (0, 1, 2):
+        torch.testing.assert_close(signals.hidden_states[index], own[index], rtol=0, atol=0)
+
+
+def test_deberta_scores_scaled_by_pos_att_type_refuse_the_attention_term(tmp_path):
+    """Without relative attention, pos_att_type still divides DeBERTa's scores by √(3d): not softmax(q·k/√d)."""
+    from transformers import DebertaV2ForMaskedLM
+
+    config = family_config("deberta-v2-absolute")
+    config.pos_att_type = ["p2c", "c2p"]
+    torch.manual_seed(0)
+    teacher = DebertaV2ForMaskedLM(config)
+    with pytest.raises(ModelMismatchError, match="pos_att_type"):
+        DistillationTrainer(model=create_student(teacher, 2), teacher_model=teacher,
+                            args=args_for(tmp_path, max_steps=1, **ATTENTION), train_dataset=premasked_dataset(8))
