@@ -7,7 +7,7 @@ import os
 
 from ..errors import ArgumentError
 from ..hub import check_push_to_hub
-from .arguments import FinetuneArguments, FinetuneResult
+from .arguments import PLAIN, FinetuneArguments, FinetuneResult
 from .distil import distil_task
 from .errors import FinetuneFileNotFoundError
 from .run import check_finetune_output_dir, check_no_distillation_flags, check_update_card, run_plain
@@ -24,6 +24,8 @@ def run_finetune(args: FinetuneArguments, training_args) -> list[FinetuneResult]
                             "TEACHER to distil a fine-tuned teacher into a smaller student.")
     for flag, path in (("model_name_or_path", args.model_name_or_path), ("compare_with", args.compare_with),
                        ("distil_from", args.distil_from)):
+        if path and path != PLAIN and not os.path.isdir(path):
+            check_hub_reference(flag, path)
         if path and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
             if os.path.isfile(os.path.join(path, "adapter_config.json")):
                 raise FinetuneFileNotFoundError(
@@ -41,3 +43,23 @@ def run_finetune(args: FinetuneArguments, training_args) -> list[FinetuneResult]
     if args.distil_from:
         return distil_task(args, training_args, check_finetune_output_dir)
     return run_plain(args, training_args)
+
+
+def check_hub_reference(flag: str, name: str) -> None:
+    """A model named by something that is no local folder is taken for a Hub id: said here, before any training,
+    when it cannot be one (a path: absolute, relative, a file) or cannot be reached (offline and not cached), not
+    when the --compare_with model loads after the main one has trained."""
+    looks_local = (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.path.exists(name)
+                   or "\\" in name)
+    if looks_local:
+        raise FinetuneFileNotFoundError(
+            f"--{flag} {name}: no such folder. Pass the folder that save_pretrained wrote, or a Hub id (org/name)."
+        )
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise FinetuneFileNotFoundError(
+            f"--{flag} {name}: HF_HUB_OFFLINE is set and this Hub id is not in the local cache: download it "
+            "first (`hf download " + name + "`), or pass a local folder."
+        )
+

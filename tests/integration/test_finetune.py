@@ -588,3 +588,23 @@ def test_label_files_that_would_train_a_wrong_model_are_one_line(tmp_path, capsy
     (tmp_path / "ok.conll").write_text("chest NN B-PROBLEM\npain NN I-PROBLEM\n\nno DT O\n")
     assert read_conll(tmp_path / "ok.conll")["tags"] == [["B-PROBLEM", "I-PROBLEM"], ["O"]]
 
+
+
+def test_a_compare_with_model_that_cannot_load_is_said_before_the_main_training(tiny_models, tmp_path, capsys,
+                                                                              monkeypatch):
+    """A mistyped path or an uncached Hub id offline fails in one line before anything trains (it failed when the
+    comparison model loaded, after the main model had trained)."""
+    student, _ = tiny_models
+    main = _load_recipe("run_finetune").main
+    common = ["--model_name_or_path", str(student), "--train_file", str(FIXTURES / "assertion_train.csv"),
+              "--validation_file", str(FIXTURES / "assertion_validation.csv"), "--max_steps", "1",
+              "--report_to", "none", "--use_cpu", "true"]
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    for compare, said in ((str(tmp_path / "no-such-model"), "no such folder"), ("./models/x", "no such folder"),
+                          ("someone/not-cached-model", "not in the local cache")):
+        out = tmp_path / "out"
+        with pytest.raises(SystemExit) as stopped:
+            main([*common, "--output_dir", str(out), "--compare_with", compare])
+        lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert stopped.value.code == 2 and len(lines) == 1 and said in lines[0] and compare in lines[0], lines
+        assert not out.exists()
