@@ -49,6 +49,52 @@ class DiskFullError(OSError, OutputFolderError):
 
 # ---- checkpoint completeness ---------------------------------------------------------------------------------------
 
+# Written into each checkpoint once it is saved (NoPickleHubMixin._save_checkpoint): every file's size and SHA-256,
+# so that a file changed afterwards (a bad disk, a copy cut short, a stray write) is found before it is resumed.
+CHECKSUMS = "checksums.json"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: str | os.PathLike) -> None:
+    """Record the size and SHA-256 of every file under `folder` in its CHECKSUMS (written whole, then renamed)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink() and p.name != CHECKSUMS
+                   and not p.name.startswith(f"{CHECKSUMS}."))
+    record = {p.relative_to(folder).as_posix(): [p.stat().st_size, _sha256(p)] for p in files}
+    partial = folder / f"{CHECKSUMS}.partial"
+    partial.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    os.replace(partial, folder / CHECKSUMS)
+
+
+def _checksum_problems(folder: Path) -> tuple[list[str], list[str]]:
+    """(missing, changed) files against the folder's CHECKSUMS; nothing when it has none (older checkpoints)."""
+    path = folder / CHECKSUMS
+    if not path.is_file():
+        return [], []
+    try:
+        record = json.loads(path.read_text())
+        entries = [(name, int(size), str(digest)) for name, (size, digest) in record.items()]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return [], [CHECKSUMS]
+    missing, changed = [], []
+    for name, size, digest in entries:
+        file = folder / name
+        if not file.is_file():
+            missing.append(name)
+        elif file.stat().st_size != size or _sha256(file) != digest:
+            changed.append(name)
+    return missing, changed
+
+
 
 def _safetensors_ok(path: Path) -> bool:
     """The header parses and its offsets match the file size (safetensors checks that on open; no tensor is read)."""
@@ -96,7 +142,9 @@ def checkpoint_problems(checkpoint: str | os.PathLike, resume_state: bool = True
     Needs a parsing trainer_state.json, weights, and (with `resume_state`) the optimizer, scheduler and RNG state in
     whichever layout wrote them: plain Trainer files, DeepSpeed's `latest` + `global_step*/`, or FSDP's
     `pytorch_model_fsdp*` + `optimizer*`. Pass resume_state=False for checkpoints saved with save_only_model.
-    Files are checked cheaply (safetensors headers, zip directories of .pt files), never loaded.
+    Files are checked cheaply (safetensors headers, zip directories of .pt files), never loaded, and against the
+    sizes and SHA-256 sums the save recorded in CHECKSUMS (a file changed afterwards, e.g. bytes overwritten in the
+    middle, which leaves headers and zip directories intact).
     """
     folder = Path(checkpoint)
     missing, broken = [], []
@@ -156,8 +204,12 @@ def checkpoint_problems(checkpoint: str | os.PathLike, resume_state: bool = True
     if folder.is_dir():
         to_check += [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix in (".pt", ".pth", ".bin")]
     broken += [p.relative_to(folder).as_posix() for p in to_check if not _torch_zip_ok(p)]
+    gone, changed = _checksum_problems(folder)
+    missing += [name for name in gone if name not in missing]
     problems = [f"missing {', '.join(missing)}"] if missing else []
     problems += [f"{name} is truncated or corrupt" for name in broken]
+    problems += [f"{name} changed since it was saved (its {CHECKSUMS} entry differs)" for name in changed
+                 if name not in broken]
     return problems
 
 

@@ -25,6 +25,7 @@ from transformers.utils import (
 )
 from transformers.utils.hub import PushInProgress, hf_api
 
+from .checkpoints import write_checksums
 from .errors import HubError
 
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
@@ -97,6 +98,16 @@ class NoPickleHubMixin:
         super()._save(output_dir, state_dict)
         if self.args.should_save:
             self._write_args(output_dir or self.args.output_dir)
+
+    def _save_checkpoint(self, model, trial):
+        """Trainer's checkpoint, then its files' sizes and SHA-256 sums (hf_distil.checkpoints.CHECKSUMS), once every
+        process has written its part: a file changed later is not resumed from."""
+        result = super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save and folder.is_dir():
+            write_checksums(folder)
+        return result
 
     def _write_args(self, folder: str) -> None:
         with open(os.path.join(folder, self.args_file_name), "w", encoding="utf-8") as f:

@@ -346,3 +346,30 @@ def test_an_output_dir_given_through_a_symlink_is_still_the_runs_own(tmp_path, m
     assert made_here_by("out", "distillation_args.json")
     (real / "checkpoint-2" / "distillation_args.json").write_text(json.dumps({"output_dir": "elsewhere"}))
     assert not made_here_by("out", "distillation_args.json")
+
+
+def test_a_checkpoint_changed_after_its_save_is_not_resumed_from(workspace, capsys, caplog):
+    """Bytes overwritten in the middle of a saved file leave the safetensors header and the zip directory intact:
+    the sizes and SHA-256 sums written at save time find it, by name, before it is resumed or called complete."""
+    out = workspace / "out"
+    assert main([str(workspace / "config.yaml"), "--max_steps", "4", "--save_strategy", "steps", "--save_steps",
+                 "2"]) == 0
+    record = json.loads((out / "checkpoint-4" / "checksums.json").read_text())
+    assert {"model.safetensors", "optimizer.pt", "trainer_state.json"} <= set(record)
+    assert checkpoint_problems(out / "checkpoint-4") == []
+    weights = out / "checkpoint-4" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+    weights.write_bytes(bytes(data))
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:  # still opens: only the checksum tells
+        assert f.keys()
+    assert checkpoint_problems(out / "checkpoint-4") == [
+        "model.safetensors changed since it was saved (its checksums.json entry differs)"]
+    with caplog.at_level(logging.WARNING, logger="hf_distil"):
+        assert latest_complete_checkpoint(out) == str(out / "checkpoint-2")
+    assert "checkpoint-4 (model.safetensors changed since it was saved" in caplog.text
+    err = _error_of(capsys, [str(workspace / "config.yaml"), "--max_steps", "4", "--save_strategy", "steps",
+                             "--save_steps", "2", "--resume_from_checkpoint", str(out / "checkpoint-4")])
+    assert "model.safetensors changed since it was saved" in err
