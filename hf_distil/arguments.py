@@ -117,6 +117,7 @@ class DistillationArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        check_compile_settings(self.torch_compile_backend, self.torch_compile_mode)
         if self.nan_policy == "skip" and self.deepspeed:
             raise ArgumentError(
                 "nan_policy='skip' cannot drop an update under DeepSpeed (its engine owns the optimizer step): use "
@@ -195,3 +196,21 @@ class DistillationArguments(TrainingArguments):
         knows which do."""
         return any(term.needs_teacher and weight_of(self, term.name) > 0 for term in registered()
                    if hasattr(self, term.weight))
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_compile_settings(backend: str | None, mode: str | None) -> None:
+    """A torch_compile backend or mode torch.compile does not know is one line here, not a traceback once the data
+    is tokenised and the models loaded (an unknown mode was ignored with a warning)."""
+    from accelerate.utils import DynamoBackend
+
+    known = [b.value.lower() for b in DynamoBackend if b.value != "NO"]
+    if backend is not None and backend.lower() not in known:
+        raise ArgumentError(f"torch_compile_backend={backend!r} is not a torch.compile backend; choose one of "
+                            f"{', '.join(known)} (inductor is the default).")
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ArgumentError(f"torch_compile_mode={mode!r} is not a torch.compile mode; choose one of "
+                            f"{', '.join(COMPILE_MODES)}.")
+

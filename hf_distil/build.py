@@ -148,6 +148,6 @@ def check_smaller(student, teacher) -> None:
     if wider or sizes[0] > sizes[1]:  # the teacher's own size (born-again distillation) is allowed
         raise RecipeError(
             f"The student would be larger than the teacher ({', '.join(wider) + '; ' if wider else ''}"
-            f"{sizes[0] / 1e6:.1f} M parameters against {sizes[1] / 1e6:.1f} M): pass --student_hidden_size / "
+            f"{sizes[0]:,} parameters against {sizes[1]:,}): pass --student_hidden_size / "
             "--student_intermediate_size at most the teacher's and fewer --student_num_layers, or a larger teacher."
         )

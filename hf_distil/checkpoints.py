@@ -79,11 +79,13 @@ def _checksum_problems(folder: Path) -> tuple[list[str], list[str]]:
     """(missing, changed) files against the folder's CHECKSUMS; nothing when it has none (older checkpoints)."""
     path = folder / CHECKSUMS
     if not path.is_file():
-        return [], []
+        # older checkpoints have none; one without it beside checkpoints that have it was not finished, or lost it
+        others = [p for p in folder.parent.glob(f"checkpoint-*/{CHECKSUMS}") if p.parent != folder]
+        return ([CHECKSUMS] if others else []), []
     try:
         record = json.loads(path.read_text())
         entries = [(name, int(size), str(digest)) for name, (size, digest) in record.items()]
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (OSError, ValueError, TypeError, AttributeError, OverflowError):
         return [], [CHECKSUMS]
     missing, changed = [], []
     for name, size, digest in entries:
@@ -208,7 +210,8 @@ def checkpoint_problems(checkpoint: str | os.PathLike, resume_state: bool = True
     missing += [name for name in gone if name not in missing]
     problems = [f"missing {', '.join(missing)}"] if missing else []
     problems += [f"{name} is truncated or corrupt" for name in broken]
-    problems += [f"{name} changed since it was saved (its {CHECKSUMS} entry differs)" for name in changed
+    problems += [f"{CHECKSUMS} is unreadable" if name == CHECKSUMS else
+                 f"{name} changed since it was saved (its {CHECKSUMS} entry differs)" for name in changed
                  if name not in broken]
     return problems
 
@@ -276,6 +279,18 @@ def model_files(folder: str | os.PathLike) -> list[str]:
     return configs + weights if configs and weights else []
 
 
+# The key of a run's args record that names its output_dir exactly: a hash of its real path (not the path itself,
+# which the record would publish when pushed), so a copy of the folder elsewhere is not taken for the run's own.
+OUTPUT_DIR_ID = "output_dir_id"
+
+
+def output_dir_id(output_dir: str | os.PathLike) -> str:
+    import hashlib
+
+    real = os.path.realpath(os.path.expanduser(str(output_dir)))
+    return hashlib.sha256(real.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def _same_output_dir(recorded: str, folder: Path) -> bool:
     """Whether an output_dir recorded by an earlier run (absolute, or relative to wherever it ran) names `folder`."""
     recorded_path = Path(os.path.normpath(os.path.expanduser(recorded)))
@@ -296,10 +311,14 @@ def made_here_by(folder: str | os.PathLike, marker: str) -> bool:
         if not (holder / marker).is_file():
             continue
         try:
-            recorded = json.loads((holder / marker).read_text()).get("output_dir")
+            record = json.loads((holder / marker).read_text())
+            recorded, made_in = record.get("output_dir"), record.get(OUTPUT_DIR_ID)
         except (OSError, ValueError, AttributeError):
             continue
-        if isinstance(recorded, str) and _same_output_dir(recorded, real):
+        if isinstance(made_in, str):  # written by a run that recorded exactly where (a copy elsewhere is not ours)
+            if made_in == output_dir_id(real):
+                return True
+        elif isinstance(recorded, str) and _same_output_dir(recorded, real):  # older records: the path as given
             return True
     return False
 

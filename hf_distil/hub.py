@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import huggingface_hub
@@ -25,7 +26,7 @@ from transformers.utils import (
 )
 from transformers.utils.hub import PushInProgress, hf_api
 
-from .checkpoints import write_checksums
+from .checkpoints import OUTPUT_DIR_ID, output_dir_id, write_checksums
 from .errors import HubError
 
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
@@ -102,16 +103,25 @@ class NoPickleHubMixin:
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint, then its files' sizes and SHA-256 sums (hf_distil.checkpoints.CHECKSUMS), once every
         process has written its part: a file changed later is not resumed from."""
-        result = super()._save_checkpoint(model, trial)
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        started = time.time()
+        result = super()._save_checkpoint(model, trial)
         self.accelerator.wait_for_everyone()
         if self.args.should_save and folder.is_dir():
+            # A checkpoint of this step from before a resume (skipped, or another timeline) was written over: files
+            # of it that this save did not write would stay beside the new ones and spoil them.
+            for path in folder.rglob("*"):
+                if (path.is_file() or path.is_symlink()) and path.lstat().st_mtime < started - 2:
+                    path.unlink()
             write_checksums(folder)
         return result
 
     def _write_args(self, folder: str) -> None:
+        record = json.loads(self.args.to_json_string())  # hub_token is redacted by to_dict
+        # which folder wrote it, exactly, without publishing the path (hf_distil.checkpoints.made_here_by)
+        record[OUTPUT_DIR_ID] = output_dir_id(self.args.output_dir)
         with open(os.path.join(folder, self.args_file_name), "w", encoding="utf-8") as f:
-            f.write(self.args.to_json_string())  # hub_token is redacted by to_dict
+            f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
         pickled = os.path.join(folder, TRAINING_ARGS_PICKLE)
         if os.path.exists(pickled):
             os.remove(pickled)

@@ -52,8 +52,9 @@ def check_hub_reference(flag: str, name: str) -> None:
     looks_local = (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.path.exists(name)
                    or "\\" in name)
     if looks_local:
+        what = "is a file, not a model folder" if os.path.isfile(name) else "no such folder"
         raise FinetuneFileNotFoundError(
-            f"--{flag} {name}: no such folder. Pass the folder that save_pretrained wrote, or a Hub id (org/name)."
+            f"--{flag} {name}: {what}. Pass the folder that save_pretrained wrote, or a Hub id (org/name)."
         )
     from huggingface_hub import constants, try_to_load_from_cache
 

@@ -373,3 +373,54 @@ def test_a_checkpoint_changed_after_its_save_is_not_resumed_from(workspace, caps
     err = _error_of(capsys, [str(workspace / "config.yaml"), "--max_steps", "4", "--save_strategy", "steps",
                              "--save_steps", "2", "--resume_from_checkpoint", str(out / "checkpoint-4")])
     assert "model.safetensors changed since it was saved" in err
+
+
+def test_checksums_that_are_gone_unreadable_or_absurd_spoil_the_checkpoint_not_the_run(tmp_path):
+    """Beside checkpoints that have checksums.json, one without it is not trusted; an unreadable one is said as such,
+    a size of 1e999 too (it raised OverflowError)."""
+    from hf_distil.checkpoints import write_checksums
+
+    for step in (2, 4, 6):
+        write_checksums(_checkpoint(tmp_path, step))
+    (tmp_path / "checkpoint-6" / "checksums.json").unlink()
+    assert checkpoint_problems(tmp_path / "checkpoint-6") == ["missing checksums.json"]
+    (tmp_path / "checkpoint-4" / "checksums.json").write_text('{"model.safetensors": [1e999, "x"]}')
+    assert checkpoint_problems(tmp_path / "checkpoint-4") == ["checksums.json is unreadable"]
+    assert latest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    (tmp_path / "checkpoint-2" / "checksums.json").write_text("{not json")
+    assert checkpoint_problems(tmp_path / "checkpoint-2") == ["checksums.json is unreadable"]
+    lone = _checkpoint(tmp_path / "older", 2)  # a checkpoint of a version that wrote none: the header checks
+    assert checkpoint_problems(lone) == []
+
+
+def test_a_step_saved_again_after_a_resume_keeps_none_of_the_old_folders_files(workspace, caplog):
+    """A stray file in a skipped checkpoint-N stayed beside the re-saved one and spoiled it for every later resume."""
+    out = workspace / "out"
+    run = [str(workspace / "config.yaml"), "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"]
+    assert main(run) == 0
+    (out / "checkpoint-4" / "extra.bin").write_text("hello")
+    os.utime(out / "checkpoint-4" / "extra.bin", (1e9, 1e9))  # left there long before this save
+    (out / "model.safetensors").unlink()  # as if killed during the final save
+    with caplog.at_level(logging.WARNING, logger="hf_distil"):
+        assert main([*run, "--resume_from_checkpoint", "auto"]) == 0
+    assert "Skipping incomplete checkpoint" in caplog.text and "extra.bin" in caplog.text
+    assert not (out / "checkpoint-4" / "extra.bin").exists()
+    assert checkpoint_problems(out / "checkpoint-4") == []
+
+
+def test_a_copy_of_a_run_made_with_a_relative_output_dir_is_not_taken_for_ours(workspace, monkeypatch, capsys):
+    """The record names the folder it was written for exactly (a hash of its real path): a copy of a model made with
+    `--output_dir models/student` placed under another `.../models/student` is refused, not overwritten."""
+    monkeypatch.chdir(workspace)
+    assert main([str(workspace / "config.yaml"), "--output_dir", "models/student"]) == 0
+    record = json.loads((workspace / "models" / "student" / "distillation_args.json").read_text())
+    assert record["output_dir"] == "models/student" and len(record["output_dir_id"]) == 32  # a hash, not a path
+    shutil.copytree(workspace / "models", workspace / "dl" / "models")
+    before = (workspace / "dl" / "models" / "student" / "model.safetensors").read_bytes()
+    err = _error_of(capsys, [str(workspace / "config.yaml"), "--output_dir", str(workspace / "dl" / "models" /
+                                                                                  "student"),
+                             "--overwrite_output_dir", "true"])
+    assert "no earlier hf-distil run wrote there" in err
+    assert (workspace / "dl" / "models" / "student" / "model.safetensors").read_bytes() == before
+    assert main([str(workspace / "config.yaml"), "--output_dir", "models/student", "--overwrite_output_dir",
+                 "true"]) == 0  # its own folder, however it is named

@@ -92,3 +92,19 @@ def test_the_recipe_with_torch_compile_saves_resumes_and_writes_a_loadable_folde
     model = AutoModelForMaskedLM.from_pretrained(out)
     fill = pipeline("fill-mask", model=model, tokenizer=AutoTokenizer.from_pretrained(out), top_k=2)
     assert len(fill("w1 w2 [MASK] w3")) == 2
+
+
+def test_an_unknown_compile_backend_or_mode_is_one_line_before_anything_loads(tmp_path, capsys, monkeypatch):
+    from tiny import write_recipe_config, write_workspace
+
+    from hf_distil import build
+    from hf_distil.recipe import main
+
+    monkeypatch.setattr(build, "load_teacher", lambda *a, **k: pytest.fail("the teacher must not be loaded"))
+    write_workspace(tmp_path)
+    write_recipe_config(tmp_path, max_steps=1)
+    for flag, value, said in (("--torch_compile_backend", "bogus_backend", "is not a torch.compile backend"),
+                              ("--torch_compile_mode", "fastest", "is not a torch.compile mode")):
+        assert main([str(tmp_path / "config.yaml"), "--torch_compile", "true", flag, value]) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(lines) == 1 and said in lines[0] and value in lines[0], lines

@@ -600,7 +600,9 @@ def test_a_compare_with_model_that_cannot_load_is_said_before_the_main_training(
               "--validation_file", str(FIXTURES / "assertion_validation.csv"), "--max_steps", "1",
               "--report_to", "none", "--use_cpu", "true"]
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    (tmp_path / "afile").write_text("not a model")
     for compare, said in ((str(tmp_path / "no-such-model"), "no such folder"), ("./models/x", "no such folder"),
+                          (str(tmp_path / "afile"), "is a file, not a model folder"),
                           ("someone/not-cached-model", "not in the local cache")):
         out = tmp_path / "out"
         with pytest.raises(SystemExit) as stopped:
