@@ -494,12 +494,17 @@ class Bench:
         (self.args.out / "parts" / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
 
 
+def as_json(value):
+    """`value` as it reads back from JSON (tuples become lists), to compare with what a part saved."""
+    return json.loads(json.dumps(value))
+
+
 def teacher_part(bench: Bench) -> dict:
     """The teacher's row (fine-tuned with every seed), the unigram and text-only references; once per OUT."""
     path = bench.args.out / "parts" / "teacher.json"
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("teacher") == str(bench.args.teacher) and saved.get("sizes") == asdict(bench.sizes):
+        if saved.get("teacher") == str(bench.args.teacher) and saved.get("sizes") == as_json(asdict(bench.sizes)):
             return saved
     lm = bench.lm_scores(bench.args.teacher, against_teacher=False)
     runs = []
@@ -559,9 +564,16 @@ def students_part(bench: Bench, part: str) -> dict:
     for name, model in models.items():
         model["tokens_per_second"] = speeds[name]
         model["speedup"] = speeds[name] / speeds["teacher"]
+    earlier = out / "parts" / f"{part}.json"
+    if chosen and earlier.exists():  # rows of this part run before (other --students) stay, the ones run now replace
+        saved = json.loads(earlier.read_text())
+        if saved.get("teacher") == str(bench.args.teacher) and saved.get("sizes") == as_json(asdict(sizes)):
+            models = {**{k: v for k, v in saved["models"].items() if k not in models}, **models}
+            speeds = {**saved.get("speeds", {}), **speeds}
     rows = quality_report.summarise_models({**models, "teacher": teacher["model"]})
     pairs = [pair for pair in COMPARISONS[part] if all(name in models for name in pair)]
-    report = {"models": models, "teacher_tokens_per_second": speeds["teacher"],
+    report = {"models": models, "teacher_tokens_per_second": speeds["teacher"], "speeds": speeds,
+              "teacher": str(bench.args.teacher), "sizes": asdict(sizes),
               "comparisons": quality_report.compare(models, rows, pairs),
               "comparisons_run": [list(pair) for pair in pairs]}
     bench.write_part(part, report)
@@ -630,8 +642,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="Which rows to run (see the module docstring); every part's results in OUT/parts/ are "
                         "merged into OUT/quality.json after each.")
     parser.add_argument("--students", type=lambda text: [n.strip() for n in text.split(",") if n.strip()],
-                        help="Only these rows of the main or narrow part, comma-separated (e.g. 'distilled,mlm-only'); "
-                        "the part's results then hold those rows and the comparisons between them.")
+                        help="Only these rows of the main or narrow part, comma-separated (e.g. 'distilled,mlm-only'), "
+                        "so that a part splits into runs that each fit a machine's limit; rows of the part run "
+                        "before with the same teacher and sizes stay in its results, the comparisons span them all.")
     args = parser.parse_args(argv)
     unknown = [name for name in args.students or () if name not in BY_NAME]
     if unknown:
