@@ -125,8 +125,9 @@ def build_models(model_args: ModelArguments, training_args: DistillationArgument
         depth = len(encoder_layers(teacher) or ())
         narrower = any(value is not None for value in widths.values())  # random init: any depth
         if depth and model_args.student_num_layers > depth and not narrower:
-            raise RecipeError(f"--student_num_layers {model_args.student_num_layers} is deeper than the teacher "
-                              f"({depth} layers): pass --student_num_layers {depth} or fewer (the default is 6).")
+            default = " (the default)" if model_args.student_num_layers == ModelArguments.student_num_layers else ""
+            raise RecipeError(f"--student_num_layers {model_args.student_num_layers}{default} is deeper than the "
+                              f"teacher ({depth} layers): pass --student_num_layers {depth} or fewer.")
         set_seed(training_args.seed)  # a narrower student is randomly initialised: the same seed, the same student
         student = create_student(teacher, model_args.student_num_layers, parse_layers(model_args.student_layers),
                                  hidden_size=model_args.student_hidden_size,

@@ -388,6 +388,10 @@ def probe_output_dir(output_dir: str, needed_bytes: int) -> None:
         if parent.exists():
             break
         created.append(parent)
+    existing = next(parent for parent in [out, *out.parents] if parent.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == out else f"lies under {str(existing)!r}, which is a file"
+        raise OutputFolderError(f"output_dir {output_dir!r} {where}, not a folder: choose a folder for the model.")
     probe = out / f".hf-distil-write-test-{os.getpid()}"
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -207,7 +207,10 @@ def test_a_previous_run_of_this_output_dir_is_recognised_by_its_arguments_file(t
 def test_unwritable_output_dir_is_found_before_training(workspace, capsys):
     (workspace / "a_file").write_text("not a folder")
     err = _error_of(capsys, [str(workspace / "config.yaml"), "--output_dir", str(workspace / "a_file" / "out")])
-    assert "cannot be written (Not a directory)" in err
+    assert "lies under" in err and "a_file', which is a file, not a folder: choose a folder" in err
+    assert (workspace / "a_file").read_text() == "not a folder"
+    err = _error_of(capsys, [str(workspace / "config.yaml"), "--output_dir", str(workspace / "a_file")])
+    assert "a_file' is a file, not a folder: choose a folder" in err
     assert (workspace / "a_file").read_text() == "not a folder"
 
 

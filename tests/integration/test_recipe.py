@@ -107,7 +107,9 @@ def test_user_errors_are_one_line_before_training(workspace, capsys):
     err = _error_of(capsys, [cfg, "--student_layers", "0,9"])
     assert "out of range" in err
     err = _error_of(capsys, [cfg, "--student_num_layers", "6"])
-    assert "--student_num_layers 6 is deeper than the teacher" in err
+    assert "--student_num_layers 6 (the default) is deeper than the teacher" in err
+    err = _error_of(capsys, [cfg, "--student_num_layers", "7"])
+    assert "--student_num_layers 7 is deeper than the teacher (4 layers): pass --student_num_layers 4 or fewer." in err
     other = BertTokenizerFast(vocab=str(workspace / "vocab.txt"))
     other.add_tokens(["extra1", "extra2", "extra3"])
     other.save_pretrained(workspace / "other_tok")
