@@ -287,13 +287,38 @@ def distil_student(student: Student, teacher_dir: Path, corpus: Path, folder: Pa
         flags["student_model_name_or_path"] = random_student(teacher_dir, sizes.student_layers, seed,
                                                              folder.parent / f"{folder.name}-start")
     argv = [item for key, value in flags.items() if value is not None for item in (f"--{key}", str(value))]
+    record = {"student": student.name, "flags": {key: str(value) for key, value in flags.items() if value is not None}}
+    done = finished_run(folder, record)
+    if done:
+        return done
+    (folder / RUN_RECORD).unlink(missing_ok=True)  # a run that does not finish leaves no record behind
     start = time.perf_counter()
     code = recipe.main(argv)
     if code != 0:
         raise BenchmarkInputError(f"distilling {student.name!r} failed (exit code {code}): see the hf-distil error "
                                   "above.")
     metrics = json.loads((folder / "all_results.json").read_text())
-    return {"minutes": (time.perf_counter() - start) / 60, "recipe_metrics": metrics}
+    result = {"minutes": (time.perf_counter() - start) / 60, "recipe_metrics": metrics}
+    (folder / RUN_RECORD).write_text(json.dumps({**record, "result": result}, indent=1) + "\n", encoding="utf-8")
+    return result
+
+
+# Written into a student's folder after its distillation finished: what it was run with and what it gave. A later
+# run of the benchmark (another session, the next --students run, the budget curve) reuses that student instead of
+# training it again when every flag is the same, so a part killed halfway loses only the run it was in.
+RUN_RECORD = "bench_run.json"
+
+
+def finished_run(folder: Path, record: dict) -> dict | None:
+    """The saved result of `folder`'s distillation if it finished with exactly `record`'s flags, else None."""
+    try:
+        saved = json.loads((folder / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if {k: saved.get(k) for k in record} != record or not (folder / "model.safetensors").is_file():
+        return None
+    print(f"[bench_quality] reusing {folder}: it finished with these flags before ({RUN_RECORD})", flush=True)
+    return {**saved["result"], "reused": True}
 
 
 # ---------------------------------------------------------------- downstream

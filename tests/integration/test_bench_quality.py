@@ -312,6 +312,34 @@ def test_students_runs_only_the_rows_named_and_the_comparisons_between_them(smok
     assert "distilled" in report["models"]  # main's rows still merged
 
 
+def test_a_finished_student_is_reused_only_with_the_same_flags(smoke, tmp_path, monkeypatch):
+    """A part killed halfway (a session's end) keeps the students it finished: the next run reuses a folder whose
+    bench_run.json has exactly its flags, trains again otherwise, and a run that does not finish leaves no record."""
+    import shutil
+
+    from hf_distil import recipe
+
+    report, out = smoke
+    sizes, student = bench_quality.SIZES["smoke"], bench_quality.BY_NAME["distilled"]
+    folder = tmp_path / "seed0"
+    shutil.copytree(out / "students" / "distilled" / "seed0", folder)
+    record = json.loads((folder / bench_quality.RUN_RECORD).read_text())
+    assert record["flags"]["seed"] == "0" and record["result"]["recipe_metrics"]["train_loss"] > 0
+    calls = []
+    monkeypatch.setattr(recipe, "main", lambda argv: calls.append(argv) or 1)  # "fails" whenever it is run
+    args = (student, bench_quality.DEFAULT_TEACHER, out / "corpus", folder, sizes, "cpu")
+    with pytest.raises(bench_quality.BenchmarkInputError, match="failed"):
+        bench_quality.distil_student(*args, seed=0)  # a copy made elsewhere is not this folder's run: trained again
+    assert len(calls) == 1 and not (folder / bench_quality.RUN_RECORD).exists()  # and the failed run left no record
+    record["flags"]["output_dir"] = str(folder)  # as if it had finished here
+    (folder / bench_quality.RUN_RECORD).write_text(json.dumps(record))
+    reused = bench_quality.distil_student(*args, seed=0)
+    assert len(calls) == 1 and reused["reused"] and reused["recipe_metrics"] == record["result"]["recipe_metrics"]
+    with pytest.raises(bench_quality.BenchmarkInputError, match="failed"):
+        bench_quality.distil_student(*args, seed=1)  # another seed: trained again
+    assert len(calls) == 2 and not (folder / bench_quality.RUN_RECORD).exists()
+
+
 DATA = ROOT.parent / "shared" / "data"
 
 
