@@ -142,17 +142,30 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def gap_line(pair: str, metric: str, gap: dict) -> str:
-    verdict = ("better by more than 2 SE" if gap["better_by_2se"] else
-               "worse by more than 2 SE" if gap["worse_by_2se"] else "within 2 SE")
+def gap_cell(gap: dict) -> str:
+    """`+0.022 ± 0.003 (3/3) ↑`: mean paired difference ± its standard error, seeds on the better side, and an arrow
+    when it is more than 2 SE better (↑) or worse (↓)."""
     n = len(gap["paired_differences"])
-    return (f"- {pair}, {metric.replace('_', '-')}: {gap['mean']:+.3f} ± {gap['standard_error']:.3f} (standard error "
-            f"of the {n} paired per-seed differences; {gap['seeds_better']} of {n} seeds better), {verdict}.")
+    arrow = " ↑" if gap["better_by_2se"] else " ↓" if gap["worse_by_2se"] else ""
+    return f"{gap['mean']:+.3f} ± {gap['standard_error']:.3f} ({gap['seeds_better']}/{n}){arrow}"
 
 
 def markdown_comparisons(comparisons: dict) -> str:
-    return "\n".join(gap_line(pair, metric, gap) for pair, gaps in comparisons.items()
-                     for metric, gap in gaps.items())
+    """One row per method − control pair, one column per score."""
+    metrics = [m for m in HIGHER_IS_BETTER if any(m in gaps for gaps in comparisons.values())]
+    if not metrics:
+        return ""
+    lines = ["| paired difference | " + " | ".join(m.replace("_", " ") for m in metrics) + " |",
+             "| --- | " + " | ".join("---:" for _ in metrics) + " |"]
+    for pair, gaps in comparisons.items():
+        lines.append(f"| {pair} | " + " | ".join(gap_cell(gaps[m]) if m in gaps else "—" for m in metrics) + " |")
+    n = {len(g["paired_differences"]) for gaps in comparisons.values() for g in gaps.values()}
+    lines.append("")
+    lines.append(f"Each cell: the mean of the per-seed differences (method − control, same distillation and "
+                 f"fine-tuning seed; {' or '.join(map(str, sorted(n)))} seeds) ± its standard error, how many seeds "
+                 "came out better (lower perplexity, higher otherwise), ↑ / ↓ where it is better / worse by more "
+                 "than 2 standard errors.")
+    return "\n".join(lines)
 
 
 def curve_table(curve: dict) -> str:
@@ -236,9 +249,9 @@ def task_markdown(report: dict) -> str:
                  "Pretrained layers: every other layer of the pretrained (not fine-tuned) teacher, a new head. "
                  "Fine-tuned layers: every other layer of the fine-tuned teacher, and its head. Objective "
                  f"(recipes/configs/task_distil.yaml): {objective}.")
-    for init, gaps in summary["gaps"].items():
-        for metric, gap in gaps.items():
-            lines.append(gap_line(f"{init}: task-distilled − plain", metric, gap))
+    lines.append("")
+    lines.append(markdown_comparisons({f"{init}: task-distilled − plain": gaps
+                                       for init, gaps in summary["gaps"].items()}))
     return "\n".join(lines)
 
 

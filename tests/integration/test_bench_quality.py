@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_quality  # noqa: E402
+import quality_report  # noqa: E402
 
 TEACHER = bench_quality.DEFAULT_TEACHER
 WORDS = ("patient denies chest pain fever cough blood pressure insulin diabetes kidney heart rate daily tablet "
@@ -213,7 +214,9 @@ def test_smoke_pairs_each_method_with_its_control_seed_by_seed(smoke):
         assert gap["standard_error"] == pytest.approx(se)
         gain = gap["mean"] if higher else -gap["mean"]
         assert gap["better_by_2se"] == (gain > 2 * se) and gap["higher_is_better"] == higher
-    assert "distilled − mlm-only, perplexity" in (out / "quality.md").read_text()
+    row = "| distilled − mlm-only | " + " | ".join(quality_report.gap_cell(comparisons["distilled − mlm-only"][m])
+                                                   for m in quality_report.HIGHER_IS_BETTER) + " |"
+    assert row in (out / "quality.md").read_text()  # one row per pair, a column per score
 
 
 def test_smoke_budget_curve_runs_each_budget_and_reuses_the_main_runs(smoke):
@@ -265,14 +268,12 @@ def test_smoke_task_part_distils_each_seeds_fine_tuned_teacher_beside_the_plain_
             assert (student / "comparison.md").is_file() and "README.md" in os.listdir(student)
     assert json.loads((out / "task_distillation.json").read_text())["summary"] == \
         json.loads(json.dumps(report["summary"]))
-    assert "pretrained layers: task-distilled − plain, macro-f1" in (out / "task_distillation.md").read_text()
+    assert "| pretrained layers: task-distilled − plain | " in (out / "task_distillation.md").read_text()
     assert "## Task distillation" in (out / "quality.md").read_text()
 
 
 def test_a_part_run_alone_merges_with_the_parts_already_in_the_folder(smoke, tmp_path):
     """Parts run apart (each within a machine's limit) still make one report; a part run again replaces its own."""
-    import quality_report
-
     report, out = smoke
     copy = tmp_path / "out"
     (copy / "parts").mkdir(parents=True)
