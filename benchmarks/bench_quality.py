@@ -430,7 +430,7 @@ def task_distillation(teacher_dir: Path, mts_files: dict[str, Path], mts_task, o
         phase(f"task distillation, seed {seed}: fine-tuning the teacher ({sizes.task_teacher_epochs} epochs)")
         finetune(teacher_dir, TEACHER_ROLE, seed, mts_task, folder / "teacher", sizes, device,
                  epochs=sizes.task_teacher_epochs)
-        run = {"seed": seed}
+        run = {"seed": seed, "teacher_targets": teacher_targets(folder / "teacher", mts_files)}
         for init in TASK_INITS:
             phase(f"task distillation, seed {seed}: {init}, distilled and plain")
             student_dir = folder / init.replace(" ", "-")
@@ -464,6 +464,34 @@ def task_distillation(teacher_dir: Path, mts_files: dict[str, Path], mts_task, o
               "learning_rate": sizes.finetune_lr}
     report["summary"] = quality_report.summarise_task(report)
     return report
+
+
+def teacher_targets(teacher_dir: Path, mts_files: dict[str, Path], max_length: int = 128) -> dict:
+    """What a fine-tuned teacher's soft labels hold beyond the gold ones, per split: how often its top class is the
+    gold label, its mean top probability, the mean probability mass off the gold label and the mean entropy (nats),
+    at temperature 1. On the split it was fine-tuned on, the distillation's transfer set, targets near one-hot on the
+    gold label carry little that the labels do not."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, dtype=torch.float32).eval()
+    targets = {}
+    for split in ("train", "test"):
+        rows = [json.loads(line) for line in open(mts_files[split], encoding="utf-8") if line.strip()]
+        gold = torch.tensor([model.config.label2id[row["label"]] for row in rows])
+        probs = []
+        with torch.no_grad():
+            for i in range(0, len(rows), 64):
+                batch = tokenizer([row["text"] for row in rows[i:i + 64]], truncation=True, max_length=max_length,
+                                  padding=True, return_tensors="pt")
+                probs.append(model(**batch).logits.float().softmax(-1))
+        p = torch.cat(probs)
+        targets[split] = {
+            "rows": len(rows), "agrees_with_gold": (p.argmax(-1) == gold).float().mean().item(),
+            "mean_top_probability": p.max(-1).values.mean().item(),
+            "mass_off_gold": (1 - p[torch.arange(len(rows)), gold]).mean().item(),
+            "entropy_nats": -(p * p.clamp_min(1e-12).log()).sum(-1).mean().item()}
+    return targets
 
 
 # ---------------------------------------------------------------- the parts

@@ -249,6 +249,16 @@ def task_markdown(report: dict) -> str:
                  "Pretrained layers: every other layer of the pretrained (not fine-tuned) teacher, a new head. "
                  "Fine-tuned layers: every other layer of the fine-tuned teacher, and its head. Objective "
                  f"(recipes/configs/task_distil.yaml): {objective}.")
+    fits = [run["teacher_targets"] for run in report["runs"] if "teacher_targets" in run]
+    if fits:
+        train, test = ({key: statistics.fmean(fit[split][key] for fit in fits) for key in fits[0][split]}
+                       for split in ("train", "test"))
+        lines.append(f"What the teachers' soft labels hold beyond the gold ones (temperature 1, mean over {len(fits)} "
+                     "teachers): on the transfer set, the training sections they were fine-tuned on, the top class is "
+                     f"the gold label for {train['agrees_with_gold']:.1%} of the sections, the mean top probability "
+                     f"is {train['mean_top_probability']:.3f} and {train['mass_off_gold']:.3f} of the mass lies off "
+                     f"the gold label; on the test sections: {test['agrees_with_gold']:.1%}, "
+                     f"{test['mean_top_probability']:.3f} and {test['mass_off_gold']:.3f}.")
     lines.append("")
     lines.append(markdown_comparisons({f"{init}: task-distilled − plain": gaps
                                        for init, gaps in summary["gaps"].items()}))

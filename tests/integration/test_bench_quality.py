@@ -269,6 +269,16 @@ def test_smoke_task_part_distils_each_seeds_fine_tuned_teacher_beside_the_plain_
     assert json.loads((out / "task_distillation.json").read_text())["summary"] == \
         json.loads(json.dumps(report["summary"]))
     assert "| pretrained layers: task-distilled − plain | " in (out / "task_distillation.md").read_text()
+    # what each teacher's soft labels hold beyond the gold labels, on its transfer set and on the test sections
+    for run in report["runs"]:
+        labels = json.loads((out / "task" / f"seed{run['seed']}" / "teacher" / "config.json").read_text())["id2label"]
+        for split, fit in run["teacher_targets"].items():
+            assert fit["rows"] == sum(1 for _ in open(out / "mts" / f"{split}.jsonl"))
+            assert 0 <= fit["agrees_with_gold"] <= 1 and 1 / len(labels) <= fit["mean_top_probability"] <= 1
+            assert 0 <= fit["mass_off_gold"] <= 1 and 0 <= fit["entropy_nats"] <= math.log(len(labels)) + 1e-6
+            # the gold label's mean probability is at most the top class's
+            assert 1 - fit["mass_off_gold"] <= fit["mean_top_probability"] + 1e-6
+    assert "What the teachers' soft labels hold beyond the gold ones" in (out / "task_distillation.md").read_text()
     assert "## Task distillation" in (out / "quality.md").read_text()
 
 
