@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
 import json
 import shutil
@@ -525,6 +526,10 @@ class Bench:
         return cls(args, sizes, corpus, mts_files, load_mts_task(mts_files), batches,
                    masked_lm_predictions(teacher, batches)[2], time.perf_counter())
 
+    @property
+    def teacher_sha256(self) -> str:
+        return weights_sha256(self.args.teacher)
+
     def phase(self, text: str) -> None:
         print(f"[bench_quality {(time.perf_counter() - self.started) / 60:5.1f} min] {text}", flush=True)
 
@@ -547,6 +552,23 @@ class Bench:
         (self.args.out / "parts" / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
 
 
+def weights_sha256(folder: Path) -> str:
+    """One SHA-256 over a model folder's weight files (sorted by name): the teacher's identity wherever it lies."""
+    digest = hashlib.sha256()
+    for path in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def same_run(saved: dict, bench: Bench) -> bool:
+    """Whether a saved part was made with this teacher (its weights: the part may come from another checkout or
+    machine; older parts name its path) and these sizes, so that its rows can stand beside the ones run now."""
+    teacher = (saved.get("teacher_sha256") == bench.teacher_sha256 if saved.get("teacher_sha256")
+               else saved.get("teacher") == str(bench.args.teacher))
+    return teacher and saved.get("sizes") == as_json(asdict(bench.sizes))
+
+
 def as_json(value):
     """`value` as it reads back from JSON (tuples become lists), to compare with what a part saved."""
     return json.loads(json.dumps(value))
@@ -557,7 +579,7 @@ def teacher_part(bench: Bench) -> dict:
     path = bench.args.out / "parts" / "teacher.json"
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("teacher") == str(bench.args.teacher) and saved.get("sizes") == as_json(asdict(bench.sizes)):
+        if same_run(saved, bench):
             return saved
     lm = bench.lm_scores(bench.args.teacher, against_teacher=False)
     runs = []
@@ -570,7 +592,8 @@ def teacher_part(bench: Bench) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(bench.args.teacher)
     report = {
-        "teacher": str(bench.args.teacher), "sizes": asdict(bench.sizes), "device": bench.args.device,
+        "teacher": str(bench.args.teacher), "teacher_sha256": bench.teacher_sha256, "sizes": asdict(bench.sizes),
+        "device": bench.args.device,
         "threads": torch.get_num_threads(),
         "model": {"note": "the teacher itself", "parameters": parameters, "runs": runs, "masked_lm": lm},
         "unigram": score_unigram(unigram_log_probs(tokenizer, train_texts), bench.test_batches),
@@ -620,13 +643,13 @@ def students_part(bench: Bench, part: str) -> dict:
     earlier = out / "parts" / f"{part}.json"
     if chosen and earlier.exists():  # rows of this part run before (other --students) stay, the ones run now replace
         saved = json.loads(earlier.read_text())
-        if saved.get("teacher") == str(bench.args.teacher) and saved.get("sizes") == as_json(asdict(sizes)):
+        if same_run(saved, bench):
             models = {**{k: v for k, v in saved["models"].items() if k not in models}, **models}
             speeds = {**saved.get("speeds", {}), **speeds}
     rows = quality_report.summarise_models({**models, "teacher": teacher["model"]})
     pairs = [pair for pair in COMPARISONS[part] if all(name in models for name in pair)]
     report = {"models": models, "teacher_tokens_per_second": speeds["teacher"], "speeds": speeds,
-              "teacher": str(bench.args.teacher), "sizes": asdict(sizes),
+              "teacher": str(bench.args.teacher), "teacher_sha256": bench.teacher_sha256, "sizes": asdict(sizes),
               "comparisons": quality_report.compare(models, rows, pairs),
               "comparisons_run": [list(pair) for pair in pairs]}
     bench.write_part(part, report)
@@ -662,7 +685,7 @@ def task_part(bench: Bench) -> dict:
     report = task_distillation(bench.args.teacher, bench.mts_files, bench.mts_task, bench.args.out, bench.sizes,
                                bench.args.device, bench.phase)
     report.update({"device": bench.args.device, "threads": torch.get_num_threads(),
-                   "teacher": str(bench.args.teacher)})
+                   "teacher": str(bench.args.teacher), "teacher_sha256": bench.teacher_sha256})
     bench.write_part("task", report)
     (bench.args.out / "task_distillation.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     (bench.args.out / "task_distillation.md").write_text(quality_report.task_markdown(report) + "\n",

@@ -1,5 +1,6 @@
 """benchmarks/bench_quality.py: the scoring is exact, and --smoke runs the whole pipeline on the shipped teacher."""
 
+import dataclasses
 import json
 import math
 import os
@@ -349,6 +350,25 @@ def test_a_finished_student_is_reused_only_with_the_same_flags(smoke, tmp_path, 
     with pytest.raises(bench_quality.BenchmarkInputError, match="failed"):
         bench_quality.distil_student(*args, seed=1)  # another seed: trained again
     assert len(calls) == 2 and not (folder / bench_quality.RUN_RECORD).exists()
+
+
+def test_a_saved_part_is_matched_by_the_teachers_weights_not_its_path():
+    """Parts committed or copied from another checkout still merge (same weights, same sizes); another teacher's or
+    another budget's do not; a part saved before the hash kept matching by path."""
+    from types import SimpleNamespace
+
+    sizes = bench_quality.SIZES["smoke"]
+    bench = SimpleNamespace(args=SimpleNamespace(teacher=TEACHER), sizes=sizes,
+                            teacher_sha256=bench_quality.weights_sha256(TEACHER))
+    assert len(bench.teacher_sha256) == 64 and bench.teacher_sha256 == bench_quality.weights_sha256(TEACHER)
+    saved = {"teacher": "/another/checkout/medical-bert-teacher", "teacher_sha256": bench.teacher_sha256,
+             "sizes": json.loads(json.dumps(dataclasses.asdict(sizes)))}
+    assert bench_quality.same_run(saved, bench)
+    assert not bench_quality.same_run({**saved, "teacher_sha256": "0" * 64}, bench)
+    assert not bench_quality.same_run({**saved, "sizes": {**saved["sizes"], "distil_steps": 5}}, bench)
+    older = {k: v for k, v in saved.items() if k != "teacher_sha256"}
+    assert not bench_quality.same_run(older, bench)
+    assert bench_quality.same_run({**older, "teacher": str(TEACHER)}, bench)
 
 
 DATA = ROOT.parent / "shared" / "data"
