@@ -633,6 +633,8 @@ def students_part(bench: Bench, part: str) -> dict:
                                 "widths": student.widths, "parameters": parameters, "runs": runs,
                                 "distillation_runs": sizes.seeds if student.trained else 0}
     bench.phase("inference speed, side by side")
+    if not (out / "finetune" / "teacher" / "seed0" / "config.json").is_file():  # its part came from elsewhere
+        bench.finetuned(bench.args.teacher, "teacher", 0)  # the classifier the rows' speeds are measured against
     dirs = {"teacher": out / "finetune" / "teacher" / "seed0",
             **{name: out / "finetune" / name.replace(" ", "-") / "seed0" for name in models}}
     speeds = inference_speed(dirs, bench.mts_task, bench.args.device,

@@ -371,6 +371,24 @@ def test_a_saved_part_is_matched_by_the_teachers_weights_not_its_path():
     assert bench_quality.same_run({**older, "teacher": str(TEACHER)}, bench)
 
 
+def test_a_part_continues_in_a_fresh_folder_from_its_saved_json(smoke, tmp_path):
+    """The next session, on another machine: only the saved parts (results/parts/*.json) are there; the rows run now
+    join the saved ones, and the teacher's classifier the speeds are measured against is fine-tuned again."""
+    _, out = smoke
+    fresh = tmp_path / "fresh"
+    (fresh / "parts").mkdir(parents=True)
+    for name in ("teacher", "main"):
+        (fresh / "parts" / f"{name}.json").write_text((out / "parts" / f"{name}.json").read_text())
+    earlier = json.loads((out / "parts" / "main.json").read_text())
+    report = bench_quality.main(["--smoke", "--data", str(write_fake_data(tmp_path / "data")), "--out", str(fresh),
+                                 "--part", "main", "--students", "init only"])
+    main = json.loads((fresh / "parts" / "main.json").read_text())
+    assert list(main["models"]) == list(earlier["models"])  # every row, the saved ones kept as they were
+    assert main["models"]["distilled"] == earlier["models"]["distilled"]
+    assert (fresh / "finetune" / "teacher" / "seed0" / "config.json").is_file()
+    assert not (fresh / "students" / "distilled").exists() and "without KD − distilled" in report["comparisons"]
+
+
 DATA = ROOT.parent / "shared" / "data"
 
 
