@@ -181,8 +181,9 @@ def curve_table(curve: dict) -> str:
 def markdown(report: dict) -> str:
     parts = []
     if report["models"]:
-        sizes = report.get("sizes", {})
         parts.append(markdown_table(report))
+    if len(report["models"]) > 1:  # students beside the teacher
+        sizes = report.get("sizes", {})
         parts.append(f"± is one standard deviation over the runs: each student was distilled with "
                      f"{report['distillation_runs_per_student']} seeds ({sizes.get('distil_steps')} steps of "
                      f"{sizes.get('distil_batch')} blocks of 128 tokens each) and each distilled model fine-tuned "

@@ -388,8 +388,11 @@ def probe_output_dir(output_dir: str, needed_bytes: int) -> None:
         if parent.exists():
             break
         created.append(parent)
-    existing = next(parent for parent in [out, *out.parents] if parent.exists())
-    if not existing.is_dir():
+    try:
+        existing = next(parent for parent in [out, *out.parents] if parent.exists())
+    except OSError:  # a parent that cannot be looked into: the write below says so
+        existing = None
+    if existing is not None and not existing.is_dir():
         where = "is a file" if existing == out else f"lies under {str(existing)!r}, which is a file"
         raise OutputFolderError(f"output_dir {output_dir!r} {where}, not a folder: choose a folder for the model.")
     probe = out / f".hf-distil-write-test-{os.getpid()}"
