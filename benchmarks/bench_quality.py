@@ -614,6 +614,16 @@ def students_part(bench: Bench, part: str) -> dict:
     sizes, out = bench.sizes, bench.args.out
     models = {}
     chosen = bench.args.students
+    earlier = out / "parts" / f"{part}.json"
+    saved = json.loads(earlier.read_text()) if chosen and earlier.exists() else None
+    if saved and not same_run(saved, bench):  # said before the compute, and that file is not overwritten
+        kept = out / "replaced_parts" / f"{part}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        kept.parent.mkdir(exist_ok=True)
+        earlier.replace(kept)
+        print(f"[bench_quality] {earlier} was made with another teacher or budget, or by an older bench_quality that "
+              f"did not record them: its rows ({', '.join(saved.get('models', {}))}) cannot be joined with this "
+              f"run's; moved to {kept}.", flush=True)
+        saved = None
     for student in (s for s in STUDENTS if s.part == part and (not chosen or s.name in chosen)):
         runs = []
         for seed in range(sizes.seeds if student.trained else 1):
@@ -642,12 +652,9 @@ def students_part(bench: Bench, part: str) -> dict:
     for name, model in models.items():
         model["tokens_per_second"] = speeds[name]
         model["speedup"] = speeds[name] / speeds["teacher"]
-    earlier = out / "parts" / f"{part}.json"
-    if chosen and earlier.exists():  # rows of this part run before (other --students) stay, the ones run now replace
-        saved = json.loads(earlier.read_text())
-        if same_run(saved, bench):
-            models = {**{k: v for k, v in saved["models"].items() if k not in models}, **models}
-            speeds = {**saved.get("speeds", {}), **speeds}
+    if saved:  # rows of this part run before (other --students) stay, the ones run now replace theirs
+        models = {**{k: v for k, v in saved["models"].items() if k not in models}, **models}
+        speeds = {**saved.get("speeds", {}), **speeds}
     rows = quality_report.summarise_models({**models, "teacher": teacher["model"]})
     pairs = [pair for pair in COMPARISONS[part] if all(name in models for name in pair)]
     report = {"models": models, "teacher_tokens_per_second": speeds["teacher"], "speeds": speeds,

@@ -371,7 +371,7 @@ def test_a_saved_part_is_matched_by_the_teachers_weights_not_its_path():
     assert bench_quality.same_run({**older, "teacher": str(TEACHER)}, bench)
 
 
-def test_a_part_continues_in_a_fresh_folder_from_its_saved_json(smoke, tmp_path):
+def test_a_part_continues_in_a_fresh_folder_from_its_saved_json(smoke, tmp_path, capsys):
     """The next session, on another machine: only the saved parts (results/parts/*.json) are there; the rows run now
     join the saved ones, and the teacher's classifier the speeds are measured against is fine-tuned again."""
     _, out = smoke
@@ -387,6 +387,16 @@ def test_a_part_continues_in_a_fresh_folder_from_its_saved_json(smoke, tmp_path)
     assert main["models"]["distilled"] == earlier["models"]["distilled"]
     assert (fresh / "finetune" / "teacher" / "seed0" / "config.json").is_file()
     assert not (fresh / "students" / "distilled").exists() and "without KD − distilled" in report["comparisons"]
+    # A saved part that cannot be joined (another budget, or written before the teacher and sizes were recorded) is
+    # said before the compute and moved aside, never overwritten with the new rows alone.
+    older = {k: v for k, v in main.items() if k not in ("teacher", "teacher_sha256", "sizes")}
+    (fresh / "parts" / "main.json").write_text(json.dumps(older))
+    bench_quality.main(["--smoke", "--data", str(tmp_path / "data"), "--out", str(fresh), "--part", "main",
+                        "--students", "init only"])
+    assert "cannot be joined" in capsys.readouterr().out
+    (moved,) = (fresh / "replaced_parts").glob("main-*.json")
+    assert json.loads(moved.read_text()) == older
+    assert list(json.loads((fresh / "parts" / "main.json").read_text())["models"]) == ["init only"]
 
 
 DATA = ROOT.parent / "shared" / "data"
