@@ -384,15 +384,11 @@ def probe_output_dir(output_dir: str, needed_bytes: int) -> None:
     so a refused run leaves nothing behind."""
     out = Path(os.path.abspath(os.path.expanduser(output_dir)))
     created = []
-    for parent in [out, *out.parents]:
-        if parent.exists():
+    for existing in [out, *out.parents]:  # the filesystem root always exists
+        if existing.exists():
             break
-        created.append(parent)
-    try:
-        existing = next(parent for parent in [out, *out.parents] if parent.exists())
-    except OSError:  # a parent that cannot be looked into: the write below says so
-        existing = None
-    if existing is not None and not existing.is_dir():
+        created.append(existing)
+    if not existing.is_dir():
         where = "is a file" if existing == out else f"lies under {str(existing)!r}, which is a file"
         raise OutputFolderError(f"output_dir {output_dir!r} {where}, not a folder: choose a folder for the model.")
     probe = out / f".hf-distil-write-test-{os.getpid()}"
