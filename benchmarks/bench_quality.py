@@ -26,6 +26,8 @@ Parts (`--part`; each writes OUT/parts/PART.json and all are merged into OUT/qua
           (`run_finetune.py recipes/configs/task_distil.yaml --distil_from`), beside the same student fine-tuned
           without the teacher (OUT/task_distillation.{json,md})
   all     every part in turn
+`--students` splits main, narrow or curve into runs of a few rows; the rows saved before in OUT/parts stay beside the
+new ones (on 2 cores, two one-thread runs side by side, in separate OUT folders, finish sooner than one run).
 
 ../shared/data holds the text (never committed; see its README for the licences).
 
@@ -607,6 +609,26 @@ def teacher_part(bench: Bench) -> dict:
     return report
 
 
+def joinable_part(bench: Bench, part: str) -> dict | None:
+    """The part saved in OUT/parts before, when this run names --students (its other rows stay beside the ones run
+    now) and it was made with this teacher and budget; one that cannot be joined is said before the compute and moved
+    to OUT/replaced_parts/, never overwritten with the new rows alone."""
+    earlier = bench.args.out / "parts" / f"{part}.json"
+    if not bench.args.students or not earlier.exists():
+        return None
+    saved = json.loads(earlier.read_text())
+    if same_run(saved, bench):
+        return saved
+    kept = bench.args.out / "replaced_parts" / f"{part}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    kept.parent.mkdir(exist_ok=True)
+    earlier.replace(kept)
+    rows = saved.get("models") or saved.get("students") or {}
+    print(f"[bench_quality] {earlier} was made with another teacher or budget, or by an older bench_quality that "
+          f"did not record them: its rows ({', '.join(rows)}) cannot be joined with this run's; moved to {kept}.",
+          flush=True)
+    return None
+
+
 def students_part(bench: Bench, part: str) -> dict:
     """Every student of `part`, distilled with each seed, scored and fine-tuned with that seed; the paired
     comparisons; inference speed of one fine-tuned model per row beside the teacher's, timed in one run."""
@@ -614,16 +636,7 @@ def students_part(bench: Bench, part: str) -> dict:
     sizes, out = bench.sizes, bench.args.out
     models = {}
     chosen = bench.args.students
-    earlier = out / "parts" / f"{part}.json"
-    saved = json.loads(earlier.read_text()) if chosen and earlier.exists() else None
-    if saved and not same_run(saved, bench):  # said before the compute, and that file is not overwritten
-        kept = out / "replaced_parts" / f"{part}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        kept.parent.mkdir(exist_ok=True)
-        earlier.replace(kept)
-        print(f"[bench_quality] {earlier} was made with another teacher or budget, or by an older bench_quality that "
-              f"did not record them: its rows ({', '.join(saved.get('models', {}))}) cannot be joined with this "
-              f"run's; moved to {kept}.", flush=True)
-        saved = None
+    saved = joinable_part(bench, part)
     for student in (s for s in STUDENTS if s.part == part and (not chosen or s.name in chosen)):
         runs = []
         for seed in range(sizes.seeds if student.trained else 1):
@@ -669,8 +682,9 @@ def curve_part(bench: Bench) -> dict:
     """MTS-test perplexity (and masked accuracy, teacher agreement) of the CURVE_STUDENTS at each budget, seed 0,
     each run with its own full schedule; the main part's seed-0 runs are reused at its budget."""
     sizes, out = bench.sizes, bench.args.out
+    saved = joinable_part(bench, "curve")
     students = {}
-    for name in CURVE_STUDENTS:
+    for name in (n for n in CURVE_STUDENTS if not bench.args.students or n in bench.args.students):
         student = BY_NAME[name]
         points = []
         for steps in sizes.curve_steps:
@@ -684,8 +698,12 @@ def curve_part(bench: Bench) -> dict:
                                          seed=0, steps=steps)["minutes"]
             points.append({"steps": steps, "minutes": minutes, **bench.lm_scores(folder)})
         students[name] = points
+    if saved:  # the other students' points, run before (another --students run), stay
+        students = {name: students.get(name) or saved["students"][name] for name in CURVE_STUDENTS
+                    if name in students or name in saved["students"]}
     report = {"steps": list(sizes.curve_steps), "batch": sizes.distil_batch, "students": students,
-              "teacher_perplexity": bench.lm_scores(bench.args.teacher, against_teacher=False)["perplexity"]}
+              "teacher_perplexity": bench.lm_scores(bench.args.teacher, against_teacher=False)["perplexity"],
+              "teacher": str(bench.args.teacher), "teacher_sha256": bench.teacher_sha256, "sizes": asdict(sizes)}
     bench.write_part("curve", report)
     return report
 
@@ -727,13 +745,23 @@ def main(argv: list[str] | None = None) -> dict:
                         help="Which rows to run (see the module docstring); every part's results in OUT/parts/ are "
                         "merged into OUT/quality.json after each.")
     parser.add_argument("--students", type=lambda text: [n.strip() for n in text.split(",") if n.strip()],
-                        help="Only these rows of the main or narrow part, comma-separated (e.g. 'distilled,mlm-only'), "
-                        "so that a part splits into runs that each fit a machine's limit; rows of the part run "
-                        "before with the same teacher and sizes stay in its results, the comparisons span them all.")
+                        help="Only these rows of the main, narrow or curve part, comma-separated (e.g. "
+                        "'distilled,mlm-only'), so that a part splits into runs that each fit a machine's limit; rows "
+                        "of the part run before with the same teacher and sizes stay in its results, the comparisons "
+                        "span them all.")
     args = parser.parse_args(argv)
     unknown = [name for name in args.students or () if name not in BY_NAME]
     if unknown:
         parser.error(f"--students {', '.join(unknown)}: no such row; the rows are {', '.join(BY_NAME)}.")
+    rows_of = {part: [s.name for s in STUDENTS if s.part == part] for part in PARTS}
+    rows_of.update(curve=list(CURVE_STUDENTS), task=[])
+    parts = PARTS if args.part == "all" else (args.part,)
+    if args.students:  # only the parts that hold a named row run
+        elsewhere = [name for name in args.students if not any(name in rows_of[part] for part in parts)]
+        if elsewhere:
+            rows = ", ".join(rows_of[args.part]) or "fixed (--students names rows of main, narrow or curve)"
+            parser.error(f"--students {', '.join(elsewhere)}: not a row of --part {args.part}; its rows are {rows}.")
+        parts = [part for part in parts if any(name in rows_of[part] for name in args.students)]
     for name in ("medquad_answers.txt", "mts_sections.jsonl"):
         if not (args.data / name).is_file():
             parser.error(f"--data {args.data} has no {name}: pass the folder that holds the shared real text.")
@@ -748,7 +776,7 @@ def main(argv: list[str] | None = None) -> dict:
         bench = Bench.prepare(args, sizes)
         run = {"main": lambda: students_part(bench, "main"), "narrow": lambda: students_part(bench, "narrow"),
                "curve": lambda: curve_part(bench), "task": lambda: task_part(bench)}
-        for part in PARTS if args.part == "all" else (args.part,):
+        for part in parts:
             run[part]()
     except BenchmarkInputError as err:
         parser.exit(2, f"bench_quality: error: {err}\n")

@@ -324,6 +324,36 @@ def test_students_runs_only_the_rows_named_and_the_comparisons_between_them(smok
     assert "distilled" in report["models"]  # main's rows still merged
 
 
+def test_the_budget_curve_splits_by_student_and_joins_the_saved_points(smoke, tmp_path, capsys):
+    """The curve's students run apart (two one-thread runs on 2 cores, or two sessions): each run's points join the
+    saved ones; a row that is not on the curve, or --students with the task part, is one line before any compute."""
+    _, out = smoke
+    data = write_fake_data(tmp_path / "data")
+    for part, row in (("curve", "without KD"), ("task", "distilled"), ("narrow", "distilled")):
+        with pytest.raises(SystemExit):
+            bench_quality.main(["--smoke", "--data", str(data), "--out", str(tmp_path / "x"), "--part", part,
+                                "--students", row])
+        assert f"--students {row}: not a row of --part {part}" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    fresh = tmp_path / "fresh"
+    (fresh / "parts").mkdir(parents=True)
+    earlier = json.loads((out / "parts" / "curve.json").read_text())
+    (fresh / "parts" / "curve.json").write_text(json.dumps(earlier))
+    bench_quality.main(["--smoke", "--data", str(data), "--out", str(fresh), "--part", "curve", "--students",
+                        "mlm-only"])
+    curve = json.loads((fresh / "parts" / "curve.json").read_text())
+    assert list(curve["students"]) == list(bench_quality.CURVE_STUDENTS)
+    assert curve["students"]["distilled"] == earlier["students"]["distilled"]  # saved, not trained here
+    assert not (fresh / "curve" / "distilled").exists() and (fresh / "curve" / "mlm-only").is_dir()
+    assert [p["steps"] for p in curve["students"]["mlm-only"]] == list(bench_quality.SIZES["smoke"].curve_steps)
+    # another budget's curve is moved aside, not joined
+    (fresh / "parts" / "curve.json").write_text(json.dumps({**curve, "sizes": {**curve["sizes"], "distil_steps": 9}}))
+    bench_quality.main(["--smoke", "--data", str(data), "--out", str(fresh), "--part", "curve", "--students",
+                        "mlm-only"])
+    assert "cannot be joined" in capsys.readouterr().out and len(list((fresh / "replaced_parts").glob("curve-*"))) == 1
+    assert list(json.loads((fresh / "parts" / "curve.json").read_text())["students"]) == ["mlm-only"]
+
+
 def test_a_finished_student_is_reused_only_with_the_same_flags(smoke, tmp_path, monkeypatch):
     """A part killed halfway (a session's end) keeps the students it finished: the next run reuses a folder whose
     bench_run.json has exactly its flags, trains again otherwise, and a run that does not finish leaves no record."""
