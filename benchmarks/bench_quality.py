@@ -629,6 +629,16 @@ def joinable_part(bench: Bench, part: str) -> dict | None:
     return None
 
 
+def run_history(saved: dict | None, rows, bench: Bench) -> list[dict]:
+    """Which run made which rows of a part: the saved part's history (or the note written by hand on a part joined
+    before this was recorded), then this run's rows, date, threads and minutes."""
+    history = (saved.get("runs_history") or ([{"note": saved["runs_note"]}] if saved.get("runs_note") else [])
+               if saved else [])
+    return [*history, {"rows": list(rows), "date": time.strftime("%Y-%m-%d %H:%M"), "device": bench.args.device,
+                       "threads": torch.get_num_threads(),
+                       "minutes": round((time.perf_counter() - bench.started) / 60, 1)}]
+
+
 def students_part(bench: Bench, part: str) -> dict:
     """Every student of `part`, distilled with each seed, scored and fine-tuned with that seed; the paired
     comparisons; inference speed of one fine-tuned model per row beside the teacher's, timed in one run."""
@@ -665,6 +675,7 @@ def students_part(bench: Bench, part: str) -> dict:
     for name, model in models.items():
         model["tokens_per_second"] = speeds[name]
         model["speedup"] = speeds[name] / speeds["teacher"]
+    history = run_history(saved, models, bench)
     if saved:  # rows of this part run before (other --students) stay, the ones run now replace theirs
         models = {**{k: v for k, v in saved["models"].items() if k not in models}, **models}
         speeds = {**saved.get("speeds", {}), **speeds}
@@ -673,7 +684,7 @@ def students_part(bench: Bench, part: str) -> dict:
     report = {"models": models, "teacher_tokens_per_second": speeds["teacher"], "speeds": speeds,
               "teacher": str(bench.args.teacher), "teacher_sha256": bench.teacher_sha256, "sizes": asdict(sizes),
               "comparisons": quality_report.compare(models, rows, pairs),
-              "comparisons_run": [list(pair) for pair in pairs]}
+              "comparisons_run": [list(pair) for pair in pairs], "runs_history": history}
     bench.write_part(part, report)
     return report
 
@@ -698,12 +709,14 @@ def curve_part(bench: Bench) -> dict:
                                          seed=0, steps=steps)["minutes"]
             points.append({"steps": steps, "minutes": minutes, **bench.lm_scores(folder)})
         students[name] = points
+    history = run_history(saved, students, bench)
     if saved:  # the other students' points, run before (another --students run), stay
         students = {name: students.get(name) or saved["students"][name] for name in CURVE_STUDENTS
                     if name in students or name in saved["students"]}
     report = {"steps": list(sizes.curve_steps), "batch": sizes.distil_batch, "students": students,
               "teacher_perplexity": bench.lm_scores(bench.args.teacher, against_teacher=False)["perplexity"],
-              "teacher": str(bench.args.teacher), "teacher_sha256": bench.teacher_sha256, "sizes": asdict(sizes)}
+              "teacher": str(bench.args.teacher), "teacher_sha256": bench.teacher_sha256, "sizes": asdict(sizes),
+              "runs_history": history}
     bench.write_part("curve", report)
     return report
 

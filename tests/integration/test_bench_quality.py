@@ -321,6 +321,9 @@ def test_students_runs_only_the_rows_named_and_the_comparisons_between_them(smok
     assert narrow["models"]["MiniLM-style"] == earlier["models"]["MiniLM-style"]
     assert (copy / "students" / "TinyBERT-style" / "seed0" / "model.safetensors").exists()  # distilled again
     assert narrow["comparisons_run"] == [["TinyBERT-style", "narrow mlm-only"], ["MiniLM-style", "narrow mlm-only"]]
+    # which run made which rows: the first run's, then this one's
+    assert [run["rows"] for run in narrow["runs_history"]] == [["TinyBERT-style", "MiniLM-style", "narrow mlm-only"],
+                                                               ["TinyBERT-style", "narrow mlm-only"]]
     assert "distilled" in report["models"]  # main's rows still merged
 
 
@@ -346,6 +349,7 @@ def test_the_budget_curve_splits_by_student_and_joins_the_saved_points(smoke, tm
     assert curve["students"]["distilled"] == earlier["students"]["distilled"]  # saved, not trained here
     assert not (fresh / "curve" / "distilled").exists() and (fresh / "curve" / "mlm-only").is_dir()
     assert [p["steps"] for p in curve["students"]["mlm-only"]] == list(bench_quality.SIZES["smoke"].curve_steps)
+    assert [run["rows"] for run in curve["runs_history"]] == [["distilled", "mlm-only"], ["mlm-only"]]
     # another budget's curve is moved aside, not joined
     (fresh / "parts" / "curve.json").write_text(json.dumps({**curve, "sizes": {**curve["sizes"], "distil_steps": 9}}))
     bench_quality.main(["--smoke", "--data", str(data), "--out", str(fresh), "--part", "curve", "--students",
@@ -419,6 +423,13 @@ def test_a_part_continues_in_a_fresh_folder_from_its_saved_json(smoke, tmp_path,
     assert not (fresh / "students" / "distilled").exists() and "without KD − distilled" in report["comparisons"]
     # A saved part that cannot be joined (another budget, or written before the teacher and sizes were recorded) is
     # said before the compute and moved aside, never overwritten with the new rows alone.
+    assert main["runs_history"][-1]["rows"] == ["init only"] and len(main["runs_history"]) == 2
+    noted = {**{k: v for k, v in main.items() if k != "runs_history"}, "runs_note": "joined by hand"}
+    (fresh / "parts" / "main.json").write_text(json.dumps(noted))
+    bench_quality.main(["--smoke", "--data", str(tmp_path / "data"), "--out", str(fresh), "--part", "main",
+                        "--students", "init only"])
+    history = json.loads((fresh / "parts" / "main.json").read_text())["runs_history"]
+    assert history[0] == {"note": "joined by hand"} and history[1]["rows"] == ["init only"] and len(history) == 2
     older = {k: v for k, v in main.items() if k not in ("teacher", "teacher_sha256", "sizes")}
     (fresh / "parts" / "main.json").write_text(json.dumps(older))
     bench_quality.main(["--smoke", "--data", str(tmp_path / "data"), "--out", str(fresh), "--part", "main",
