@@ -298,6 +298,8 @@ def plot_models(report: dict, path: Path) -> None:
 
 def plot_curve(curve: dict, path: Path) -> None:
     """MTS-test perplexity of each student against its budget (log-log), the teacher as a line."""
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
     fig = _figure((7, 4.5))
     ax = fig.add_subplot()
     for name, points in curve["students"].items():
@@ -306,6 +308,9 @@ def plot_curve(curve: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(curve["steps"], [f"{s:,}" for s in curve["steps"]])
+    ax.xaxis.set_minor_formatter(NullFormatter())  # only the budgets are labelled
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel(f"student training steps (batch {curve['batch']} × 128 tokens, each its own schedule)")
     ax.set_ylabel("MTS-test perplexity (fixed masks)")
     ax.set_title("Distilled vs masked-LM-only student by budget")
