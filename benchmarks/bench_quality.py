@@ -616,16 +616,19 @@ def joinable_part(bench: Bench, part: str) -> dict | None:
     earlier = bench.args.out / "parts" / f"{part}.json"
     if not bench.args.students or not earlier.exists():
         return None
-    saved = json.loads(earlier.read_text())
-    if same_run(saved, bench):
-        return saved
+    try:
+        saved = json.loads(earlier.read_text())
+    except ValueError:  # cut off while written, or edited by hand
+        saved, why = None, "is not valid JSON and"
+    else:
+        why = ("was made with another teacher or budget, or by an older bench_quality that did not record them: its "
+               f"rows ({', '.join(saved.get('models') or saved.get('students') or {})})")
+        if same_run(saved, bench):
+            return saved
     kept = bench.args.out / "replaced_parts" / f"{part}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     kept.parent.mkdir(exist_ok=True)
     earlier.replace(kept)
-    rows = saved.get("models") or saved.get("students") or {}
-    print(f"[bench_quality] {earlier} was made with another teacher or budget, or by an older bench_quality that "
-          f"did not record them: its rows ({', '.join(rows)}) cannot be joined with this run's; moved to {kept}.",
-          flush=True)
+    print(f"[bench_quality] {earlier} {why} cannot be joined with this run's; moved to {kept}.", flush=True)
     return None
 
 

@@ -356,6 +356,11 @@ def test_the_budget_curve_splits_by_student_and_joins_the_saved_points(smoke, tm
                         "mlm-only"])
     assert "cannot be joined" in capsys.readouterr().out and len(list((fresh / "replaced_parts").glob("curve-*"))) == 1
     assert list(json.loads((fresh / "parts" / "curve.json").read_text())["students"]) == ["mlm-only"]
+    (fresh / "parts" / "curve.json").write_text('{"students": {"distilled"')  # cut off while written
+    bench_quality.main(["--smoke", "--data", str(data), "--out", str(fresh), "--part", "curve", "--students",
+                        "mlm-only"])
+    assert "is not valid JSON and cannot be joined" in capsys.readouterr().out
+    assert len(list((fresh / "replaced_parts").glob("curve-*"))) == 2
 
 
 def test_a_finished_student_is_reused_only_with_the_same_flags(smoke, tmp_path, monkeypatch):
