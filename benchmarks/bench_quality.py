@@ -625,8 +625,10 @@ def joinable_part(bench: Bench, part: str) -> dict | None:
                f"rows ({', '.join(saved.get('models') or saved.get('students') or {})})")
         if same_run(saved, bench):
             return saved
-    kept = bench.args.out / "replaced_parts" / f"{part}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    kept.parent.mkdir(exist_ok=True)
+    stamp = bench.args.out / "replaced_parts" / f"{part}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stamp.parent.mkdir(exist_ok=True)
+    kept = next(path for n in itertools.count(1)  # two moves within one second keep both
+                if not (path := stamp.with_name(stamp.name + (f"-{n}" if n > 1 else "") + ".json")).exists())
     earlier.replace(kept)
     print(f"[bench_quality] {earlier} {why} cannot be joined with this run's; moved to {kept}.", flush=True)
     return None

@@ -8,6 +8,7 @@ import random
 import statistics
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -361,6 +362,20 @@ def test_the_budget_curve_splits_by_student_and_joins_the_saved_points(smoke, tm
                         "mlm-only"])
     assert "is not valid JSON and cannot be joined" in capsys.readouterr().out
     assert len(list((fresh / "replaced_parts").glob("curve-*"))) == 2
+
+
+def test_parts_moved_aside_within_one_second_are_all_kept(tmp_path, monkeypatch):
+    """Two saved parts moved aside in the same second (a fast machine) keep both files: neither overwrites the other."""
+    monkeypatch.setattr(bench_quality.time, "strftime", lambda fmt, *a: "20261207-120000")
+    bench = SimpleNamespace(args=SimpleNamespace(out=tmp_path, students=["mlm-only"]))
+    (tmp_path / "parts").mkdir()
+    for n in range(3):
+        (tmp_path / "parts" / "curve.json").write_text(f'{{"cut off {n}"')
+        assert bench_quality.joinable_part(bench, "curve") is None
+    kept = sorted((tmp_path / "replaced_parts").iterdir())
+    assert [p.name for p in kept] == ["curve-20261207-120000-2.json", "curve-20261207-120000-3.json",
+                                      "curve-20261207-120000.json"]
+    assert sorted(p.read_text() for p in kept) == [f'{{"cut off {n}"' for n in range(3)]
 
 
 def test_a_finished_student_is_reused_only_with_the_same_flags(smoke, tmp_path, monkeypatch):
