@@ -154,6 +154,10 @@ STUDENTS = (
             note="same init and budget, the seed's masked-LM term alone (no teacher signal)"),
     Student("random-init distilled", "random", SEED_OBJECTIVE, note="seed objective from a random init"),
     Student("init only", "teacher", {}, trained=False, note="every-other-layer init, not trained (reference)"),
+    # Not in DistilBERT's table: the ablation puts the distilled student's worse perplexity on the KL term (without
+    # KD it is back to MLM-only's); this row asks whether it is the temperature, the KL fitted at T 1 instead of 2.
+    Student("distilled at T 1", "teacher", {**SEED_OBJECTIVE, "temperature": 1.0},
+            note="the seed objective with the KL at temperature 1 (the seed's is 2)"),
     Student("TinyBERT-style", "random", TINYBERT_OBJECTIVE, part="narrow", widths=NARROW,
             note="3 × 64 from random init: attention scores + projected hidden states + KD at T 1 "
             "(TinyClinicalBERT's)"),
@@ -168,7 +172,8 @@ BY_NAME = {student.name: student for student in STUDENTS}
 COMPARISONS = {
     "main": (("distilled", "mlm-only"),
              *((name, "distilled") for name in ("without KD", "without cosine", "without MLM", "mlm-only",
-                                                 "random-init distilled"))),
+                                                 "random-init distilled", "distilled at T 1")),
+             ("distilled at T 1", "mlm-only")),
     "narrow": (("TinyBERT-style", "narrow mlm-only"), ("MiniLM-style", "narrow mlm-only")),
 }
 # The budget curve's students (seed 0 at each of Sizes.curve_steps).
@@ -696,10 +701,12 @@ def students_part(bench: Bench, part: str) -> dict:
 
 def curve_part(bench: Bench) -> dict:
     """MTS-test perplexity (and masked accuracy, teacher agreement) of the CURVE_STUDENTS at each budget, seed 0,
-    each run with its own full schedule; the main part's seed-0 runs are reused at its budget."""
+    each run with its own full schedule; the main part's seed-0 runs are reused at its budget. At the largest budget
+    each student is also fine-tuned with every seed: whether the downstream gap holds when the students train longer
+    (one distillation seed, so the spread there is the fine-tuning's alone)."""
     sizes, out = bench.sizes, bench.args.out
     saved = joinable_part(bench, "curve")
-    students = {}
+    students, downstream = {}, {}
     for name in (n for n in CURVE_STUDENTS if not bench.args.students or n in bench.args.students):
         student = BY_NAME[name]
         points = []
@@ -714,11 +721,18 @@ def curve_part(bench: Bench) -> dict:
                                          seed=0, steps=steps)["minutes"]
             points.append({"steps": steps, "minutes": minutes, **bench.lm_scores(folder)})
         students[name] = points
+        finetuned = (bench.finetuned(folder, f"{name} at {steps} steps", seed) for seed in range(sizes.seeds))
+        downstream[name] = [{"seed": seed, **{k: v for k, v in result.items() if k != "parameters"}}
+                            for seed, result in enumerate(finetuned)]
     history = run_history(saved, students, bench)
     if saved:  # the other students' points, run before (another --students run), stay
         students = {name: students.get(name) or saved["students"][name] for name in CURVE_STUDENTS
                     if name in students or name in saved["students"]}
+        earlier = saved.get("downstream", {}).get("students", {})  # absent from a curve saved before it was run
+        downstream = {name: downstream.get(name) or earlier[name] for name in CURVE_STUDENTS
+                      if name in downstream or name in earlier}
     report = {"steps": list(sizes.curve_steps), "batch": sizes.distil_batch, "students": students,
+              "downstream": {"steps": sizes.curve_steps[-1], "students": downstream},
               "teacher_perplexity": bench.lm_scores(bench.args.teacher, against_teacher=False)["perplexity"],
               "teacher": str(bench.args.teacher), "teacher_sha256": bench.teacher_sha256, "sizes": asdict(sizes),
               "runs_history": history}

@@ -96,6 +96,9 @@ def merge(out: Path) -> dict:
             report["comparisons"].update(part["comparisons"])
     if "curve" in parts:
         report["budget_curve"] = parts["curve"]
+        if parts["curve"].get("downstream", {}).get("students"):
+            parts["curve"]["downstream"]["summary"] = summarise_downstream(parts["curve"]["downstream"],
+                                                                         report["models"].get("teacher"))
         report["parts"]["curve"] = {"minutes": parts["curve"]["minutes"]}
     if "task" in parts:
         report["task_distillation"] = parts["task"]
@@ -150,8 +153,8 @@ def gap_cell(gap: dict) -> str:
     return f"{gap['mean']:+.3f} ± {gap['standard_error']:.3f} ({gap['seeds_better']}/{n}){arrow}"
 
 
-def markdown_comparisons(comparisons: dict) -> str:
-    """One row per method − control pair, one column per score."""
+def markdown_comparisons(comparisons: dict, footnote: bool = True) -> str:
+    """One row per method − control pair, one column per score (and what a cell means, unless `footnote` is off)."""
     metrics = [m for m in HIGHER_IS_BETTER if any(m in gaps for gaps in comparisons.values())]
     if not metrics:
         return ""
@@ -159,6 +162,8 @@ def markdown_comparisons(comparisons: dict) -> str:
              "| --- | " + " | ".join("---:" for _ in metrics) + " |"]
     for pair, gaps in comparisons.items():
         lines.append(f"| {pair} | " + " | ".join(gap_cell(gaps[m]) if m in gaps else "—" for m in metrics) + " |")
+    if not footnote:
+        return "\n".join(lines)
     n = {len(g["paired_differences"]) for gaps in comparisons.values() for g in gaps.values()}
     lines.append("")
     lines.append(f"Each cell: the mean of the per-seed differences (method − control, same distillation and "
@@ -168,6 +173,19 @@ def markdown_comparisons(comparisons: dict) -> str:
     return "\n".join(lines)
 
 
+def summarise_downstream(downstream: dict, teacher: dict | None) -> dict:
+    """The budget curve's students fine-tuned at its largest budget: mean ± sd per student over the fine-tuning
+    seeds, macro-F1 kept against the teacher's, and each student's paired difference against the curve's control
+    (the last student, MLM-only) seed by seed. One distillation seed: the spread is the fine-tuning's alone."""
+    runs = downstream["students"]
+    models = {name: {"runs": student_runs, "parameters": None} for name, student_runs in runs.items()}
+    rows = summarise_models({**models, **({"teacher": teacher} if teacher else {})})
+    rows.pop("teacher", None)
+    control = list(runs)[-1]
+    pairs = [(name, control) for name in runs if name != control]
+    return {"rows": rows, "comparisons": compare(models, rows, pairs)}
+
+
 def curve_table(curve: dict) -> str:
     names = list(curve["students"])
     lines = ["| steps | " + " | ".join(f"{n} perplexity" for n in names) + " | teacher |",
@@ -175,6 +193,18 @@ def curve_table(curve: dict) -> str:
     for i, steps in enumerate(curve["steps"]):
         cells = [f"{curve['students'][n][i]['perplexity']:.1f}" for n in names]
         lines.append(f"| {steps:,} | " + " | ".join(cells) + f" | {curve['teacher_perplexity']:.1f} |")
+    summary = curve.get("downstream", {}).get("summary")
+    if summary:
+        rows = summary["rows"]
+        lines += ["", f"Fine-tuned on MTS sections at {curve['downstream']['steps']:,} steps (seed-0 distillation, "
+                  "each fine-tuned with every seed; ± is the fine-tuning's spread alone):", "",
+                  "| student | test accuracy | test macro-F1 | F1 kept |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {_pm(r, 'accuracy')} | {_pm(r, 'macro_f1')} | {r['macro_f1_retention']:.1%} |"
+                  for name, r in rows.items()]
+        lines += ["", markdown_comparisons(summary["comparisons"], footnote=False), "",
+                  "Each cell: the mean of the differences (method − control, the same fine-tuning seed) ± its standard "
+                  "error, how many seeds came out better, ↑ / ↓ where it is better / worse by more than 2 standard "
+                  "errors."]
     return "\n".join(lines)
 
 

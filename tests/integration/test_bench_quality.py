@@ -182,7 +182,9 @@ def test_smoke_distils_every_student_with_each_seed_then_scores_and_fine_tunes_e
             assert config[name] == value and config["distil_init"] == "random"
         budgets.append({k: v for k, v in args.items() if k not in objective_keys
                         and not k.startswith(("alpha_", "output_dir", "logging_dir", "student_model_name_or_path"))})
-    assert len(budgets) == 9 and all(b == budgets[0] for b in budgets)
+    assert len(budgets) == 10 and all(b == budgets[0] for b in budgets)
+    assert [json.loads((out / "students" / slug / "seed0" / "distillation_args.json").read_text())["temperature"]
+            for slug in ("distilled", "distilled-at-T-1")] == [2.0, 1.0]
     assert json.loads((out / "students" / "TinyBERT-style" / "seed0" / "distillation_args.json").read_text())[
         "attention_loss"] == "scores"
     narrow = rows["TinyBERT-style"]["parameters"]
@@ -205,7 +207,8 @@ def test_smoke_pairs_each_method_with_its_control_seed_by_seed(smoke):
     expected = {f"{m} − {c}" for pairs in bench_quality.COMPARISONS.values() for m, c in pairs}
     assert set(comparisons) == expected
     assert {"distilled − mlm-only", "without KD − distilled", "without cosine − distilled", "without MLM − distilled",
-            "mlm-only − distilled", "random-init distilled − distilled", "TinyBERT-style − narrow mlm-only",
+            "mlm-only − distilled", "random-init distilled − distilled", "distilled at T 1 − distilled",
+            "distilled at T 1 − mlm-only", "TinyBERT-style − narrow mlm-only",
             "MiniLM-style − narrow mlm-only"} == expected
     runs = report["models"]
     for metric, higher in (("macro_f1", True), ("perplexity", False)):
@@ -239,6 +242,25 @@ def test_smoke_budget_curve_runs_each_budget_and_reuses_the_main_runs(smoke):
                                   .read_text())
                 assert args["max_steps"] == point["steps"] and args["seed"] == 0
     assert (out / "budget_curve.png").stat().st_size > 0 and "## Budget curve" in (out / "quality.md").read_text()
+    # At the largest budget each student is fine-tuned with every seed; the smoke's largest budget is the main part's,
+    # so its seed-0 fine-tuning is the main part's seed-0 run: the same model, the same seed, the same scores.
+    downstream = curve["downstream"]
+    assert downstream["steps"] == sizes.curve_steps[-1] == sizes.distil_steps
+    teacher_f1 = report["summary"]["rows"]["teacher"]["macro_f1"]
+    for name in bench_quality.CURVE_STUDENTS:
+        runs = downstream["students"][name]
+        assert [run["seed"] for run in runs] == list(range(sizes.seeds))
+        assert runs[0]["macro_f1"] == pytest.approx(report["models"][name]["runs"][0]["macro_f1"])
+        assert (out / "finetune" / f"{name.replace(' ', '-')}-at-4-steps" / "seed1" / "config.json").is_file()
+        row = downstream["summary"]["rows"][name]
+        assert row["macro_f1"] == pytest.approx(statistics.fmean(run["macro_f1"] for run in runs))
+        if teacher_f1:
+            assert row["macro_f1_retention"] == pytest.approx(row["macro_f1"] / teacher_f1)
+    gap = downstream["summary"]["comparisons"]["distilled − mlm-only"]
+    pairs = zip(*(downstream["students"][name] for name in ("distilled", "mlm-only")))
+    assert gap["accuracy"]["paired_differences"] == pytest.approx([d["accuracy"] - m["accuracy"] for d, m in pairs])
+    assert "perplexity" not in gap  # the curve's perplexities are one run each, not paired over seeds
+    assert "Fine-tuned on MTS sections at 4 steps" in (out / "quality.md").read_text()
 
 
 def test_smoke_task_part_distils_each_seeds_fine_tuned_teacher_beside_the_plain_control(smoke):
@@ -348,6 +370,9 @@ def test_the_budget_curve_splits_by_student_and_joins_the_saved_points(smoke, tm
     curve = json.loads((fresh / "parts" / "curve.json").read_text())
     assert list(curve["students"]) == list(bench_quality.CURVE_STUDENTS)
     assert curve["students"]["distilled"] == earlier["students"]["distilled"]  # saved, not trained here
+    assert curve["downstream"]["students"]["distilled"] == earlier["downstream"]["students"]["distilled"]
+    assert not (fresh / "finetune" / "distilled-at-4-steps").exists()
+    assert (fresh / "finetune" / "mlm-only-at-4-steps" / "seed0").is_dir()
     assert not (fresh / "curve" / "distilled").exists() and (fresh / "curve" / "mlm-only").is_dir()
     assert [p["steps"] for p in curve["students"]["mlm-only"]] == list(bench_quality.SIZES["smoke"].curve_steps)
     assert [run["rows"] for run in curve["runs_history"]] == [["distilled", "mlm-only"], ["mlm-only"]]
