@@ -39,10 +39,13 @@ new ones (on 2 cores, two one-thread runs side by side, in separate OUT folders,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import filecmp
 import hashlib
 import itertools
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -51,6 +54,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, one run per OUT
+    fcntl = None
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -223,19 +231,36 @@ def write_mts_files(mts: dict[str, list[dict]], folder: Path, train_rows: int | 
         elif split != "train" and eval_rows:
             rows = [row for row in rows if trained is None or row["label"] in trained][:eval_rows]
         paths[split] = folder / f"{split}.jsonl"
-        with open(paths[split], "w", encoding="utf-8") as f:
+        made = folder / f".{split}.jsonl-{os.getpid()}"
+        with open(made, "w", encoding="utf-8") as f:
             f.writelines(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows)
+        put_in_place(made, paths[split])
     return paths
 
 
+def put_in_place(made: Path, path: Path) -> None:
+    """Move the file `made` to `path` in one step, or drop it where `path` already holds the same bytes: another run
+    in the same OUT reading `path` meanwhile sees the whole old file or the whole new one, never half of either."""
+    if path.is_file() and filecmp.cmp(made, path, shallow=False):
+        made.unlink()
+    else:
+        os.replace(made, path)
+
+
 def build_corpus(data: Path, out: Path, max_texts: int | None) -> Path:
-    """The teacher's pretraining text (make_real_text_corpus.py), optionally cut to its first max_texts rows."""
+    """The teacher's pretraining text (make_real_text_corpus.py), optionally cut to its first max_texts rows; made
+    beside OUT/corpus and put in place file by file (a run beside this one may be reading it)."""
     import make_real_text_corpus
 
-    make_real_text_corpus.main(["--data", str(data), "--out", str(out)])
+    made = out.with_name(f".{out.name}-{os.getpid()}")
+    make_real_text_corpus.main(["--data", str(data), "--out", str(made)])
     if max_texts:
-        lines = (out / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
-        (out / "train.jsonl").write_text("".join(lines[:max_texts]), encoding="utf-8")
+        lines = (made / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+        (made / "train.jsonl").write_text("".join(lines[:max_texts]), encoding="utf-8")
+    out.mkdir(exist_ok=True)
+    for path in sorted(made.iterdir()):
+        put_in_place(path, out / path.name)
+    made.rmdir()
     return out
 
 
@@ -553,10 +578,23 @@ class Bench:
         return {"parameters": result.parameters, **{k: result.metrics[k] for k in quality_report.TASK_METRICS}}
 
     def write_part(self, name: str, report: dict) -> None:
+        """OUT/parts/NAME.json, written beside and put in place in one step (never seen half-written)."""
         report["minutes"] = (time.perf_counter() - self.started) / 60
         report["smoke"] = self.args.smoke
-        (self.args.out / "parts").mkdir(exist_ok=True)
-        (self.args.out / "parts" / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        made = self.args.out / "parts" / f".{name}.json-{os.getpid()}"
+        made.parent.mkdir(exist_ok=True)
+        made.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        os.replace(made, made.with_name(f"{name}.json"))
+
+    @contextlib.contextmanager
+    def parts_locked(self):
+        """Held from reading a saved part to writing the joined one, and while merging: two runs in one OUT (two
+        --students runs side by side) each join the other's rows instead of the last writer dropping them."""
+        (self.args.out / "parts").mkdir(parents=True, exist_ok=True)
+        with open(self.args.out / "parts" / ".lock", "w") as lock:
+            if fcntl:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
 
 def weights_sha256(folder: Path) -> str:
@@ -583,11 +621,12 @@ def as_json(value):
 
 def teacher_part(bench: Bench) -> dict:
     """The teacher's row (fine-tuned with every seed), the unigram and text-only references; once per OUT."""
-    path = bench.args.out / "parts" / "teacher.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if same_run(saved, bench):
-            return saved
+    try:
+        saved = json.loads((bench.args.out / "parts" / "teacher.json").read_text())
+    except (OSError, ValueError):  # not made yet, or cut off while written: made (again) here
+        saved = None
+    if saved and same_run(saved, bench):
+        return saved
     lm = bench.lm_scores(bench.args.teacher, against_teacher=False)
     runs = []
     for seed in range(bench.sizes.seeds):
@@ -609,8 +648,7 @@ def teacher_part(bench: Bench) -> dict:
                  "mix": json.loads((bench.corpus / "mix.json").read_text()),
                  **{f"mts_{split}": sum(1 for _ in open(p, encoding="utf-8")) for split, p in bench.mts_files.items()}},
     }
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    bench.write_part("teacher", report)
     return report
 
 
@@ -685,17 +723,19 @@ def students_part(bench: Bench, part: str) -> dict:
     for name, model in models.items():
         model["tokens_per_second"] = speeds[name]
         model["speedup"] = speeds[name] / speeds["teacher"]
-    history = run_history(saved, models, bench)
-    if saved:  # rows of this part run before (other --students) stay, the ones run now replace theirs
-        models = {**{k: v for k, v in saved["models"].items() if k not in models}, **models}
-        speeds = {**saved.get("speeds", {}), **speeds}
-    rows = quality_report.summarise_models({**models, "teacher": teacher["model"]})
-    pairs = [pair for pair in COMPARISONS[part] if all(name in models for name in pair)]
-    report = {"models": models, "teacher_tokens_per_second": speeds["teacher"], "speeds": speeds,
-              "teacher": str(bench.args.teacher), "teacher_sha256": bench.teacher_sha256, "sizes": asdict(sizes),
-              "comparisons": quality_report.compare(models, rows, pairs),
-              "comparisons_run": [list(pair) for pair in pairs], "runs_history": history}
-    bench.write_part(part, report)
+    with bench.parts_locked():
+        saved = joinable_part(bench, part)  # read again: a run beside this one may have joined its rows since
+        history = run_history(saved, models, bench)
+        if saved:  # rows of this part run before (other --students) stay, the ones run now replace theirs
+            models = {**{k: v for k, v in saved["models"].items() if k not in models}, **models}
+            speeds = {**saved.get("speeds", {}), **speeds}
+        rows = quality_report.summarise_models({**models, "teacher": teacher["model"]})
+        pairs = [pair for pair in COMPARISONS[part] if all(name in models for name in pair)]
+        report = {"models": models, "teacher_tokens_per_second": speeds["teacher"], "speeds": speeds,
+                  "teacher": str(bench.args.teacher), "teacher_sha256": bench.teacher_sha256, "sizes": asdict(sizes),
+                  "comparisons": quality_report.compare(models, rows, pairs),
+                  "comparisons_run": [list(pair) for pair in pairs], "runs_history": history}
+        bench.write_part(part, report)
     return report
 
 
@@ -724,19 +764,21 @@ def curve_part(bench: Bench) -> dict:
         finetuned = (bench.finetuned(folder, f"{name} at {steps} steps", seed) for seed in range(sizes.seeds))
         downstream[name] = [{"seed": seed, **{k: v for k, v in result.items() if k != "parameters"}}
                             for seed, result in enumerate(finetuned)]
-    history = run_history(saved, students, bench)
-    if saved:  # the other students' points, run before (another --students run), stay
-        students = {name: students.get(name) or saved["students"][name] for name in CURVE_STUDENTS
-                    if name in students or name in saved["students"]}
-        earlier = saved.get("downstream", {}).get("students", {})  # absent from a curve saved before it was run
-        downstream = {name: downstream.get(name) or earlier[name] for name in CURVE_STUDENTS
-                      if name in downstream or name in earlier}
-    report = {"steps": list(sizes.curve_steps), "batch": sizes.distil_batch, "students": students,
-              "downstream": {"steps": sizes.curve_steps[-1], "students": downstream},
-              "teacher_perplexity": bench.lm_scores(bench.args.teacher, against_teacher=False)["perplexity"],
-              "teacher": str(bench.args.teacher), "teacher_sha256": bench.teacher_sha256, "sizes": asdict(sizes),
-              "runs_history": history}
-    bench.write_part("curve", report)
+    teacher_perplexity = bench.lm_scores(bench.args.teacher, against_teacher=False)["perplexity"]
+    with bench.parts_locked():
+        saved = joinable_part(bench, "curve")  # read again: a run beside this one may have joined its points since
+        history = run_history(saved, students, bench)
+        if saved:  # the other students' points, run before (another --students run), stay
+            students = {name: students.get(name) or saved["students"][name] for name in CURVE_STUDENTS
+                        if name in students or name in saved["students"]}
+            earlier = saved.get("downstream", {}).get("students", {})  # absent from a curve saved before it was run
+            downstream = {name: downstream.get(name) or earlier[name] for name in CURVE_STUDENTS
+                          if name in downstream or name in earlier}
+        report = {"steps": list(sizes.curve_steps), "batch": sizes.distil_batch, "students": students,
+                  "downstream": {"steps": sizes.curve_steps[-1], "students": downstream},
+                  "teacher_perplexity": teacher_perplexity, "teacher": str(bench.args.teacher),
+                  "teacher_sha256": bench.teacher_sha256, "sizes": asdict(sizes), "runs_history": history}
+        bench.write_part("curve", report)
     return report
 
 
@@ -812,7 +854,8 @@ def main(argv: list[str] | None = None) -> dict:
             run[part]()
     except BenchmarkInputError as err:
         parser.exit(2, f"bench_quality: error: {err}\n")
-    report = quality_report.merge(args.out)
+    with bench.parts_locked():
+        report = quality_report.merge(args.out)
     print((args.out / "quality.md").read_text())
     print(f"{(time.perf_counter() - bench.started) / 60:.1f} minutes; results in {args.out}/quality.json, quality.md")
     return report

@@ -403,6 +403,31 @@ def test_parts_moved_aside_within_one_second_are_all_kept(tmp_path, monkeypatch)
     assert sorted(p.read_text() for p in kept) == [f'{{"cut off {n}"' for n in range(3)]
 
 
+def test_two_runs_in_one_folder_keep_each_others_rows(tmp_path, monkeypatch):
+    """Two --students runs side by side in one OUT: the run that writes second joins the rows the other wrote while
+    it trained (it had read the part before they existed); the text a run trains on is never rewritten under it."""
+    data, out = write_fake_data(tmp_path / "data"), tmp_path / "out"
+    argv = ["--smoke", "--data", str(data), "--out", str(out), "--part", "main", "--students"]
+    phase, beside, corpus = bench_quality.Bench.phase, [], out / "corpus" / "train.jsonl"
+
+    def a_run_beside(self, text):
+        if text.startswith("inference speed") and not beside:  # the first run has trained, not yet written
+            beside.append(corpus.stat().st_mtime_ns)
+            bench_quality.main([*argv, "distilled"])
+        phase(self, text)
+
+    monkeypatch.setattr(bench_quality.Bench, "phase", a_run_beside)
+    bench_quality.main([*argv, "mlm-only"])
+    part = json.loads((out / "parts" / "main.json").read_text())
+    assert list(part["models"]) == ["distilled", "mlm-only"]
+    assert [run["rows"] for run in part["runs_history"]] == [["distilled"], ["mlm-only"]]
+    assert "distilled − mlm-only" in part["comparisons"]
+    assert set(json.loads((out / "quality.json").read_text())["models"]) == {"teacher", "distilled", "mlm-only"}
+    assert corpus.stat().st_mtime_ns == beside[0]  # the same text: left as it was, not written again
+    assert not [p.name for p in (*out.iterdir(), *(out / "parts").iterdir(), *(out / "mts").iterdir())
+                if p.name.startswith(".") and p.name != ".lock"]  # nothing half-made left behind
+
+
 def test_a_finished_student_is_reused_only_with_the_same_flags(smoke, tmp_path, monkeypatch):
     """A part killed halfway (a session's end) keeps the students it finished: the next run reuses a folder whose
     bench_run.json has exactly its flags, trains again otherwise, and a run that does not finish leaves no record."""
