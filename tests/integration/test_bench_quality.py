@@ -417,6 +417,8 @@ def test_two_runs_in_one_folder_keep_each_others_rows(tmp_path, monkeypatch):
         phase(self, text)
 
     monkeypatch.setattr(bench_quality.Bench, "phase", a_run_beside)
+    (out / "parts").mkdir(parents=True)
+    (out / "parts" / "teacher.json").write_text('{"model": {"runs": [')  # cut off while written: made again
     bench_quality.main([*argv, "mlm-only"])
     part = json.loads((out / "parts" / "main.json").read_text())
     assert list(part["models"]) == ["distilled", "mlm-only"]
