@@ -18,16 +18,20 @@ student are
 
 Parts (`--part`; each writes OUT/parts/PART.json and all are merged into OUT/quality.{json,md,png}):
   main    the teacher, the half-depth student distilled with the seed's objective and DistilBERT's ablation of it
-          (without KD, without the cosine term, without MLM, MLM alone, from a random init), the untrained init
+          (without KD, without the cosine term, without MLM, MLM alone, from a random init), the untrained init,
+          and the seed objective with its KL at temperature 1
   narrow  3 × 64 students from a random init: TinyBERT-style (attention scores + projected hidden states + KD),
           MiniLM-style (relations), and their masked-LM-only control
-  curve   the MTS-test perplexity of distilled and MLM-only students at several budgets (budget_curve.png)
+  curve   the MTS-test perplexity of distilled and MLM-only students at several budgets (budget_curve.png), and
+          both fine-tuned with every seed at the largest budget
   task    per seed: the teacher fine-tuned on the sections, distilled on them into a half-depth student
           (`run_finetune.py recipes/configs/task_distil.yaml --distil_from`), beside the same student fine-tuned
           without the teacher (OUT/task_distillation.{json,md})
   all     every part in turn
 `--students` splits main, narrow or curve into runs of a few rows; the rows saved before in OUT/parts stay beside the
-new ones (on 2 cores, two one-thread runs side by side, in separate OUT folders, finish sooner than one run).
+new ones. Runs of different rows may share one OUT side by side (on 2 cores, two one-thread runs finish sooner than
+one two-thread run): the teacher's part is made once, and each part is joined with the rows the other run wrote,
+under a lock (POSIX; on Windows give each run its own OUT).
 
 ../shared/data holds the text (never committed; see its README for the licences).
 
@@ -49,6 +53,7 @@ import os
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -231,10 +236,8 @@ def write_mts_files(mts: dict[str, list[dict]], folder: Path, train_rows: int | 
         elif split != "train" and eval_rows:
             rows = [row for row in rows if trained is None or row["label"] in trained][:eval_rows]
         paths[split] = folder / f"{split}.jsonl"
-        made = folder / f".{split}.jsonl-{os.getpid()}"
-        with open(made, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows)
-        put_in_place(made, paths[split])
+        write_in_place(paths[split], "".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n"
+                                             for r in rows))
     return paths
 
 
@@ -247,20 +250,33 @@ def put_in_place(made: Path, path: Path) -> None:
         os.replace(made, path)
 
 
+def write_in_place(path: Path, text: str) -> None:
+    """`text` into `path` through a file beside it (put_in_place); nothing half-written is left if this fails."""
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
+        put_in_place(Path(name), path)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
 def build_corpus(data: Path, out: Path, max_texts: int | None) -> Path:
     """The teacher's pretraining text (make_real_text_corpus.py), optionally cut to its first max_texts rows; made
     beside OUT/corpus and put in place file by file (a run beside this one may be reading it)."""
     import make_real_text_corpus
 
-    made = out.with_name(f".{out.name}-{os.getpid()}")
-    make_real_text_corpus.main(["--data", str(data), "--out", str(made)])
-    if max_texts:
-        lines = (made / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
-        (made / "train.jsonl").write_text("".join(lines[:max_texts]), encoding="utf-8")
-    out.mkdir(exist_ok=True)
-    for path in sorted(made.iterdir()):
-        put_in_place(path, out / path.name)
-    made.rmdir()
+    out.mkdir(parents=True, exist_ok=True)
+    made = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        make_real_text_corpus.main(["--data", str(data), "--out", str(made)])
+        if max_texts:
+            lines = (made / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+            (made / "train.jsonl").write_text("".join(lines[:max_texts]), encoding="utf-8")
+        for path in sorted(made.iterdir()):
+            put_in_place(path, out / path.name)
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
     return out
 
 
@@ -581,10 +597,8 @@ class Bench:
         """OUT/parts/NAME.json, written beside and put in place in one step (never seen half-written)."""
         report["minutes"] = (time.perf_counter() - self.started) / 60
         report["smoke"] = self.args.smoke
-        made = self.args.out / "parts" / f".{name}.json-{os.getpid()}"
-        made.parent.mkdir(exist_ok=True)
-        made.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        os.replace(made, made.with_name(f"{name}.json"))
+        (self.args.out / "parts").mkdir(exist_ok=True)
+        write_in_place(self.args.out / "parts" / f"{name}.json", json.dumps(report, indent=1) + "\n")
 
     @contextlib.contextmanager
     def parts_locked(self):
@@ -690,11 +704,12 @@ def run_history(saved: dict | None, rows, bench: Bench) -> list[dict]:
 def students_part(bench: Bench, part: str) -> dict:
     """Every student of `part`, distilled with each seed, scored and fine-tuned with that seed; the paired
     comparisons; inference speed of one fine-tuned model per row beside the teacher's, timed in one run."""
-    teacher = teacher_part(bench)
+    with bench.parts_locked():  # a run beside this one in the same OUT waits for the teacher's part, then reuses it
+        teacher = teacher_part(bench)
+        joinable_part(bench, part)  # one that cannot be joined is said (and moved aside) before the compute
     sizes, out = bench.sizes, bench.args.out
     models = {}
     chosen = bench.args.students
-    saved = joinable_part(bench, part)
     for student in (s for s in STUDENTS if s.part == part and (not chosen or s.name in chosen)):
         runs = []
         for seed in range(sizes.seeds if student.trained else 1):
@@ -714,8 +729,9 @@ def students_part(bench: Bench, part: str) -> dict:
                                 "widths": student.widths, "parameters": parameters, "runs": runs,
                                 "distillation_runs": sizes.seeds if student.trained else 0}
     bench.phase("inference speed, side by side")
-    if not (out / "finetune" / "teacher" / "seed0" / "config.json").is_file():  # its part came from elsewhere
-        bench.finetuned(bench.args.teacher, "teacher", 0)  # the classifier the rows' speeds are measured against
+    with bench.parts_locked():
+        if not (out / "finetune" / "teacher" / "seed0" / "config.json").is_file():  # its part came from elsewhere
+            bench.finetuned(bench.args.teacher, "teacher", 0)  # the classifier the rows' speeds are measured against
     dirs = {"teacher": out / "finetune" / "teacher" / "seed0",
             **{name: out / "finetune" / name.replace(" ", "-") / "seed0" for name in models}}
     speeds = inference_speed(dirs, bench.mts_task, bench.args.device,
@@ -745,7 +761,8 @@ def curve_part(bench: Bench) -> dict:
     each student is also fine-tuned with every seed: whether the downstream gap holds when the students train longer
     (one distillation seed, so the spread there is the fine-tuning's alone)."""
     sizes, out = bench.sizes, bench.args.out
-    saved = joinable_part(bench, "curve")
+    with bench.parts_locked():
+        joinable_part(bench, "curve")  # one that cannot be joined is said (and moved aside) before the compute
     students, downstream = {}, {}
     for name in (n for n in CURVE_STUDENTS if not bench.args.students or n in bench.args.students):
         student = BY_NAME[name]
@@ -856,7 +873,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.exit(2, f"bench_quality: error: {err}\n")
     with bench.parts_locked():
         report = quality_report.merge(args.out)
-    print((args.out / "quality.md").read_text())
+        print((args.out / "quality.md").read_text())
     print(f"{(time.perf_counter() - bench.started) / 60:.1f} minutes; results in {args.out}/quality.json, quality.md")
     return report
 

@@ -18,6 +18,7 @@ HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "perplexity": False, "ma
                     "teacher_agreement": True}
 TASK_METRICS = ("accuracy", "macro_f1")
 LM_METRICS = ("perplexity", "masked_accuracy", "teacher_agreement")
+CURVE_CONTROL = "mlm-only"  # the budget curve's student without a teacher
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -81,7 +82,13 @@ def compare(models: dict, rows: dict, pairs) -> dict:
 
 def merge(out: Path) -> dict:
     """Join OUT/parts/*.json into OUT/quality.json (+ .md, .png, budget_curve.png); returns the report."""
-    parts = {path.stem: json.loads(path.read_text()) for path in sorted((out / "parts").glob("*.json"))}
+    parts = {}
+    for path in sorted((out / "parts").glob("*.json")):
+        try:
+            parts[path.stem] = json.loads(path.read_text())
+        except ValueError:  # cut off while written, or edited by hand: the other parts still make the report
+            print(f"[quality_report] {path} is not valid JSON: left out of the report (run its part again).",
+                  flush=True)
     teacher = parts.pop("teacher", None)
     report = {"parts": {}, "models": {}, "comparisons": {}}
     if teacher:
@@ -117,6 +124,11 @@ def merge(out: Path) -> dict:
 
 
 # ---------------------------------------------------------------- markdown
+
+
+def _share(value: float) -> str:
+    """A share of the teacher's score, or — without a teacher row to divide by."""
+    return f"{value:.1%}" if math.isfinite(value) else "—"
 
 
 def _pm(row: dict, metric: str, digits: int = 3) -> str:
@@ -176,13 +188,12 @@ def markdown_comparisons(comparisons: dict, footnote: bool = True) -> str:
 def summarise_downstream(downstream: dict, teacher: dict | None) -> dict:
     """The budget curve's students fine-tuned at its largest budget: mean ± sd per student over the fine-tuning
     seeds, macro-F1 kept against the teacher's, and each student's paired difference against the curve's control
-    (the last student, MLM-only) seed by seed. One distillation seed: the spread is the fine-tuning's alone."""
+    (MLM-only) seed by seed. One distillation seed: the spread is the fine-tuning's alone."""
     runs = downstream["students"]
     models = {name: {"runs": student_runs, "parameters": None} for name, student_runs in runs.items()}
     rows = summarise_models({**models, **({"teacher": teacher} if teacher else {})})
     rows.pop("teacher", None)
-    control = list(runs)[-1]
-    pairs = [(name, control) for name in runs if name != control]
+    pairs = [(name, CURVE_CONTROL) for name in runs if name != CURVE_CONTROL]
     return {"rows": rows, "comparisons": compare(models, rows, pairs)}
 
 
@@ -199,12 +210,13 @@ def curve_table(curve: dict) -> str:
         lines += ["", f"Fine-tuned on MTS sections at {curve['downstream']['steps']:,} steps (seed-0 distillation, "
                   "each fine-tuned with every seed; ± is the fine-tuning's spread alone):", "",
                   "| student | test accuracy | test macro-F1 | F1 kept |", "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {name} | {_pm(r, 'accuracy')} | {_pm(r, 'macro_f1')} | {r['macro_f1_retention']:.1%} |"
+        lines += [f"| {name} | {_pm(r, 'accuracy')} | {_pm(r, 'macro_f1')} | {_share(r['macro_f1_retention'])} |"
                   for name, r in rows.items()]
-        lines += ["", markdown_comparisons(summary["comparisons"], footnote=False), "",
-                  "Each cell: the mean of the differences (method − control, the same fine-tuning seed) ± its standard "
-                  "error, how many seeds came out better, ↑ / ↓ where it is better / worse by more than 2 standard "
-                  "errors."]
+        if summary["comparisons"]:  # both students fine-tuned
+            lines += ["", markdown_comparisons(summary["comparisons"], footnote=False), "",
+                      "Each cell: the mean of the differences (method − control, the same fine-tuning seed) ± its "
+                      "standard error, how many seeds came out better, ↑ / ↓ where it is better / worse by more than "
+                      "2 standard errors."]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ import os
 import random
 import statistics
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -428,6 +429,48 @@ def test_two_runs_in_one_folder_keep_each_others_rows(tmp_path, monkeypatch):
     assert corpus.stat().st_mtime_ns == beside[0]  # the same text: left as it was, not written again
     assert not [p.name for p in (*out.iterdir(), *(out / "parts").iterdir(), *(out / "mts").iterdir())
                 if p.name.startswith(".") and p.name != ".lock"]  # nothing half-made left behind
+
+
+def test_the_parts_lock_makes_a_second_holder_wait(tmp_path):
+    """Two holders of OUT's parts lock (two runs in one OUT) take turns: the second enters only after the first left."""
+    import threading
+
+    bench = SimpleNamespace(args=SimpleNamespace(out=tmp_path))
+    entered, order = threading.Event(), []
+
+    def first():
+        with bench_quality.Bench.parts_locked(bench):
+            entered.set()
+            time.sleep(0.3)
+            order.append("first leaves")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    entered.wait()
+    with bench_quality.Bench.parts_locked(bench):
+        order.append("second enters")
+    thread.join()
+    assert order == ["first leaves", "second enters"]
+
+
+def test_a_part_that_is_not_json_is_left_out_of_the_report_with_one_line(tmp_path, capsys):
+    """merge() beside a part cut off while written: one line names it, the other parts still make the report; a curve
+    with one student fine-tuned shows its row and no comparison."""
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    results = ROOT / "benchmarks" / "results" / "parts"
+    (parts / "teacher.json").write_text((results / "teacher.json").read_text())
+    curve = json.loads((results / "curve.json").read_text())
+    curve["downstream"] = {"steps": curve["steps"][-1], "students": {"distilled": [
+        {"seed": seed, "accuracy": 0.6 + seed / 100, "macro_f1": 0.3} for seed in range(3)]}}
+    (parts / "curve.json").write_text(json.dumps(curve))
+    (parts / "main.json").write_text('{"models": {"distilled": ')
+    report = quality_report.merge(tmp_path)
+    assert f"{parts / 'main.json'} is not valid JSON: left out of the report" in capsys.readouterr().out
+    assert set(report["models"]) == {"teacher"} and report["budget_curve"]["downstream"]["summary"]["comparisons"] == {}
+    text = (tmp_path / "quality.md").read_text()
+    assert "| distilled | 0.610 ± 0.010 | 0.300 ± 0.000 |" in text
+    assert "Each cell: the mean of the differences" not in text  # no comparison, no footnote to one
 
 
 def test_a_finished_student_is_reused_only_with_the_same_flags(smoke, tmp_path, monkeypatch):
