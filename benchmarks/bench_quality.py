@@ -858,6 +858,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("medquad_answers.txt", "mts_sections.jsonl"):
         if not (args.data / name).is_file():
             parser.error(f"--data {args.data} has no {name}: pass the folder that holds the shared real text.")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file: pass a folder for the models and results (made if missing).")
     if not (args.teacher / "config.json").is_file():
         parser.error(f"--teacher {args.teacher} holds no model (config.json): pass the teacher's folder.")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -120,6 +120,10 @@ def test_wrong_folders_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench_quality.main(["--out", str(tmp_path / "o"), "--data", str(data), "--teacher", str(tmp_path)])
     assert "holds no model" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(SystemExit):
+        bench_quality.main(["--out", str(tmp_path / "a-file"), "--data", str(data)])
+    assert "--out" in (err := capsys.readouterr().err) and "is a file: pass a folder" in err
     (data / "mts_sections.jsonl").write_text(json.dumps({"split": "TrainingSet", "section_header": "CC",
                                                          "text": "chest pain"}) + "\n")
     with pytest.raises(SystemExit) as exit_info:
