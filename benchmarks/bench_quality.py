@@ -252,13 +252,13 @@ def put_in_place(made: Path, path: Path) -> None:
 
 def write_in_place(path: Path, text: str) -> None:
     """`text` into `path` through a file beside it (put_in_place); nothing half-written is left if this fails."""
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    made = path.with_name(f".{path.name}-{os.getpid()}-{os.urandom(4).hex()}")  # not mkstemp: its files are 0600
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
+        with open(made, "x", encoding="utf-8") as f:
             f.write(text)
-        put_in_place(Path(name), path)
+        put_in_place(made, path)
     finally:
-        Path(name).unlink(missing_ok=True)
+        made.unlink(missing_ok=True)
 
 
 def build_corpus(data: Path, out: Path, max_texts: int | None) -> Path:
