@@ -743,9 +743,8 @@ def students_part(bench: Bench, part: str) -> dict:
         saved = joinable_part(bench, part)  # read again: a run beside this one may have joined its rows since
         history = run_history(saved, models, bench)
         if saved:  # rows of this part run before (other --students) stay, the ones run now replace theirs
-            joined = {**saved["models"], **models}  # in the table's order, whichever run made them
-            models = {name: joined[name] for name in sorted(joined, key=lambda n: list(BY_NAME).index(n)
-                                                                   if n in BY_NAME else len(BY_NAME))}
+            joined = {**saved["models"], **models}
+            models = {**{name: joined[name] for name in BY_NAME if name in joined}, **joined}  # the table's order
             speeds = {**saved.get("speeds", {}), **speeds}
         rows = quality_report.summarise_models({**models, "teacher": teacher["model"]})
         pairs = [pair for pair in COMPARISONS[part] if all(name in models for name in pair)]

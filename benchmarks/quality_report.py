@@ -165,8 +165,9 @@ def gap_cell(gap: dict) -> str:
     return f"{gap['mean']:+.3f} ± {gap['standard_error']:.3f} ({gap['seeds_better']}/{n}){arrow}"
 
 
-def markdown_comparisons(comparisons: dict, footnote: bool = True) -> str:
-    """One row per method − control pair, one column per score (and what a cell means, unless `footnote` is off)."""
+def markdown_comparisons(comparisons: dict, paired_by: str = "same distillation and fine-tuning seed") -> str:
+    """One row per method − control pair, one column per score, and what a cell means (`paired_by`: what the two runs
+    of each difference share)."""
     metrics = [m for m in HIGHER_IS_BETTER if any(m in gaps for gaps in comparisons.values())]
     if not metrics:
         return ""
@@ -174,12 +175,10 @@ def markdown_comparisons(comparisons: dict, footnote: bool = True) -> str:
              "| --- | " + " | ".join("---:" for _ in metrics) + " |"]
     for pair, gaps in comparisons.items():
         lines.append(f"| {pair} | " + " | ".join(gap_cell(gaps[m]) if m in gaps else "—" for m in metrics) + " |")
-    if not footnote:
-        return "\n".join(lines)
     n = {len(g["paired_differences"]) for gaps in comparisons.values() for g in gaps.values()}
     lines.append("")
-    lines.append(f"Each cell: the mean of the per-seed differences (method − control, same distillation and "
-                 f"fine-tuning seed; {' or '.join(map(str, sorted(n)))} seeds) ± its standard error, how many seeds "
+    lines.append(f"Each cell: the mean of the per-seed differences (method − control, {paired_by}; "
+                 f"{' or '.join(map(str, sorted(n)))} seeds) ± its standard error, how many seeds "
                  "came out better (lower perplexity, higher otherwise), ↑ / ↓ where it is better / worse by more "
                  "than 2 standard errors.")
     return "\n".join(lines)
@@ -213,10 +212,8 @@ def curve_table(curve: dict) -> str:
         lines += [f"| {name} | {_pm(r, 'accuracy')} | {_pm(r, 'macro_f1')} | {_share(r['macro_f1_retention'])} |"
                   for name, r in rows.items()]
         if summary["comparisons"]:  # both students fine-tuned
-            lines += ["", markdown_comparisons(summary["comparisons"], footnote=False), "",
-                      "Each cell: the mean of the differences (method − control, the same fine-tuning seed) ± its "
-                      "standard error, how many seeds came out better, ↑ / ↓ where it is better / worse by more than "
-                      "2 standard errors."]
+            lines += ["", markdown_comparisons(summary["comparisons"], paired_by="same fine-tuning seed, one "
+                                               "distillation")]
     return "\n".join(lines)
 
 

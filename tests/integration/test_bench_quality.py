@@ -474,7 +474,7 @@ def test_a_part_that_is_not_json_is_left_out_of_the_report_with_one_line(tmp_pat
     assert set(report["models"]) == {"teacher"} and report["budget_curve"]["downstream"]["summary"]["comparisons"] == {}
     text = (tmp_path / "quality.md").read_text()
     assert "| distilled | 0.610 ± 0.010 | 0.300 ± 0.000 |" in text
-    assert "Each cell: the mean of the differences" not in text  # no comparison, no footnote to one
+    assert "same fine-tuning seed, one distillation" not in text  # no comparison, no footnote to one
 
 
 def test_a_finished_student_is_reused_only_with_the_same_flags(smoke, tmp_path, monkeypatch):
